@@ -1,0 +1,44 @@
+// Optimization: hooks at fixed points of the pipeline (DESIGN.md §3). Every hook has a neutral
+// default, so a plugin overrides only what it changes.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+#include <boost/config.hpp>
+
+#include "mhd/solver.h"
+
+namespace mhd {
+
+class BOOST_SYMBOL_VISIBLE Optimization {
+ public:
+  virtual ~Optimization() = default;
+
+  // Called each time the dynamics uses one of its linear maps (names: "W_q", "W_g", "W_out");
+  // returns the weight to use instead (e.g. spectrally normalised). Must stay differentiable.
+  virtual at::Tensor reparametrize_weight(const std::string& /*name*/, const at::Tensor& weight) {
+    return weight;
+  }
+
+  // Wraps the fixed-point map the solvers see (e.g. damping z + a (f(z) - z)).
+  virtual TensorMap wrap_dynamics(TensorMap f) { return f; }
+
+  // An extra energy term added to E(z): [B]; undefined tensor for none.
+  virtual at::Tensor extra_energy(const at::Tensor& /*z*/) { return at::Tensor(); }
+
+  // A warm start for the solve of a batch whose context summary is `key` ([B, D]).
+  virtual std::optional<at::Tensor> warm_start(const at::Tensor& /*key*/) { return std::nullopt; }
+
+  // Sees every equilibrium: the map that was solved (wrapped), z*: [B, D], and the context key.
+  // Runs outside the training graph; the hook may enable gradients for its own probes.
+  virtual void on_equilibrium(const TensorMap& /*f*/, const at::Tensor& /*z_star*/,
+                              const at::Tensor& /*key*/) {}
+
+  // The plugin's own metrics since the last call (e.g. Lipschitz estimate, cache hit rate).
+  virtual std::map<std::string, double> metrics() { return {}; }
+};
+
+}  // namespace mhd

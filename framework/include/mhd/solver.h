@@ -1,0 +1,71 @@
+// Solver: finds z* = f(z*) (DESIGN.md §3, §4). The same solvers serve the backward pass, where
+// f is the linear map g -> J^T g + grad.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <boost/config.hpp>
+
+namespace mhd {
+
+using TensorMap = std::function<at::Tensor(const at::Tensor&)>;
+
+// The problem a solver sees. States are [B, D]; each row is an independent sample.
+struct FixedPointProblem {
+  TensorMap f;            // z -> f(z)
+  TensorMap energy;       // z -> E(z): [B]; empty when the study's energy is off
+  TensorMap grad_energy;  // z -> dE/dz: [B, D]; empty when the energy is off
+};
+
+struct SolveLimits {
+  std::int64_t max_iter = 30;
+  double tol = 1e-3;  // on the largest relative residual in the batch
+};
+
+// Per-sample residuals of a candidate z with value fz = f(z) (DESIGN.md §4):
+// abs = ||f(z) - z||, rel = abs / (||f(z)|| + 1e-8). Both [B].
+struct Residuals {
+  at::Tensor abs;
+  at::Tensor rel;
+};
+Residuals residuals(const at::Tensor& z, const at::Tensor& fz);
+
+struct SolverInfo {
+  bool converged = false;
+  std::int64_t iterations = 0;
+  std::int64_t f_evals = 0;
+  // One entry per iteration: the batch's largest abs / rel residual (the stopping rule's view),
+  // and the batch-mean energy when the problem has one.
+  std::vector<double> abs_trace;
+  std::vector<double> rel_trace;
+  std::vector<double> energy_trace;
+  at::Tensor final_abs;  // [B]
+  at::Tensor final_rel;  // [B]
+  double wall_ms = 0.0;
+  // Anything solver-specific worth logging (e.g. Anderson's fallbacks to plain iteration).
+  std::vector<std::pair<std::string, double>> extra;
+};
+
+struct SolveResult {
+  at::Tensor z;  // [B, D]
+  SolverInfo info;
+};
+
+// Records one iteration in `info` and tells whether the stopping rule is met. Every solver uses it
+// so that traces and the stopping rule mean the same thing across solvers.
+bool record_iteration(SolverInfo& info, const Residuals& r, double tol,
+                      const at::Tensor& energy = at::Tensor());
+
+class BOOST_SYMBOL_VISIBLE Solver {
+ public:
+  virtual ~Solver() = default;
+  // Runs without building an autograd graph (the caller holds a NoGradGuard).
+  virtual SolveResult solve(const FixedPointProblem& problem, const at::Tensor& z0,
+                            const SolveLimits& limits) = 0;
+};
+
+}  // namespace mhd

@@ -1,0 +1,47 @@
+#include "mhd/solver.h"
+
+#include <ATen/ATen.h>
+
+#include "mhd/plugin.h"
+#include "mhd/error.h"
+
+namespace mhd {
+
+Residuals residuals(const at::Tensor& z, const at::Tensor& fz) {
+  // z, fz: [B, D] -> abs, rel: [B]
+  Residuals r;
+  r.abs = (fz - z).norm(2, {1});
+  r.rel = r.abs / (fz.norm(2, {1}) + 1e-8);
+  return r;
+}
+
+bool record_iteration(SolverInfo& info, const Residuals& r, double tol, const at::Tensor& energy) {
+  info.iterations += 1;
+  const double worst_abs = r.abs.max().item<double>();
+  const double worst_rel = r.rel.max().item<double>();
+  info.abs_trace.push_back(worst_abs);
+  info.rel_trace.push_back(worst_rel);
+  if (energy.defined()) info.energy_trace.push_back(energy.mean().item<double>());
+  info.final_abs = r.abs;
+  info.final_rel = r.rel;
+  info.converged = worst_rel < tol;
+  return info.converged;
+}
+
+const char* to_string(PluginKind kind) {
+  switch (kind) {
+    case PluginKind::Backbone: return "backbone";
+    case PluginKind::Memory: return "memory";
+    case PluginKind::Solver: return "solver";
+    case PluginKind::Optimization: return "optimization";
+  }
+  return "unknown";
+}
+
+PluginKind plugin_kind_from_string(const std::string& name) {
+  for (auto k : {PluginKind::Backbone, PluginKind::Memory, PluginKind::Solver, PluginKind::Optimization})
+    if (name == to_string(k)) return k;
+  throw Error("unknown plugin kind '" + name + "': expected backbone, memory, solver or optimization");
+}
+
+}  // namespace mhd
