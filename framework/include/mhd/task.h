@@ -1,0 +1,43 @@
+// Tasks: where training and evaluation batches come from. Tasks are part of the framework (not
+// plugins); each kind declares a parameter schema like a plugin does, so [task] is validated the
+// same way as every other table.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "mhd/params.h"
+
+namespace mhd {
+
+// Labels equal to kIgnoreIndex carry no loss and no accuracy (e.g. every non-query position).
+constexpr std::int64_t kIgnoreIndex = -100;
+
+struct Batch {
+  at::Tensor inputs;   // [B, L] int64 token ids
+  at::Tensor targets;  // [B, L] int64 labels, kIgnoreIndex where there is nothing to predict
+};
+
+class Task {
+ public:
+  virtual ~Task() = default;
+  // A fresh training batch; the stream is determined by the seed the task was made with.
+  virtual Batch train_batch(std::int64_t batch_size) = 0;
+  // Held-out batch number `index` (0, 1, ...): the same for every call and every trial with the
+  // same task parameters, drawn from a stream the training batches never use.
+  virtual Batch eval_batch(std::int64_t batch_size, std::int64_t index) = 0;
+  virtual std::int64_t vocab_size() const = 0;
+  // Accuracy of guessing uniformly among the labels the task can ask for.
+  virtual double chance_accuracy() const = 0;
+};
+
+std::vector<std::string> task_kinds();
+// Throws mhd::Error listing the known kinds.
+const ParamSchema& task_schema(const std::string& kind);
+std::unique_ptr<Task> make_task(const std::string& kind, const Params& params, std::uint64_t seed);
+
+}  // namespace mhd
