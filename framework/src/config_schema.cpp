@@ -1,0 +1,141 @@
+#include "mhd/config_schema.h"
+
+namespace mhd {
+
+const SectionSchema& study_section() {
+  static const SectionSchema s{
+      "study",
+      "What the study is and where it writes. `seeds` (array of integers, default [0]) and "
+      "`plugin_path` (array of directories searched for plugins) are arrays.",
+      {
+          string_param("name", "", "Name of the study (required); also the default output file name."),
+          string_param("description", "", "Free text, stored with the results."),
+          choice_param("device", "auto", {"auto", "cpu", "cuda"}, "Where trials run; auto picks CUDA when available."),
+          string_param("output", "", "Results file; default results/<name>.sqlite next to the study's working directory."),
+          int_param("threads", 0, "Intra-op threads per trial; 0 uses every core.", 0, 1024),
+          bool_param("include_base", true, "Run the base configuration as a variant named 'base' beside the [[variant]]s."),
+      },
+      ""};
+  return s;
+}
+
+const SectionSchema& model_section() {
+  static const SectionSchema s{
+      "model",
+      "The unified model of DESIGN.md §4.",
+      {
+          int_param("d_model", 64, "Width D of tokens, context and equilibrium state.", 4, 8192),
+          int_param("n_layers", 2, "Backbone layers building the context X before the DEQ.", 0, 128),
+          bool_param("deq", true, "Solve for the equilibrium z*; false gives the backbone-only baseline."),
+          bool_param("use_memory", true, "Retrieve from the memory inside the dynamics; false drops that branch."),
+          choice_param("gate", "sigmoid", {"sigmoid", "tanh"}, "Activation of the learned gate g that blends the Mamba update and the memory retrieval."),
+          float_param("out_init_scale", 0.1, "Initial scale of W_out relative to the default init; small keeps early dynamics near identity.", 0.0, 10.0),
+      },
+      ""};
+  return s;
+}
+
+const SectionSchema& energy_section() {
+  static const SectionSchema s{
+      "energy",
+      "The unified energy E(z) = E_mem(W_q z) + alpha ||z - f(z)||^2 + lambda_l2 ||z||^2.",
+      {
+          bool_param("enabled", true, "Compute E(z) during solves (traces, objective). Off saves work."),
+          float_param("alpha", 1.0, "Weight of the consistency term ||z - f(z)||^2.", 0.0, 1e6),
+          float_param("lambda_l2", 1e-3, "Weight of the regulariser ||z||^2.", 0.0, 1e6),
+      },
+      ""};
+  return s;
+}
+
+const SectionSchema& backbone_section() {
+  static const SectionSchema s{"backbone", "The sequence mixer; other keys are the plugin's parameters.",
+                               {string_param("plugin", "mamba", "Backbone plugin name.")}, "backbone"};
+  return s;
+}
+
+const SectionSchema& memory_section() {
+  static const SectionSchema s{"memory", "The associative memory; other keys are the plugin's parameters.",
+                               {string_param("plugin", "hopfield", "Memory plugin name.")}, "memory"};
+  return s;
+}
+
+const SectionSchema& solver_section() {
+  static const SectionSchema s{
+      "solver",
+      "The forward equilibrium solver; other keys are the plugin's parameters.",
+      {
+          string_param("plugin", "anderson", "Solver plugin name."),
+          int_param("max_iter", 30, "Most iterations per solve.", 1, 100000),
+          float_param("tol", 1e-3, "Stop when the largest relative residual in the batch is below this.", 0.0, 1.0),
+      },
+      "solver"};
+  return s;
+}
+
+const SectionSchema& backward_section() {
+  static const SectionSchema s{
+      "backward",
+      "How gradients pass through the equilibrium.",
+      {
+          choice_param("mode", "implicit", {"implicit", "unrolled"},
+                       "implicit: solve g = J^T g + dL/dz* with `solver`; unrolled: backprop through every solver step."),
+          string_param("solver", "anderson", "Solver plugin for the backward linear fixed point (its default parameters)."),
+          int_param("max_iter", 30, "Most iterations of the backward solve.", 1, 100000),
+          float_param("tol", 1e-4, "Relative residual tolerance of the backward solve.", 0.0, 1.0),
+      },
+      ""};
+  return s;
+}
+
+const SectionSchema& train_section() {
+  static const SectionSchema s{
+      "train",
+      "The training loop (AdamW). `objective` is a table of loss weights.",
+      {
+          int_param("steps", 300, "Optimizer steps per trial.", 0, 100000000),
+          int_param("batch", 32, "Sequences per step.", 1, 1000000),
+          float_param("lr", 1e-3, "AdamW learning rate.", 0.0, 10.0),
+          float_param("weight_decay", 0.01, "AdamW weight decay.", 0.0, 10.0),
+          float_param("grad_clip", 1.0, "Clip the global gradient norm to this; 0 disables.", 0.0, 1e9),
+          int_param("eval_every", 50, "Evaluate on held-out batches every N steps (and at the end); 0 only at the end.", 0, 100000000),
+          int_param("eval_batches", 4, "Held-out batches per evaluation.", 1, 100000),
+          int_param("log_every", 10, "Print progress every N steps; 0 prints only trial summaries.", 0, 100000000),
+          int_param("trace_every", 1, "Store the solver's residual trace every N steps; 0 never.", 0, 100000000),
+      },
+      ""};
+  return s;
+}
+
+const SectionSchema& objective_section() {
+  static const SectionSchema s{
+      "train.objective",
+      "loss = task * L_task + energy * mean E(z*) + convergence * iterations / max_iter "
+      "+ stability * relu(L_est - contraction_target).",
+      {
+          float_param("task", 1.0, "Weight of the task loss (cross-entropy on labelled positions).", 0.0, 1e6),
+          float_param("energy", 0.0, "Weight of the mean final energy.", 0.0, 1e6),
+          float_param("convergence", 0.0, "Weight of iterations / max_iter (logged; it carries no gradient).", 0.0, 1e6),
+          float_param("stability", 0.0, "Weight of relu(L_est - contraction_target), L_est a finite-difference Lipschitz estimate at z*.", 0.0, 1e6),
+          float_param("contraction_target", 0.9, "Lipschitz level above which the stability term acts.", 0.0, 100.0),
+      },
+      ""};
+  return s;
+}
+
+const SectionSchema& optimization_common_section() {
+  static const SectionSchema s{"optimizations.NAME",
+                               "One table per optimization plugin, named by the plugin; other keys are its parameters.",
+                               {bool_param("enabled", true, "Apply this optimization (variants can switch it off).")},
+                               "optimization"};
+  return s;
+}
+
+std::vector<const SectionSchema*> all_sections() {
+  return {&study_section(),  &model_section(),    &energy_section(),
+          &backbone_section(), &memory_section(), &solver_section(),
+          &backward_section(), &train_section(),  &objective_section(),
+          &optimization_common_section()};
+}
+
+}  // namespace mhd
