@@ -1,0 +1,122 @@
+// The results file (DESIGN.md §6): one SQLite database, WAL mode, written in transactions.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace mhd {
+
+struct Study;
+struct TrialConfig;
+
+enum class TrialStatus { Pending, Running, Done, Failed, Diverged };
+const char* to_string(TrialStatus status);
+TrialStatus trial_status_from_string(const std::string& s);
+
+// What the study row records about the run environment.
+struct RunEnvironment {
+  std::string git_revision;
+  std::string torch_version;
+  std::string host;
+  std::string device;
+  std::int64_t threads = 0;
+};
+RunEnvironment current_environment(const std::string& device, std::int64_t threads);
+
+struct StudyRow {
+  std::int64_t id = 0;
+  std::string name, description, toml, started_at, finished_at, git_revision, torch_version, host, device;
+  std::int64_t threads = 0;
+};
+
+struct TrialRow {
+  std::int64_t id = 0;
+  std::int64_t study_id = 0;
+  std::int64_t index = 0;  // position in the study's expansion
+  std::string variant;
+  std::string sweep;        // TrialConfig::sweep_label()
+  std::string sweep_json;   // {"memory.size": 1024}
+  std::int64_t seed = 0;
+  std::string config_json;
+  std::string config_hash;
+  TrialStatus status = TrialStatus::Pending;
+  std::string error;
+  std::int64_t param_count = 0;
+  std::string started_at, finished_at;
+  double wall_s = 0.0;
+};
+
+struct MetricPoint {
+  std::int64_t step = 0;
+  double value = 0.0;
+};
+
+struct TracePoint {
+  std::int64_t step = 0;
+  std::string phase;  // "forward" | "backward"
+  std::int64_t iteration = 0;
+  double abs_residual = 0.0;
+  double rel_residual = 0.0;
+  double energy = 0.0;  // NaN when the solve had no energy
+};
+
+class ResultsDb {
+ public:
+  // Opens (creating the schema when writable and new). Read-only opening of a file that is not a
+  // results file throws mhd::Error saying so. Sets WAL mode and a busy timeout.
+  static std::unique_ptr<ResultsDb> open(const std::string& path, bool read_only = false);
+  ~ResultsDb();
+  ResultsDb(const ResultsDb&) = delete;
+  ResultsDb& operator=(const ResultsDb&) = delete;
+
+  const std::string& path() const { return path_; }
+
+  // --- writing -------------------------------------------------------------------------
+  std::int64_t begin_study(const Study& study, const RunEnvironment& env);
+  void finish_study(std::int64_t study_id);
+  // Adds the trial as pending; returns its id.
+  std::int64_t add_trial(std::int64_t study_id, std::int64_t index, const TrialConfig& config);
+  void mark_running(std::int64_t trial_id);
+  void finish_trial(std::int64_t trial_id, TrialStatus status, const std::string& error, double wall_s);
+  void set_param_count(std::int64_t trial_id, std::int64_t count);
+  // Buffered; written by flush() in one transaction.
+  void add_metric(std::int64_t trial_id, std::int64_t step, const std::string& name, double value);
+  void add_trace(std::int64_t trial_id, const TracePoint& point);
+  void flush();
+
+  // --- reading -------------------------------------------------------------------------
+  std::optional<StudyRow> latest_study() const;
+  std::optional<StudyRow> study(std::int64_t study_id) const;
+  std::vector<StudyRow> studies() const;
+  std::vector<TrialRow> trials(std::int64_t study_id) const;
+  std::vector<std::string> metric_names(std::int64_t study_id) const;
+  std::vector<MetricPoint> metric_series(std::int64_t trial_id, const std::string& name) const;
+  // The last recorded value of every metric of a trial.
+  std::map<std::string, double> final_metrics(std::int64_t trial_id) const;
+  std::vector<TracePoint> traces(std::int64_t trial_id) const;
+
+ private:
+  ResultsDb() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::string path_;
+};
+
+// `mhd report`: final metrics per variant and sweep point, mean +- std over seeds (sample std,
+// n-1; 0 for a single seed). `metrics` empty means every metric. CSV has one row per group and
+// metric: variant,sweep,metric,mean,std,n.
+struct ReportOptions {
+  std::vector<std::string> metrics;
+  bool csv = false;
+  std::optional<std::int64_t> study_id;  // default: the latest study in the file
+};
+std::string format_report(const ResultsDb& db, const ReportOptions& options);
+
+// Mean and sample standard deviation of `values` (std = 0 when fewer than two).
+std::pair<double, double> mean_std(const std::vector<double>& values);
+
+}  // namespace mhd

@@ -1,0 +1,73 @@
+// Study files (DESIGN.md §5): parse, validate every key, expand into trials.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "mhd/params.h"
+
+namespace mhd {
+
+class PluginRegistry;
+
+struct ComponentConfig {
+  std::string plugin;
+  Params params;  // the plugin's parameters, validated, defaults filled in
+};
+
+// Everything one trial needs, fully resolved (defaults filled in). Serialised as JSON into the
+// results so any trial can be re-run alone.
+struct TrialConfig {
+  std::string study;
+  std::string variant;  // "base" or a [[variant]] name
+  std::int64_t seed = 0;
+  std::vector<std::pair<std::string, ParamValue>> sweep_point;  // axis ("memory.size") -> value
+
+  Params run;        // [study] device, threads
+  std::string task_kind;
+  Params task;       // [task] without `kind`, validated against task_schema(kind)
+  Params model;      // [model]
+  Params energy;     // [energy]
+  ComponentConfig backbone;         // [backbone]
+  ComponentConfig memory;           // [memory]
+  ComponentConfig solver;           // [solver] plugin params
+  Params solve;                     // [solver] framework keys: max_iter, tol
+  Params backward;                  // [backward]
+  ComponentConfig backward_solver;  // backward.solver with its default parameters
+  Params train;                     // [train]
+  Params objective;                 // [train.objective]
+  std::vector<ComponentConfig> optimizations;  // enabled [optimizations.NAME], in file order
+
+  // Canonical JSON (sorted keys), identical for identical configurations.
+  std::string to_json() const;
+  // Hex digest of to_json(), to detect a changed configuration.
+  std::string hash() const;
+  // "variant memory.size=1024 seed=0"
+  std::string label() const;
+  // "memory.size=1024 seq_len=64" ("" without a sweep)
+  std::string sweep_label() const;
+};
+
+struct Study {
+  std::string path;       // as given
+  std::string name;
+  std::string description;
+  std::string toml_text;  // verbatim
+  std::string output;     // results file
+  std::vector<std::string> plugin_path;
+  std::vector<std::int64_t> seeds;
+  std::vector<std::string> variants;     // in run order ("base" first when included)
+  std::vector<std::string> sweep_axes;   // in file order
+  std::vector<TrialConfig> trials;       // variants x sweep points x seeds, in that nesting order
+};
+
+// Reads, validates and expands a study file. Plugins named in the study are looked up in
+// `registry` after scanning the study's plugin_path (relative to the study file's folder).
+// Every problem throws mhd::StudyError "FILE:LINE:COL: error: ..." before anything runs.
+Study load_study(const std::string& path, PluginRegistry& registry);
+// The same from text; `path` is used for messages and to resolve relative paths.
+Study parse_study(const std::string& toml_text, const std::string& path, PluginRegistry& registry);
+
+}  // namespace mhd
