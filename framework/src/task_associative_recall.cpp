@@ -66,7 +66,7 @@ class AssociativeRecall final : public Task {
 
   // A random choice of k distinct items from [0, n) for each of B rows: [B, k] int64.
   static at::Tensor distinct_per_row(std::int64_t batch, std::int64_t n, std::int64_t k, at::Generator& gen) {
-    return at::rand({batch, n}, gen).argsort(1).slice(1, 0, k);
+    return at::rand({batch, n}, gen).argsort(/*dim=*/1, /*descending=*/false).slice(1, 0, k);
   }
 
   Batch sample(std::int64_t batch, at::Generator& gen) const {

@@ -1,0 +1,86 @@
+// The unified dynamics and energy of DESIGN.md §4.
+//
+//   f(z) = z + W_out( g * u + (1 - g) * r )
+//   u    = mamba_update(z, X)      the dynamics' backbone block stepped once from the context state
+//   r    = memory.retrieve(W_q z)
+//   g    = act(W_g [u ; r])        act = sigmoid or tanh
+//   E(z) = E_mem(W_q z) + alpha ||z - f(z)||^2 + lambda_l2 ||z||^2 (+ optimizations' extra terms)
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+
+#include "mhd/backbone.h"
+#include "mhd/solver.h"
+
+namespace mhd {
+
+class Memory;
+class Optimization;
+
+struct DynamicsOptions {
+  std::int64_t d_model = 64;
+  bool use_memory = true;
+  std::string gate = "sigmoid";  // "sigmoid" | "tanh"
+  double out_init_scale = 0.1;
+  double alpha = 1.0;      // energy: consistency weight
+  double lambda_l2 = 1e-3; // energy: ||z||^2 weight
+};
+
+// The parts of one evaluation of f, for diagnostics.
+struct DynamicsComponents {
+  torch::Tensor mamba;   // u: [B, D]
+  torch::Tensor memory;  // r: [B, D] (zeros when the memory is off)
+  torch::Tensor gate;    // g: [B, D]
+  torch::Tensor next;    // f(z): [B, D]
+};
+
+struct EnergyComponents {
+  torch::Tensor memory;       // E_mem(W_q z): [B]
+  torch::Tensor consistency;  // alpha ||z - f(z)||^2: [B]
+  torch::Tensor l2;           // lambda_l2 ||z||^2: [B]
+  torch::Tensor extra;        // optimizations' terms: [B]
+  torch::Tensor total;        // [B]
+};
+
+class UnifiedDynamics : public torch::nn::Module {
+ public:
+  UnifiedDynamics(const DynamicsOptions& options, std::shared_ptr<Backbone> block, std::shared_ptr<Memory> memory,
+                  std::vector<std::shared_ptr<Optimization>> optimizations);
+
+  // Runs the dynamics' block over the context once per solve. X: [B, L, D].
+  RecurrentState prepare(const torch::Tensor& X);
+
+  // f(z) for z: [B, D] against a prepared context (before any optimization's wrapping).
+  torch::Tensor forward(const torch::Tensor& z, const RecurrentState& context);
+  DynamicsComponents components(const torch::Tensor& z, const RecurrentState& context);
+
+  // The map the solvers see: f with every optimization's wrap_dynamics applied, in order.
+  TensorMap solver_map(const RecurrentState& context);
+
+  // E(z) and its parts; f is the solver map, so the consistency term matches what is solved.
+  EnergyComponents energy(const torch::Tensor& z, const RecurrentState& context);
+  // dE/dz including the consistency term's dependence on z through f (DESIGN.md §4).
+  torch::Tensor grad_energy(const torch::Tensor& z, const RecurrentState& context);
+
+  // W_q z: the memory query. [B, D]
+  torch::Tensor query(const torch::Tensor& z);
+
+  const DynamicsOptions& options() const { return options_; }
+  Memory* memory() const { return memory_.get(); }
+
+ private:
+  torch::Tensor linear(const std::string& name, const torch::nn::Linear& layer, const torch::Tensor& x);
+
+  DynamicsOptions options_;
+  std::shared_ptr<Backbone> block_;
+  std::shared_ptr<Memory> memory_;
+  std::vector<std::shared_ptr<Optimization>> optimizations_;
+  torch::nn::Linear W_q_{nullptr}, W_g_{nullptr}, W_out_{nullptr};
+};
+
+}  // namespace mhd

@@ -1,0 +1,70 @@
+// The Unified Mamba-Hopfield-DEQ model (DESIGN.md §4):
+//   tokens -> Embedding -> n_layers x (x + layer(LayerNorm(x))) -> X: [B, L, D], z0 = X[:, -1]
+//   z* = DEQ solve of the unified dynamics (dynamics.h)
+//   logits = Head(LayerNorm(X + z* broadcast over L))
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+
+#include "mhd/dynamics.h"
+#include "mhd/solver.h"
+
+namespace mhd {
+
+class PluginRegistry;
+class Optimization;
+struct TrialConfig;
+
+struct ModelOutput {
+  torch::Tensor logits;  // [B, L, V]
+  torch::Tensor z_star;  // [B, D]; gradients reach the parameters through the backward mode
+  SolverInfo forward_info;
+  // Filled by the implicit backward solve once loss.backward() has run.
+  std::shared_ptr<SolverInfo> backward_info = std::make_shared<SolverInfo>();
+  EnergyComponents energy;  // at z*, with a graph (defined only when [energy] enabled and deq on)
+  RecurrentState context;   // the dynamics' context state
+  torch::Tensor z0;         // [B, D]
+};
+
+class UnifiedModel : public torch::nn::Module {
+ public:
+  UnifiedModel(const TrialConfig& config, PluginRegistry& registry, std::int64_t vocab_size);
+
+  // tokens: [B, L] int64. `observe` lets optimizations probe the equilibrium (on_equilibrium),
+  // which may cost extra work; the trainer asks for it at evaluation steps.
+  ModelOutput forward(const torch::Tensor& tokens, bool observe = false);
+
+  // The context X: [B, L, D] for tokens [B, L].
+  torch::Tensor context(const torch::Tensor& tokens);
+
+  bool deq_enabled() const { return deq_; }
+  UnifiedDynamics& dynamics() { return *dynamics_; }
+  const std::vector<std::shared_ptr<Optimization>>& optimizations() const { return optimizations_; }
+  SolveLimits forward_limits() const { return forward_limits_; }
+  std::int64_t parameter_count() const;
+
+ private:
+  bool deq_ = true;
+  bool energy_on_ = true;
+  bool implicit_ = true;
+  SolveLimits forward_limits_, backward_limits_;
+  std::shared_ptr<Solver> solver_, backward_solver_;
+  std::vector<std::shared_ptr<Optimization>> optimizations_;
+
+  torch::nn::Embedding embedding_{nullptr};
+  std::vector<std::shared_ptr<Backbone>> layers_;
+  std::vector<torch::nn::LayerNorm> layer_norms_;
+  std::shared_ptr<UnifiedDynamics> dynamics_;
+  torch::nn::LayerNorm head_norm_{nullptr};
+  torch::nn::Linear head_{nullptr};
+};
+
+}  // namespace mhd

@@ -1,0 +1,110 @@
+#include "mhd/model.h"
+
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+
+#include "mhd/error.h"
+#include "mhd/implicit.h"
+#include "mhd/memory.h"
+#include "mhd/optimization.h"
+#include "mhd/registry.h"
+#include "mhd/study.h"
+
+namespace mhd {
+
+UnifiedModel::UnifiedModel(const TrialConfig& config, PluginRegistry& registry, std::int64_t vocab_size) {
+  const auto& m = config.model;
+  const std::int64_t D = m.integer("d_model");
+  const ModelDims dims{D, vocab_size};
+  deq_ = m.flag("deq");
+  energy_on_ = config.energy.flag("enabled");
+  implicit_ = config.backward.text("mode") == "implicit";
+  forward_limits_ = {config.solve.integer("max_iter"), config.solve.real("tol")};
+  backward_limits_ = {config.backward.integer("max_iter"), config.backward.real("tol")};
+
+  embedding_ = register_module("embedding", torch::nn::Embedding(vocab_size, D));
+  for (std::int64_t i = 0; i < m.integer("n_layers"); ++i) {
+    layer_norms_.push_back(register_module("norm" + std::to_string(i), torch::nn::LayerNorm(
+                                                                           torch::nn::LayerNormOptions({D}))));
+    layers_.push_back(register_module("layer" + std::to_string(i),
+                                      registry.make_backbone(config.backbone.plugin, config.backbone.params, dims)));
+  }
+  head_norm_ = register_module("head_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
+  head_ = register_module("head", torch::nn::Linear(D, vocab_size));
+  if (!deq_) return;  // the backbone-only baseline has no dynamics, memory or solver
+
+  for (const auto& opt : config.optimizations)
+    optimizations_.push_back(registry.make_optimization(opt.plugin, opt.params));
+  DynamicsOptions dyn;
+  dyn.d_model = D;
+  dyn.use_memory = m.flag("use_memory");
+  dyn.gate = m.text("gate");
+  dyn.out_init_scale = m.real("out_init_scale");
+  dyn.alpha = config.energy.real("alpha");
+  dyn.lambda_l2 = config.energy.real("lambda_l2");
+  auto block = registry.make_backbone(config.backbone.plugin, config.backbone.params, dims);
+  std::shared_ptr<Memory> memory;
+  if (dyn.use_memory) memory = registry.make_memory(config.memory.plugin, config.memory.params, dims);
+  dynamics_ = register_module("dynamics", std::make_shared<UnifiedDynamics>(dyn, block, memory, optimizations_));
+  solver_ = registry.make_solver(config.solver.plugin, config.solver.params);
+  backward_solver_ = registry.make_solver(config.backward_solver.plugin, config.backward_solver.params);
+}
+
+torch::Tensor UnifiedModel::context(const torch::Tensor& tokens) {
+  if (tokens.dim() != 2) throw Error("model input must be [B, L] token ids, got " + std::to_string(tokens.dim()) + " dims");
+  auto x = embedding_->forward(tokens);  // [B, L, D]
+  for (std::size_t i = 0; i < layers_.size(); ++i) x = x + layers_[i]->forward(layer_norms_[i]->forward(x));
+  return x;
+}
+
+ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe) {
+  ModelOutput out;
+  auto X = context(tokens);  // [B, L, D]
+  if (!deq_) {
+    out.logits = head_->forward(head_norm_->forward(X));
+    return out;
+  }
+  out.z0 = X.select(1, X.size(1) - 1);  // [B, D]
+  out.context = dynamics_->prepare(X);
+  const TensorMap f = dynamics_->solver_map(out.context);
+
+  at::Tensor start = out.z0.detach();
+  for (const auto& opt : optimizations_)
+    if (auto warm = opt->warm_start(out.z0.detach())) start = *warm;
+
+  if (implicit_) {
+    FixedPointProblem problem;
+    problem.f = f;
+    if (energy_on_) {
+      problem.energy = [&](const at::Tensor& z) { return dynamics_->energy(z, out.context).total; };
+      problem.grad_energy = [&](const at::Tensor& z) { return dynamics_->grad_energy(z, out.context); };
+    }
+    SolveResult solved;
+    {
+      torch::NoGradGuard no_grad;
+      solved = solver_->solve(problem, start, forward_limits_);
+    }
+    out.forward_info = solved.info;
+    out.z_star = implicit_equilibrium(f, solved.z, *backward_solver_, backward_limits_, out.backward_info);
+  } else {
+    SolveResult solved = unrolled_fixed_point(f, start, forward_limits_);
+    out.forward_info = solved.info;
+    out.z_star = solved.z;
+  }
+  if (observe) {
+    torch::NoGradGuard no_grad;
+    for (const auto& opt : optimizations_) opt->on_equilibrium(f, out.z_star.detach(), out.z0.detach());
+  }
+  if (energy_on_) out.energy = dynamics_->energy(out.z_star, out.context);
+  auto combined = X + out.z_star.unsqueeze(1);  // z* broadcast over L: [B, L, D]
+  out.logits = head_->forward(head_norm_->forward(combined));
+  return out;
+}
+
+std::int64_t UnifiedModel::parameter_count() const {
+  std::int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+}  // namespace mhd
