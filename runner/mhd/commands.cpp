@@ -1,0 +1,133 @@
+#include "commands.h"
+
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "mhd/error.h"
+#include "mhd/pipeline.h"
+#include "mhd/plugin.h"
+#include "mhd/registry.h"
+#include "mhd/results.h"
+#include "mhd/study.h"
+
+namespace mhd::cli {
+namespace {
+
+PluginRegistry& discovered_plugins() {
+  auto& registry = PluginRegistry::global();
+  registry.scan_default_paths();
+  return registry;
+}
+
+// Runs a command body, turning errors into one line on stderr and an exit code.
+template <typename Body>
+int guarded(Body&& body) {
+  try {
+    return body();
+  } catch (const StudyError& e) {
+    std::cerr << e.what() << std::endl;
+    return kExitBadInput;
+  } catch (const Error& e) {
+    std::cerr << "mhd: error: " << e.what() << std::endl;
+    return kExitBadInput;
+  } catch (const std::exception& e) {
+    std::cerr << "mhd: error: " << e.what() << std::endl;
+    return kExitFailure;
+  }
+}
+
+std::string describe_range(const ParamSpec& spec) {
+  std::ostringstream out;
+  if (!spec.choices.empty()) {
+    for (std::size_t i = 0; i < spec.choices.size(); ++i) out << (i ? "|" : "") << spec.choices[i];
+  } else if (spec.min || spec.max) {
+    out << "[" << (spec.min ? std::to_string(*spec.min) : "-inf") << ", " << (spec.max ? std::to_string(*spec.max) : "inf") << "]";
+  }
+  std::string s = out.str();
+  // std::to_string prints 6 decimals; drop the trailing zeros.
+  for (std::size_t pos; (pos = s.find(".000000")) != std::string::npos;) s.erase(pos, 7);
+  return s;
+}
+
+void print_plugin(const LoadedPlugin& plugin) {
+  const Manifest& m = *plugin.manifest;
+  std::cout << to_string(m.kind) << " " << m.name << " " << m.version << " - " << m.description << "\n"
+            << "  file: " << plugin.path << "\n";
+  if (m.params.empty()) std::cout << "  (no parameters)\n";
+  for (const auto& spec : m.params) {
+    std::cout << "  " << std::left << std::setw(18) << spec.name << std::setw(8) << to_string(spec.type)
+              << " default " << std::setw(10) << format_param_value(spec.default_value) << " " << std::setw(16)
+              << describe_range(spec) << " " << spec.doc << "\n";
+  }
+}
+
+}  // namespace
+
+int run(const RunArgs& args) {
+  return guarded([&] {
+    auto& registry = discovered_plugins();
+    Study study = load_study(args.study, registry);
+    RunOptions options{args.output, args.device, args.only};
+    RunSummary summary = run_study(study, registry, options, std::cout);
+    return summary.failed > 0 ? kExitTrialsFailed : kExitOk;
+  });
+}
+
+int validate(const std::string& path) {
+  return guarded([&] {
+    Study study = load_study(path, discovered_plugins());
+    std::cout << path << ": ok: study '" << study.name << "', " << study.variants.size() << " variant(s), "
+              << study.trials.size() << " trial(s) -> " << study.output << std::endl;
+    return kExitOk;
+  });
+}
+
+int plan(const std::string& path) {
+  return guarded([&] {
+    Study study = load_study(path, discovered_plugins());
+    std::cout << "study '" << study.name << "': " << study.trials.size() << " trial(s) -> " << study.output << "\n";
+    std::cout << std::left << std::setw(6) << "#" << std::setw(20) << "variant" << std::setw(36) << "sweep"
+              << std::setw(6) << "seed" << "config\n";
+    for (std::size_t i = 0; i < study.trials.size(); ++i) {
+      const auto& t = study.trials[i];
+      std::cout << std::setw(6) << i + 1 << std::setw(20) << t.variant << std::setw(36)
+                << (t.sweep_label().empty() ? "-" : t.sweep_label()) << std::setw(6) << t.seed
+                << t.backbone.plugin << "+" << t.memory.plugin << "+" << t.solver.plugin
+                << (t.model.flag("deq") ? "" : " (no DEQ)") << " " << t.hash().substr(0, 8) << "\n";
+    }
+    std::cout << std::flush;
+    return kExitOk;
+  });
+}
+
+int plugins(const std::string& kind) {
+  return guarded([&] {
+    auto& registry = discovered_plugins();
+    const auto list = kind.empty() ? registry.all() : registry.plugins(plugin_kind_from_string(kind));
+    for (const auto* plugin : list) {
+      print_plugin(*plugin);
+      std::cout << "\n";
+    }
+    if (list.empty()) std::cout << "no plugins found\n";
+    std::cout << "searched: ";
+    for (const auto& dir : registry.searched_directories()) std::cout << dir << " ";
+    std::cout << "(add directories with MHD_PLUGIN_PATH or a study's plugin_path)\n";
+    for (const auto& failure : registry.failures()) std::cout << "failed to load: " << failure.reason << "\n";
+    std::cout << std::flush;
+    return kExitOk;
+  });
+}
+
+int report(const std::string& file, const std::vector<std::string>& metrics, bool csv) {
+  return guarded([&] {
+    auto db = ResultsDb::open(file, /*read_only=*/true);
+    ReportOptions options;
+    options.metrics = metrics;
+    options.csv = csv;
+    std::cout << format_report(*db, options) << std::flush;
+    return kExitOk;
+  });
+}
+
+}  // namespace mhd::cli
