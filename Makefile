@@ -1,0 +1,38 @@
+# The README's two commands:
+#   make quickstart   install missing Debian packages, configure, build, run studies/quickstart.toml
+#   make test         the same set-up, then every test (ctest)
+BUILD ?= build
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
+
+# Debian 12 packages the build needs (see README "Stack").
+PACKAGES := build-essential cmake ninja-build git pkg-config \
+  libtorch-dev libboost-dev libboost-filesystem-dev libtomlplusplus-dev libsqlite3-dev \
+  libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev \
+  qt6-base-dev qt6-charts-dev
+
+.PHONY: quickstart test build configure deps clean
+
+quickstart: build
+	$(BUILD)/bin/mhd run studies/quickstart.toml
+
+test: build
+	ctest --test-dir $(BUILD) --output-on-failure -j$(JOBS)
+
+build: configure
+	cmake --build $(BUILD) -j$(JOBS)
+
+configure: deps
+	@if [ ! -f $(BUILD)/build.ninja ]; then cmake -S . -B $(BUILD) -G Ninja $(CMAKE_FLAGS); fi
+
+# Installs only what is missing; needs root (or sudo) the first time.
+deps:
+	@missing=$$(for p in $(PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing missing packages:" $$missing; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+clean:
+	rm -rf $(BUILD)
