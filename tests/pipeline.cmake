@@ -1,0 +1,2 @@
+mhd_add_test(NAME test_pipeline SOURCES test_pipeline.cpp
+             PLUGINS mamba hopfield fixed_point anderson contractive)
