@@ -46,9 +46,13 @@ at::Tensor random_patterns(std::int64_t n, std::int64_t dim) {
   return at::randn({n, dim}) * (2.0 / std::sqrt(static_cast<double>(dim)));
 }
 
-// Each row with `share` of its components (a random subset) replaced by fresh values of the same scale.
+// Each row with exactly `share` of its components (a random subset per row) replaced by fresh values
+// of the same scale.
 at::Tensor corrupt(const at::Tensor& patterns, double share) {
-  const at::Tensor replace = at::rand(patterns.sizes()).lt(share);
+  const auto count = static_cast<std::int64_t>(share * static_cast<double>(patterns.size(1)));
+  const std::int64_t row_dim = 1;
+  const at::Tensor rank = at::rand(patterns.sizes()).argsort(row_dim).argsort(row_dim);  // a random permutation per row
+  const at::Tensor replace = rank.lt(count);
   const at::Tensor fresh = at::randn(patterns.sizes()) * (2.0 / std::sqrt(static_cast<double>(patterns.size(1))));
   return at::where(replace, fresh, patterns);
 }
