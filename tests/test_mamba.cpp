@@ -1,0 +1,599 @@
+// The "mamba" backbone: the fused selective scan against its per-timestep reference and finite
+// differences, the block's recurrent form against its sequence form, its initialisation, its errors,
+// and the plugin as the host loads it.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/autograd.h>
+
+#include "fast_exp.h"
+#include "mamba_block.h"
+#include "mhd/error.h"
+#include "mhd/registry.h"
+#include "selective_scan.h"
+
+namespace {
+
+using mhd::mamba::MambaBlock;
+using mhd::mamba::MambaConfig;
+using mhd::mamba::ScanArgs;
+using mhd::mamba::ScanResult;
+
+double max_abs(const at::Tensor& t) { return t.numel() ? t.abs().max().item<double>() : 0.0; }
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b) { return max_abs(a - b); }
+
+// Expects `fn` to throw mhd::Error whose message contains `needle`.
+void expect_error(const std::function<void()>& fn, const std::string& needle) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected mhd::Error containing \"" << needle << "\"";
+  } catch (const mhd::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << "not one line: " << e.what();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scan fixtures
+// ---------------------------------------------------------------------------------------------
+
+struct ScanShape {
+  std::int64_t batch = 2, len = 11, dim = 5, nstate = 7;  // N = 7 exercises the vector tail loop
+};
+
+struct ScanOptions {
+  bool h0 = true, skip = true, bias = true, softplus = true;
+};
+
+ScanArgs random_args(const ScanShape& s, at::ScalarType dtype, const ScanOptions& o, std::uint64_t seed) {
+  at::manual_seed(seed);
+  const auto opts = at::TensorOptions().dtype(dtype);
+  ScanArgs a;
+  a.u = at::randn({s.batch, s.len, s.dim}, opts);
+  // With softplus the raw step may be negative; without it the step itself must be positive.
+  a.delta = o.softplus ? at::randn({s.batch, s.len, s.dim}, opts) - 1.0
+                       : at::rand({s.batch, s.len, s.dim}, opts) * 0.5 + 0.05;
+  a.A = -at::exp(at::randn({s.dim, s.nstate}, opts) * 0.5);
+  a.B = at::randn({s.batch, s.len, s.nstate}, opts);
+  a.C = at::randn({s.batch, s.len, s.nstate}, opts);
+  if (o.skip) a.D = at::randn({s.dim}, opts);
+  if (o.bias) a.delta_bias = at::randn({s.dim}, opts) * 0.5;
+  if (o.h0) a.h0 = at::randn({s.batch, s.dim, s.nstate}, opts);
+  a.delta_softplus = o.softplus;
+  return a;
+}
+
+constexpr std::size_t kNumScanTensors = 8;
+const char* const kScanTensorNames[kNumScanTensors] = {"u", "delta", "A", "B", "C", "D", "delta_bias", "h0"};
+
+std::vector<at::Tensor*> scan_tensors(ScanArgs& a) {
+  return {&a.u, &a.delta, &a.A, &a.B, &a.C, &a.D, &a.delta_bias, &a.h0};
+}
+
+// Fresh leaves requiring grad, so two scans never share a graph.
+ScanArgs leaves_of(const ScanArgs& a) {
+  ScanArgs out = a;
+  for (at::Tensor* t : scan_tensors(out)) {
+    if (t->defined()) *t = t->detach().clone().requires_grad_(true);
+  }
+  return out;
+}
+
+// A loss that weights every output entry differently: sum(y * wy) + sum(h_L * wh).
+struct LossWeights {
+  at::Tensor wy, wh;
+};
+LossWeights random_weights(const ScanArgs& a, std::uint64_t seed) {
+  at::manual_seed(seed);
+  return {at::randn(a.u.sizes(), a.u.options()), at::randn({a.u.size(0), a.u.size(2), a.A.size(1)}, a.u.options())};
+}
+at::Tensor weighted_loss(const ScanResult& r, const LossWeights& w) {
+  return (r.y * w.wy).sum() + (r.last_state * w.wh).sum();
+}
+
+using ScanFn = ScanResult (*)(const ScanArgs&);
+
+// Gradients of weighted_loss w.r.t. every defined input (undefined entries for the absent ones).
+std::vector<at::Tensor> scan_gradients(ScanFn scan, const ScanArgs& base, const LossWeights& w) {
+  ScanArgs a = leaves_of(base);
+  std::vector<at::Tensor> inputs;
+  for (at::Tensor* t : scan_tensors(a))
+    if (t->defined()) inputs.push_back(*t);
+  const auto grads = torch::autograd::grad({weighted_loss(scan(a), w)}, inputs);
+  std::vector<at::Tensor> out;
+  std::size_t k = 0;
+  for (at::Tensor* t : scan_tensors(a)) out.push_back(t->defined() ? grads[k++] : at::Tensor());
+  return out;
+}
+
+// Restores the kernel ISA and thread count a test changed.
+struct ScanSettingsGuard {
+  int threads = at::get_num_threads();
+  ~ScanSettingsGuard() {
+    mhd::mamba::set_scan_isa(mhd::mamba::ScanIsa::Auto);
+    at::set_num_threads(threads);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// fast_exp
+// ---------------------------------------------------------------------------------------------
+
+TEST(MambaFastExp, MatchesStdExpToAFewUlp) {
+  double worst_f = 0, worst_d = 0;
+  for (int i = 0; i <= 20000; ++i) {
+    const double x = -85.0 + 172.0 * i / 20000.0;
+    const float xf = static_cast<float>(x);
+    worst_f = std::max(worst_f, std::abs(mhd::mamba::fast_exp(xf) / std::exp(xf) - 1.0f) * 1.0);
+    const double xd = -699.0 + 1407.0 * i / 20000.0;
+    worst_d = std::max(worst_d, std::abs(mhd::mamba::fast_exp(xd) / std::exp(xd) - 1.0));
+  }
+  EXPECT_LT(worst_f, 4e-7);
+  EXPECT_LT(worst_d, 4e-16);
+  EXPECT_TRUE(std::isnan(mhd::mamba::fast_exp(std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_TRUE(std::isnan(mhd::mamba::fast_exp(std::numeric_limits<double>::quiet_NaN())));
+  // Clamped, never subnormal or infinite.
+  EXPECT_GT(mhd::mamba::fast_exp(-1e4f), 0.0f);
+  EXPECT_LT(mhd::mamba::fast_exp(-1e4f), 1e-37f);
+  EXPECT_TRUE(std::isfinite(mhd::mamba::fast_exp(1e4)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Selective scan: forward
+// ---------------------------------------------------------------------------------------------
+
+TEST(MambaScan, ForwardMatchesReferenceFloat64) {
+  const std::vector<ScanOptions> variants = {
+      {true, true, true, true}, {false, true, true, true}, {false, false, false, false}, {true, true, false, false}};
+  for (const ScanShape& shape : {ScanShape{}, ScanShape{3, 20, 4, 16}}) {
+    for (const ScanOptions& o : variants) {
+      const ScanArgs a = random_args(shape, at::kDouble, o, 1);
+      const ScanResult fused = mhd::mamba::selective_scan(a);
+      const ScanResult ref = mhd::mamba::selective_scan_reference(a);
+      ASSERT_EQ(fused.y.sizes(), ref.y.sizes());
+      ASSERT_EQ(fused.last_state.sizes(), ref.last_state.sizes());
+      EXPECT_LT(max_abs_diff(fused.y, ref.y), 1e-10) << "h0=" << o.h0 << " softplus=" << o.softplus;
+      EXPECT_LT(max_abs_diff(fused.last_state, ref.last_state), 1e-10) << "h0=" << o.h0;
+      EXPECT_GT(max_abs(ref.y), 0.1);  // not trivially zero
+    }
+  }
+}
+
+TEST(MambaScan, ForwardMatchesReferenceFloat32) {
+  for (bool h0 : {false, true}) {
+    const ScanArgs a = random_args({2, 40, 6, 16}, at::kFloat, {h0, true, true, true}, 2);
+    const ScanResult fused = mhd::mamba::selective_scan(a);
+    const ScanResult ref = mhd::mamba::selective_scan_reference(a);
+    EXPECT_LT(max_abs_diff(fused.y, ref.y) / max_abs(ref.y), 1e-5);
+    EXPECT_LT(max_abs_diff(fused.last_state, ref.last_state) / max_abs(ref.last_state), 1e-5);
+  }
+}
+
+TEST(MambaScan, GenericKernelMatchesReference) {
+  ScanSettingsGuard guard;
+  mhd::mamba::set_scan_isa(mhd::mamba::ScanIsa::Generic);
+  EXPECT_EQ(mhd::mamba::active_scan_isa(), "generic");
+  for (auto dtype : {at::kDouble, at::kFloat}) {
+    const ScanArgs a = random_args({}, dtype, {}, 3);
+    const ScanResult fused = mhd::mamba::selective_scan(a);
+    const ScanResult ref = mhd::mamba::selective_scan_reference(a);
+    const double tol = dtype == at::kDouble ? 1e-10 : 1e-5 * max_abs(ref.y);
+    EXPECT_LT(max_abs_diff(fused.y, ref.y), tol);
+    const LossWeights w = random_weights(a, 4);
+    const auto gf = scan_gradients(&mhd::mamba::selective_scan, a, w);
+    const auto gr = scan_gradients(&mhd::mamba::selective_scan_reference, a, w);
+    for (std::size_t i = 0; i < kNumScanTensors; ++i) {
+      const double gtol = dtype == at::kDouble ? 1e-9 : 1e-4 * std::max(1.0, max_abs(gr[i]));
+      EXPECT_LT(max_abs_diff(gf[i], gr[i]), gtol) << kScanTensorNames[i];
+    }
+  }
+}
+
+TEST(MambaScan, EmptySequenceReturnsInitialState) {
+  const ScanArgs a = random_args({2, 0, 3, 4}, at::kDouble, {}, 5);
+  const ScanResult r = mhd::mamba::selective_scan(a);
+  EXPECT_EQ(r.y.sizes(), (std::vector<std::int64_t>{2, 0, 3}));
+  EXPECT_EQ(max_abs_diff(r.last_state, a.h0), 0.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Selective scan: gradients
+// ---------------------------------------------------------------------------------------------
+
+TEST(MambaScan, GradientsMatchReferenceFloat64) {
+  const std::vector<ScanOptions> variants = {{true, true, true, true}, {false, false, false, false}};
+  for (const ScanOptions& o : variants) {
+    const ScanArgs a = random_args({2, 13, 5, 6}, at::kDouble, o, 6);
+    const LossWeights w = random_weights(a, 7);
+    const auto gf = scan_gradients(&mhd::mamba::selective_scan, a, w);
+    const auto gr = scan_gradients(&mhd::mamba::selective_scan_reference, a, w);
+    for (std::size_t i = 0; i < kNumScanTensors; ++i) {
+      ASSERT_EQ(gf[i].defined(), gr[i].defined()) << kScanTensorNames[i];
+      if (!gr[i].defined()) continue;
+      EXPECT_LT(max_abs_diff(gf[i], gr[i]), 1e-9 * std::max(1.0, max_abs(gr[i]))) << kScanTensorNames[i];
+      EXPECT_GT(max_abs(gr[i]), 1e-3) << kScanTensorNames[i] << " gradient is trivially zero";
+    }
+  }
+}
+
+TEST(MambaScan, GradientsMatchReferenceFloat32) {
+  const ScanArgs a = random_args({2, 17, 4, 16}, at::kFloat, {}, 8);
+  const LossWeights w = random_weights(a, 9);
+  const auto gf = scan_gradients(&mhd::mamba::selective_scan, a, w);
+  const auto gr = scan_gradients(&mhd::mamba::selective_scan_reference, a, w);
+  for (std::size_t i = 0; i < kNumScanTensors; ++i)
+    EXPECT_LT(max_abs_diff(gf[i], gr[i]), 1e-4 * std::max(1.0, max_abs(gr[i]))) << kScanTensorNames[i];
+}
+
+// Only one output used: autograd hands the backward zeros for the other.
+TEST(MambaScan, GradientsWhenOnlyOneOutputIsUsed) {
+  const ScanArgs base = random_args({1, 6, 3, 4}, at::kDouble, {}, 10);
+  for (bool use_y : {true, false}) {
+    std::vector<at::Tensor> grads[2];
+    const ScanFn fns[2] = {&mhd::mamba::selective_scan, &mhd::mamba::selective_scan_reference};
+    for (int k = 0; k < 2; ++k) {
+      ScanArgs a = leaves_of(base);
+      const ScanResult r = fns[k](a);
+      const at::Tensor loss = use_y ? r.y.pow(2).sum() : r.last_state.pow(2).sum();
+      // allow_unused: with only h_L in the loss the reference never touches C (the fused scan
+      // returns zeros for it).
+      const std::vector<at::Tensor> inputs = {a.u, a.A, a.B, a.C, a.h0};
+      grads[k] = torch::autograd::grad({loss}, inputs, {}, false, false, true);
+      for (std::size_t i = 0; i < grads[k].size(); ++i)
+        if (!grads[k][i].defined()) grads[k][i] = at::zeros_like(inputs[i]);
+    }
+    for (std::size_t i = 0; i < grads[0].size(); ++i) EXPECT_LT(max_abs_diff(grads[0][i], grads[1][i]), 1e-10);
+  }
+}
+
+// Central differences on a tiny case, every entry of every input.
+TEST(MambaScan, GradientsMatchFiniteDifferences) {
+  const ScanArgs base = random_args({1, 4, 2, 3}, at::kDouble, {}, 11);
+  const LossWeights w = random_weights(base, 12);
+  const auto analytic = scan_gradients(&mhd::mamba::selective_scan, base, w);
+  ScanArgs probe = base;
+  for (at::Tensor* t : scan_tensors(probe)) *t = t->defined() ? t->clone() : *t;
+  const auto fields = scan_tensors(probe);
+  const double eps = 1e-6;
+  for (std::size_t i = 0; i < kNumScanTensors; ++i) {
+    at::Tensor flat = fields[i]->view({-1});
+    for (std::int64_t j = 0; j < flat.numel(); ++j) {
+      const double x0 = flat[j].item<double>();
+      flat[j] = x0 + eps;
+      const double up = weighted_loss(mhd::mamba::selective_scan(probe), w).item<double>();
+      flat[j] = x0 - eps;
+      const double down = weighted_loss(mhd::mamba::selective_scan(probe), w).item<double>();
+      flat[j] = x0;
+      const double numeric = (up - down) / (2 * eps);
+      const double exact = analytic[i].reshape({-1})[j].item<double>();
+      EXPECT_NEAR(exact, numeric, 1e-6 * std::max(1.0, std::abs(numeric))) << kScanTensorNames[i] << "[" << j << "]";
+    }
+  }
+}
+
+// Under create_graph the backward is itself differentiable (recomputed through the reference).
+TEST(MambaScan, SecondDerivativesMatchReference) {
+  const ScanArgs base = random_args({1, 5, 3, 4}, at::kDouble, {}, 13);
+  const LossWeights w = random_weights(base, 14);
+  std::vector<at::Tensor> second[2];
+  const ScanFn fns[2] = {&mhd::mamba::selective_scan, &mhd::mamba::selective_scan_reference};
+  for (int k = 0; k < 2; ++k) {
+    ScanArgs a = leaves_of(base);
+    const auto first = torch::autograd::grad({weighted_loss(fns[k](a), w)}, {a.u, a.A}, {}, true, true);
+    const at::Tensor scalar = first[0].pow(2).sum() + first[1].pow(2).sum();
+    second[k] = torch::autograd::grad({scalar}, {a.u, a.delta, a.A, a.B, a.h0});
+  }
+  for (std::size_t i = 0; i < second[0].size(); ++i) {
+    EXPECT_LT(max_abs_diff(second[0][i], second[1][i]), 1e-9 * std::max(1.0, max_abs(second[1][i])));
+    EXPECT_GT(max_abs(second[1][i]), 0.0);
+  }
+}
+
+// The backward's partial buffers (dB, dC per chunk; dA, dD per batch) give the same sums whatever
+// the number of threads and chunks.
+TEST(MambaScan, GradientsIndependentOfThreadCount) {
+  ScanSettingsGuard guard;
+  for (std::int64_t batch : {1, 2, 3}) {
+    const ScanArgs a = random_args({batch, 9, 7, 5}, at::kDouble, {}, 15);
+    const LossWeights w = random_weights(a, 16);
+    at::set_num_threads(1);
+    const auto one = scan_gradients(&mhd::mamba::selective_scan, a, w);
+    at::set_num_threads(3);
+    const auto three = scan_gradients(&mhd::mamba::selective_scan, a, w);
+    for (std::size_t i = 0; i < kNumScanTensors; ++i)
+      EXPECT_LT(max_abs_diff(one[i], three[i]), 1e-12) << kScanTensorNames[i] << " batch=" << batch;
+  }
+}
+
+TEST(MambaScan, BadArgumentsGiveClearErrors) {
+  const ScanArgs good = random_args({2, 5, 3, 4}, at::kDouble, {}, 17);
+  auto with = [&](const std::function<void(ScanArgs&)>& change) {
+    ScanArgs a = good;
+    change(a);
+    return a;
+  };
+  expect_error([&] { mhd::mamba::selective_scan(with([](ScanArgs& a) { a.B = a.B.narrow(2, 0, 3); })); },
+               "selective_scan: B must be [B, L, N] = [2, 5, 4], got [2, 5, 3]");
+  expect_error([&] { mhd::mamba::selective_scan(with([](ScanArgs& a) { a.u = a.u[0]; })); },
+               "selective_scan: u must be [B, L, D], got [5, 3]");
+  expect_error([&] { mhd::mamba::selective_scan(with([](ScanArgs& a) { a.h0 = a.h0.transpose(1, 2); })); },
+               "h0 must be [B, D, N] = [2, 3, 4], got [2, 4, 3]");
+  expect_error([&] { mhd::mamba::selective_scan(with([](ScanArgs& a) { a.C = a.C.to(at::kFloat); })); },
+               "C has dtype Float but u has Double");
+  expect_error([&] { mhd::mamba::selective_scan(with([](ScanArgs& a) { a.A = at::Tensor(); })); },
+               "A is required");
+  expect_error(
+      [&] {
+        mhd::mamba::selective_scan(with([](ScanArgs& a) {
+          for (at::Tensor* t : scan_tensors(a)) *t = t->to(at::kHalf);
+        }));
+      },
+      "supports float32 and float64, got Half");
+  expect_error([&] { mhd::mamba::selective_scan_reference(with([](ScanArgs& a) { a.D = at::ones({4}, a.u.options()); })); },
+               "selective_scan_reference: D must be [D] = [3], got [4]");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The block
+// ---------------------------------------------------------------------------------------------
+
+MambaConfig small_config() {
+  MambaConfig c;
+  c.d_model = 8;
+  c.d_state = 4;
+  c.d_conv = 4;
+  c.expand = 2;
+  return c;
+}
+
+std::shared_ptr<MambaBlock> make_block(MambaConfig c, std::uint64_t seed, at::ScalarType dtype = at::kDouble) {
+  at::manual_seed(seed);
+  auto block = std::make_shared<MambaBlock>(c);
+  block->to(dtype);
+  return block;
+}
+
+TEST(MambaBlock, InitialisationFollowsMambaSsm) {
+  MambaConfig c;  // defaults: d_model 64, N 16, K 4, expand 2
+  at::manual_seed(18);
+  MambaBlock block(c);
+  const std::int64_t e = 128, n = 16;
+  EXPECT_EQ(block.d_inner(), e);
+  EXPECT_EQ(block.dt_rank(), 4);  // ceil(64 / 16)
+  const at::Tensor expected_A_log = at::log(at::arange(1, n + 1, at::kFloat)).expand({e, n});
+  EXPECT_LT(max_abs_diff(block.A_log, expected_A_log), 1e-7);
+  EXPECT_LT(max_abs_diff(block.A(), -at::arange(1, n + 1, at::kFloat).expand({e, n})), 1e-5);
+  EXPECT_EQ(max_abs_diff(block.D, at::ones({e})), 0.0);
+  const at::Tensor dt = at::softplus(block.dt_proj->bias);
+  EXPECT_GE(dt.min().item<double>(), c.dt_min * (1 - 1e-4));
+  EXPECT_LE(dt.max().item<double>(), c.dt_max * (1 + 1e-4));
+  // Log-uniform: both decades of [1e-3, 1e-1] are populated.
+  EXPECT_GT((dt < 1e-2).sum().item<std::int64_t>(), 20);
+  EXPECT_GT((dt > 1e-2).sum().item<std::int64_t>(), 20);
+  EXPECT_LE(max_abs(block.dt_proj->weight), 1.0 / std::sqrt(4.0) + 1e-7);
+
+  std::set<std::string> names;
+  for (const auto& p : block.named_parameters()) names.insert(p.key());
+  EXPECT_EQ(names, (std::set<std::string>{"in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight",
+                                          "dt_proj.weight", "dt_proj.bias", "out_proj.weight", "A_log", "D"}));
+  EXPECT_EQ(block.in_proj->weight.sizes(), (std::vector<std::int64_t>{2 * e, 64}));
+  EXPECT_EQ(block.conv1d->weight.sizes(), (std::vector<std::int64_t>{e, 1, 4}));
+  EXPECT_EQ(block.x_proj->weight.sizes(), (std::vector<std::int64_t>{4 + 2 * n, e}));
+  EXPECT_EQ(block.out_proj->weight.sizes(), (std::vector<std::int64_t>{64, e}));
+}
+
+TEST(MambaBlock, DtFloorAndExplicitRank) {
+  MambaConfig c = small_config();
+  c.dt_min = 1e-6;
+  c.dt_max = 2e-6;
+  c.dt_init_floor = 1e-3;  // above the range: every step is the floor
+  c.dt_rank = 3;
+  MambaBlock block(c);
+  EXPECT_EQ(block.dt_proj->weight.sizes(), (std::vector<std::int64_t>{16, 3}));
+  EXPECT_LT(max_abs_diff(at::softplus(block.dt_proj->bias), at::full({16}, 1e-3)), 1e-8);
+}
+
+TEST(MambaBlock, FusedAndReferenceScansAgree) {
+  MambaConfig fused_cfg = small_config(), ref_cfg = small_config();
+  ref_cfg.scan = mhd::mamba::ScanImpl::Reference;
+  auto fused = make_block(fused_cfg, 19), ref = make_block(ref_cfg, 19);
+  at::manual_seed(20);
+  const at::Tensor x = at::randn({2, 13, 8}, at::kDouble);
+  const at::Tensor w = at::randn({2, 13, 8}, at::kDouble);
+  const at::Tensor yf = fused->forward(x), yr = ref->forward(x);
+  EXPECT_LT(max_abs_diff(yf, yr), 1e-10);
+  (yf * w).sum().backward();
+  (yr * w).sum().backward();
+  const auto pf = fused->named_parameters(), pr = ref->named_parameters();
+  for (const auto& p : pf) {
+    const at::Tensor& gr = pr[p.key()].grad();
+    EXPECT_LT(max_abs_diff(p.value().grad(), gr), 1e-9 * std::max(1.0, max_abs(gr))) << p.key();
+    EXPECT_GT(max_abs(gr), 0.0) << p.key();
+  }
+}
+
+// Running step() position by position reproduces forward() and forward_with_state()'s final state.
+TEST(MambaBlock, StepByStepEqualsForward) {
+  for (std::int64_t d_conv : {4, 1}) {
+    MambaConfig c = small_config();
+    c.d_conv = d_conv;
+    auto block = make_block(c, 21);
+    at::manual_seed(22);
+    const at::Tensor x = at::randn({2, 9, 8}, at::kDouble);
+    const auto [y, state] = block->forward_with_state(x);
+    EXPECT_LT(max_abs_diff(block->forward(x), y), 1e-12);
+    ASSERT_EQ(state.tensors.size(), 2u);
+    EXPECT_EQ(state.tensors[0].sizes(), (std::vector<std::int64_t>{2, 16, d_conv - 1}));
+    EXPECT_EQ(state.tensors[1].sizes(), (std::vector<std::int64_t>{2, 16, 4}));
+
+    mhd::RecurrentState s = block->initial_state(2);
+    for (std::int64_t t = 0; t < x.size(1); ++t) {
+      auto [y_t, next] = block->step(x.select(1, t), s);
+      EXPECT_LT(max_abs_diff(y_t, y.select(1, t)), 1e-10) << "t=" << t << " d_conv=" << d_conv;
+      s = next;
+    }
+    EXPECT_LT(max_abs_diff(s.tensors[0], state.tensors[0]), 1e-12);
+    EXPECT_LT(max_abs_diff(s.tensors[1], state.tensors[1]), 1e-10);
+  }
+}
+
+// A prompt shorter than the conv window: the window is zero-padded, and step() continues the
+// sequence exactly where forward_with_state() stopped.
+TEST(MambaBlock, StepContinuesAShortPrompt) {
+  auto block = make_block(small_config(), 23);
+  at::manual_seed(24);
+  const at::Tensor x = at::randn({3, 6, 8}, at::kDouble);
+  const at::Tensor y = block->forward(x);
+  auto [y_prompt, s] = block->forward_with_state(x.narrow(1, 0, 2));
+  EXPECT_EQ(max_abs(s.tensors[0].select(2, 0)), 0.0);  // 3 slots, 2 inputs: the oldest is padding
+  EXPECT_GT(max_abs(s.tensors[0].select(2, 2)), 0.0);
+  EXPECT_LT(max_abs_diff(y_prompt, y.narrow(1, 0, 2)), 1e-12);
+  for (std::int64_t t = 2; t < 6; ++t) {
+    auto [y_t, next] = block->step(x.select(1, t), s);
+    EXPECT_LT(max_abs_diff(y_t, y.select(1, t)), 1e-10) << "t=" << t;
+    s = next;
+  }
+}
+
+TEST(MambaBlock, StepLeavesItsInputStateUnchanged) {
+  auto block = make_block(small_config(), 25);
+  at::manual_seed(26);
+  const mhd::RecurrentState state = block->forward_with_state(at::randn({2, 5, 8}, at::kDouble)).second;
+  const at::Tensor conv_before = state.tensors[0].clone(), ssm_before = state.tensors[1].clone();
+  const auto [y_t, next] = block->step(at::randn({2, 8}, at::kDouble), state);
+  EXPECT_TRUE(at::equal(state.tensors[0], conv_before));
+  EXPECT_TRUE(at::equal(state.tensors[1], ssm_before));
+  EXPECT_FALSE(at::equal(next.tensors[1], ssm_before));
+  // Evaluating two candidates against one state (as the DEQ dynamics does) is consistent.
+  const at::Tensor x_t = at::randn({2, 8}, at::kDouble);
+  EXPECT_TRUE(at::equal(block->step(x_t, state).first, block->step(x_t, state).first));
+}
+
+// Gradients of one step reach the parameters, the input and both state tensors, and match finite
+// differences.
+TEST(MambaBlock, StepIsDifferentiable) {
+  MambaConfig c = small_config();
+  c.d_model = 4;
+  c.d_conv = 3;
+  c.d_state = 3;
+  auto block = make_block(c, 27);
+  at::manual_seed(28);
+  const mhd::RecurrentState prefix = block->forward_with_state(at::randn({1, 4, 4}, at::kDouble)).second;
+  at::Tensor x_t = at::randn({1, 4}, at::kDouble).requires_grad_(true);
+  at::Tensor conv = prefix.tensors[0].detach().clone().requires_grad_(true);
+  at::Tensor ssm = prefix.tensors[1].detach().clone().requires_grad_(true);
+  const at::Tensor wy = at::randn({1, 4}, at::kDouble), wc = at::randn(conv.sizes(), at::kDouble),
+                   ws = at::randn(ssm.sizes(), at::kDouble);
+  auto loss_of = [&](const at::Tensor& x, const at::Tensor& cs, const at::Tensor& ss) {
+    const auto [y, next] = block->step(x, mhd::RecurrentState{{cs, ss}});
+    return (y * wy).sum() + (next.tensors[0] * wc).sum() + (next.tensors[1] * ws).sum();
+  };
+  const at::Tensor loss = loss_of(x_t, conv, ssm);
+  loss.backward();
+  for (const auto& p : block->named_parameters()) {
+    ASSERT_TRUE(p.value().grad().defined()) << p.key();
+    EXPECT_GT(max_abs(p.value().grad()), 0.0) << p.key();
+  }
+  const double eps = 1e-6;
+  for (at::Tensor* leaf : {&x_t, &conv, &ssm}) {
+    const at::Tensor analytic = leaf->grad().reshape({-1});
+    ASSERT_GT(max_abs(analytic), 0.0);
+    at::Tensor probe = leaf->detach().clone();
+    at::Tensor flat = probe.view({-1});
+    for (std::int64_t j = 0; j < flat.numel(); ++j) {
+      const double x0 = flat[j].item<double>();
+      auto eval = [&](double v) {
+        flat[j] = v;
+        torch::NoGradGuard no_grad;
+        const at::Tensor& xa = leaf == &x_t ? probe : x_t.detach();
+        const at::Tensor& ca = leaf == &conv ? probe : conv.detach();
+        const at::Tensor& sa = leaf == &ssm ? probe : ssm.detach();
+        return loss_of(xa, ca, sa).item<double>();
+      };
+      const double numeric = (eval(x0 + eps) - eval(x0 - eps)) / (2 * eps);
+      flat[j] = x0;
+      EXPECT_NEAR(analytic[j].item<double>(), numeric, 1e-6 * std::max(1.0, std::abs(numeric))) << j;
+    }
+  }
+}
+
+TEST(MambaBlock, BadInputsGiveClearErrors) {
+  auto block = make_block(small_config(), 29);
+  expect_error([&] { block->forward(at::randn({2, 5, 7}, at::kDouble)); },
+               "mamba: x must be [B, L, d_model=8], got [2, 5, 7]");
+  expect_error([&] { block->forward(at::randn({5, 8}, at::kDouble)); }, "mamba: x must be [B, L, d_model=8]");
+  expect_error([&] { block->forward(at::randn({2, 5, 8}, at::kFloat)); },
+               "mamba: x is Float but the block's parameters are Double");
+  const mhd::RecurrentState s = block->initial_state(2);
+  expect_error([&] { block->step(at::randn({2, 5, 8}, at::kDouble), s); }, "mamba: step: x_t must be [B, d_model=8]");
+  expect_error([&] { block->step(at::randn({2, 8}, at::kDouble), mhd::RecurrentState{{s.tensors[0]}}); },
+               "state must hold {conv_state, ssm_state} (2 tensors), got 1");
+  expect_error([&] { block->step(at::randn({3, 8}, at::kDouble), s); },
+               "conv_state must be [B, d_inner, d_conv - 1] = [3, 16, 3], got [2, 16, 3]");
+  expect_error([&] { block->step(at::randn({2, 8}, at::kDouble), {{s.tensors[0], s.tensors[1].narrow(2, 0, 2)}}); },
+               "ssm_state must be [B, d_inner, d_state] = [2, 16, 4], got [2, 16, 2]");
+  MambaConfig bad = small_config();
+  bad.dt_min = 0.5;
+  bad.dt_max = 0.1;
+  expect_error([&] { MambaBlock b(bad); }, "mamba: dt_min (0.5) must not exceed dt_max (0.1)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The plugin as the host sees it
+// ---------------------------------------------------------------------------------------------
+
+TEST(MambaPlugin, ManifestDeclaresTheSchema) {
+  const mhd::Manifest m = mhd::mamba::make_manifest();
+  EXPECT_EQ(m.name, "mamba");
+  EXPECT_EQ(m.kind, mhd::PluginKind::Backbone);
+  EXPECT_FALSE(m.description.empty());
+  EXPECT_EQ(m.description.find('\n'), std::string::npos);
+  ASSERT_TRUE(m.make_backbone);
+  const mhd::Params defaults = mhd::Params::defaults(m.params);
+  EXPECT_EQ(defaults.integer("d_state"), 16);
+  EXPECT_EQ(defaults.integer("d_conv"), 4);
+  EXPECT_EQ(defaults.integer("expand"), 2);
+  EXPECT_EQ(defaults.integer("dt_rank"), 0);
+  EXPECT_DOUBLE_EQ(defaults.real("dt_min"), 1e-3);
+  EXPECT_DOUBLE_EQ(defaults.real("dt_max"), 1e-1);
+  EXPECT_DOUBLE_EQ(defaults.real("dt_init_floor"), 1e-4);
+  EXPECT_EQ(defaults.text("scan"), "fused");
+  for (const auto& spec : m.params) EXPECT_FALSE(spec.doc.empty()) << spec.name;
+  EXPECT_TRUE(mhd::check_param_value(*mhd::find_param(m.params, "d_state"), std::int64_t{0}).has_value());
+  EXPECT_TRUE(mhd::check_param_value(*mhd::find_param(m.params, "d_state"), std::int64_t{257}).has_value());
+  EXPECT_FALSE(mhd::check_param_value(*mhd::find_param(m.params, "d_conv"), std::int64_t{16}).has_value());
+  EXPECT_TRUE(mhd::check_param_value(*mhd::find_param(m.params, "scan"), std::string("cuda")).has_value());
+}
+
+TEST(MambaPlugin, LoadsThroughTheRegistryAndRuns) {
+  auto& registry = mhd::PluginRegistry::global();
+  const mhd::LoadedPlugin& plugin = registry.load_file(MHD_PLUGIN_MAMBA, mhd::PluginKind::Backbone);
+  ASSERT_EQ(plugin.manifest->name, "mamba");
+  mhd::Params params = mhd::Params::defaults(plugin.manifest->params);
+  params.set("d_state", std::int64_t{4});
+  params.set("expand", std::int64_t{1});
+  mhd::ModelDims dims;
+  dims.d_model = 16;
+  at::manual_seed(30);
+  const std::shared_ptr<mhd::Backbone> block = registry.make_backbone("mamba", params, dims);
+  ASSERT_TRUE(block);
+  EXPECT_EQ(block->named_parameters()["A_log"].sizes(), (std::vector<std::int64_t>{16, 4}));
+  const at::Tensor x = at::randn({2, 5, 16});
+  const auto [y, state] = block->forward_with_state(x);
+  EXPECT_EQ(y.sizes(), x.sizes());
+  const auto [y_t, next] = block->step(x.select(1, 0), block->initial_state(2));
+  EXPECT_LT(max_abs_diff(y_t, y.select(1, 0)), 1e-5);
+
+  params.set("dt_min", 0.5);
+  expect_error([&] { registry.make_backbone("mamba", params, dims); }, "dt_min (0.5) must not exceed dt_max (0.1)");
+}
+
+}  // namespace
