@@ -20,7 +20,7 @@
 //
 // A sample whose small solve fails (singular system) or gives non-finite values takes a plain damped
 // step x_next = beta f(x) + (1 - beta) x for that iteration instead, and its lam is raised (x10,
-// at least 1e-8) for the rest of the solve, so a rank-deficient history does not fail every step.
+// at least 1e-8, at most 1) for the rest of the solve, so a rank-deficient history does not fail every step.
 // The number of such sample-steps is reported as info.extra "anderson_fallbacks".
 //
 // Iteration accounting matches fixed_point: one f evaluation per iteration, the residual of the
@@ -221,7 +221,9 @@ class AndersonSolver final : public mhd::Solver {
     const auto failed = ok.numel() - ok.sum().item<std::int64_t>();
     if (failed == 0) return accelerated;
     fallbacks += failed;
-    lam = at::where(ok, lam, at::clamp_min(lam * 10.0, 1e-8));
+    // x10 (from at least 1e-8, to at most 1 or the configured lam): enough to make a rank-deficient
+    // Gram matrix regular without turning every later step into plain averaging.
+    lam = at::where(ok, lam, at::clamp(lam * 10.0, 1e-8, std::max(1.0, opt_.lam)));
     // where() picks per element, so NaNs in the rejected rows of `accelerated` do not leak.
     return at::where(ok.unsqueeze(1), accelerated, damped);
   }

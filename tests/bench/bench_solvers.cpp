@@ -1,0 +1,114 @@
+// Anderson vs fixed point on contractive maps, B = 32, D = 256, to tol 1e-4 (worst sample's
+// relative residual), both plugins loaded through the registry as the host loads them.
+//
+// Cases (the benchmark argument):
+//   0 gaussian       z -> z W^T + x,        W Gaussian scaled to ||W||_2 = 0.95 (non-normal; its
+//                                             eigenvalues fill a disc of radius ~0.5)
+//   1 near_critical  z -> z W^T + x,        W = Q diag(lambda) Q^T, lambda uniform in [-0.95, 0.95]:
+//                                             the slowest modes contract by only 0.95 per step
+//   2 tanh_critical  z -> tanh(z W^T + x),  the near_critical W inside a DEQ-style tanh cell
+// Counters per solve: f_evals, iterations, converged (0/1), final_rel (worst sample), and for Anderson
+// its fallbacks. Time is wall time per solve, with one intra-op thread (see main).
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <benchmark/benchmark.h>
+
+#include "mhd/params.h"
+#include "mhd/plugin.h"
+#include "mhd/registry.h"
+#include "mhd/solver.h"
+
+namespace {
+
+constexpr std::int64_t kBatch = 32;
+constexpr std::int64_t kDim = 256;
+constexpr double kNorm = 0.95;
+constexpr double kTol = 1e-4;
+constexpr std::int64_t kMaxIter = 2000;
+
+const char* const kCaseNames[] = {"gaussian", "near_critical", "tanh_critical"};
+
+std::shared_ptr<mhd::Solver> make_solver(const std::string& name) {
+  auto& reg = mhd::PluginRegistry::global();
+  reg.load_file(name == "anderson" ? MHD_PLUGIN_ANDERSON : MHD_PLUGIN_FIXED_POINT, mhd::PluginKind::Solver);
+  const auto params = mhd::Params::defaults(reg.require(mhd::PluginKind::Solver, name).manifest->params);
+  return reg.make_solver(name, params);
+}
+
+// W: [D, D] with ||W||_2 = kNorm.
+at::Tensor gaussian_weight() {
+  const at::Tensor a = at::randn({kDim, kDim});
+  return a * (kNorm / at::linalg_svdvals(a).max().item<double>());
+}
+
+at::Tensor near_critical_weight() {
+  const at::Tensor q = std::get<0>(at::linalg_qr(at::randn({kDim, kDim})));  // orthogonal
+  const at::Tensor lambda = at::linspace(-kNorm, kNorm, kDim);
+  return q.matmul(at::diag(lambda)).matmul(q.t());
+}
+
+mhd::FixedPointProblem make_problem(std::int64_t which) {
+  at::manual_seed(0);
+  const at::Tensor w = which == 0 ? gaussian_weight() : near_critical_weight();
+  const at::Tensor x = at::randn({kBatch, kDim});  // the input injection: [B, D]
+  mhd::FixedPointProblem p;
+  if (which == 2) {
+    p.f = [w, x](const at::Tensor& z) { return at::tanh(at::addmm(x, z, w.t())); };
+  } else {
+    p.f = [w, x](const at::Tensor& z) { return at::addmm(x, z, w.t()); };
+  }
+  return p;
+}
+
+double extra(const mhd::SolverInfo& info, const std::string& key) {
+  for (const auto& [k, v] : info.extra)
+    if (k == key) return v;
+  return 0.0;
+}
+
+void BM_Solve(benchmark::State& state, const std::string& solver_name) {
+  const std::int64_t which = state.range(0);
+  const mhd::FixedPointProblem problem = make_problem(which);
+  const auto solver = make_solver(solver_name);
+  const at::Tensor z0 = at::zeros({kBatch, kDim});
+  const mhd::SolveLimits limits{kMaxIter, kTol};
+  at::NoGradGuard no_grad;
+
+  mhd::SolveResult last;
+  for (auto _ : state) {
+    last = solver->solve(problem, z0, limits);
+    benchmark::DoNotOptimize(last.z.data_ptr());
+  }
+  state.SetLabel(kCaseNames[which]);
+  state.counters["f_evals"] = static_cast<double>(last.info.f_evals);
+  state.counters["iterations"] = static_cast<double>(last.info.iterations);
+  state.counters["converged"] = last.info.converged ? 1.0 : 0.0;
+  state.counters["final_rel"] = last.info.rel_trace.back();
+  if (solver_name == "anderson") state.counters["fallbacks"] = extra(last.info, "anderson_fallbacks");
+}
+
+BENCHMARK_CAPTURE(BM_Solve, fixed_point, std::string("fixed_point"))
+    ->DenseRange(0, 2)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Solve, anderson, std::string("anderson"))
+    ->DenseRange(0, 2)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+}  // namespace
+
+// One intra-op thread: on a small shared machine the numbers then measure the solvers, not how the
+// thread pool competes with whatever else runs. Everything else is Google Benchmark's own main.
+int main(int argc, char** argv) {
+  at::set_num_threads(1);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
