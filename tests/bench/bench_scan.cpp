@@ -1,5 +1,6 @@
 // The fused selective scan against the naive per-timestep LibTorch loop (selective_scan_reference),
-// float32, B = 2, d_inner = 512, N = 16, as the Mamba block calls it (delta_bias + softplus, D skip).
+// float32, N = 16, as the Mamba block calls it (delta_bias + softplus, D skip). Arguments are
+// B / d_inner / L: 2 / 512 / {1024, 4096}, and 32 / 128 / 64, the quickstart study's scale.
 //
 //   ninja -C build bench_scan && ./build/bin/bench_scan
 //
@@ -20,31 +21,31 @@ namespace {
 using mhd::mamba::ScanArgs;
 using mhd::mamba::ScanResult;
 
-constexpr std::int64_t kBatch = 2, kDim = 512, kState = 16;
+constexpr std::int64_t kState = 16;
 
 struct Problem {
   ScanArgs args;
   at::Tensor wy, wh;  // loss = sum(y * wy) + sum(h_L * wh), so every output gets a gradient
 };
 
-Problem make_problem(std::int64_t len, bool requires_grad) {
+Problem make_problem(std::int64_t batch, std::int64_t dim, std::int64_t len, bool requires_grad) {
   at::manual_seed(0);
   Problem p;
   // The block's regime: softplus(delta + bias) around 0.1, A = -(n + 1) (S4D-real init).
   // u as the block hands it over: a [B, L, D] view of the causal conv's [B, D, L] output.
-  p.args.u = at::randn({kBatch, kDim, len}).transpose(1, 2);
-  p.args.delta = at::randn({kBatch, len, kDim}) - 2.0;
-  p.args.A = -at::arange(1, kState + 1, at::kFloat).expand({kDim, kState}).contiguous();
-  p.args.B = at::randn({kBatch, len, kState});
-  p.args.C = at::randn({kBatch, len, kState});
-  p.args.D = at::ones({kDim});
-  p.args.delta_bias = at::zeros({kDim});
+  p.args.u = at::randn({batch, dim, len}).transpose(1, 2);
+  p.args.delta = at::randn({batch, len, dim}) - 2.0;
+  p.args.A = -at::arange(1, kState + 1, at::kFloat).expand({dim, kState}).contiguous();
+  p.args.B = at::randn({batch, len, kState});
+  p.args.C = at::randn({batch, len, kState});
+  p.args.D = at::ones({dim});
+  p.args.delta_bias = at::zeros({dim});
   p.args.delta_softplus = true;
   // Leaves (the transposed view of u included), so every input gets a gradient.
   for (at::Tensor* t : {&p.args.u, &p.args.delta, &p.args.A, &p.args.B, &p.args.C, &p.args.D, &p.args.delta_bias})
     *t = t->detach().requires_grad_(requires_grad);
-  p.wy = at::randn({kBatch, len, kDim});
-  p.wh = at::randn({kBatch, kDim, kState});
+  p.wy = at::randn({batch, len, dim});
+  p.wh = at::randn({batch, dim, kState});
   return p;
 }
 
@@ -52,17 +53,17 @@ using ScanFn = ScanResult (*)(const ScanArgs&);
 
 template <ScanFn scan>
 void forward_only(benchmark::State& state) {
-  const Problem p = make_problem(state.range(0), false);
+  const Problem p = make_problem(state.range(0), state.range(1), state.range(2), false);
   for (auto _ : state) {
     ScanResult r = scan(p.args);
     benchmark::DoNotOptimize(r.y.data_ptr());
   }
-  state.SetItemsProcessed(state.iterations() * kBatch * state.range(0));  // tokens
+  state.SetItemsProcessed(state.iterations() * state.range(0) * state.range(2));  // tokens
 }
 
 template <ScanFn scan>
 void forward_backward(benchmark::State& state) {
-  const Problem p = make_problem(state.range(0), true);
+  const Problem p = make_problem(state.range(0), state.range(1), state.range(2), true);
   const std::vector<at::Tensor> leaves = {p.args.u, p.args.delta, p.args.A, p.args.B,
                                           p.args.C, p.args.D,     p.args.delta_bias};
   for (auto _ : state) {
@@ -71,17 +72,19 @@ void forward_backward(benchmark::State& state) {
     auto grads = torch::autograd::grad({loss}, leaves);
     benchmark::DoNotOptimize(grads[0].data_ptr());
   }
-  state.SetItemsProcessed(state.iterations() * kBatch * state.range(0));
+  state.SetItemsProcessed(state.iterations() * state.range(0) * state.range(2));
 }
 
-void lengths(benchmark::internal::Benchmark* b) {
-  b->Arg(1024)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime();
+void shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"B", "D", "L"});
+  b->Args({2, 512, 1024})->Args({2, 512, 4096})->Args({32, 128, 64});
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
-BENCHMARK(forward_only<&mhd::mamba::selective_scan>)->Name("Forward/fused")->Apply(lengths);
-BENCHMARK(forward_only<&mhd::mamba::selective_scan_reference>)->Name("Forward/naive")->Apply(lengths);
-BENCHMARK(forward_backward<&mhd::mamba::selective_scan>)->Name("ForwardBackward/fused")->Apply(lengths);
-BENCHMARK(forward_backward<&mhd::mamba::selective_scan_reference>)->Name("ForwardBackward/naive")->Apply(lengths);
+BENCHMARK(forward_only<&mhd::mamba::selective_scan>)->Name("Forward/fused")->Apply(shapes);
+BENCHMARK(forward_only<&mhd::mamba::selective_scan_reference>)->Name("Forward/naive")->Apply(shapes);
+BENCHMARK(forward_backward<&mhd::mamba::selective_scan>)->Name("ForwardBackward/fused")->Apply(shapes);
+BENCHMARK(forward_backward<&mhd::mamba::selective_scan_reference>)->Name("ForwardBackward/naive")->Apply(shapes);
 
 }  // namespace
 
@@ -90,7 +93,7 @@ int main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("torch_threads", std::to_string(at::get_num_threads()));
   benchmark::AddCustomContext("scan_isa", mhd::mamba::active_scan_isa());
-  benchmark::AddCustomContext("shape", "B=2 d_inner=512 N=16 float32");
+  benchmark::AddCustomContext("shape", "N=16 float32, args B/D(d_inner)/L");
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;
