@@ -1,6 +1,7 @@
 // The results file (DESIGN.md §6): one SQLite database, WAL mode, written in transactions.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -81,12 +82,18 @@ class ResultsDb {
   // Adds the trial as pending; returns its id.
   std::int64_t add_trial(std::int64_t study_id, std::int64_t index, const TrialConfig& config);
   void mark_running(std::int64_t trial_id);
+  // `status` must be done, failed or diverged; flushes the trial's buffered rows first.
   void finish_trial(std::int64_t trial_id, TrialStatus status, const std::string& error, double wall_s);
+  // Back to pending with its metrics and traces deleted, so `mhd run --resume` can run a failed or
+  // interrupted trial again. mark_running() refuses a finished trial that was not reset.
+  void reset_trial(std::int64_t trial_id);
   void set_param_count(std::int64_t trial_id, std::int64_t count);
   // Buffered; written by flush() in one transaction.
   void add_metric(std::int64_t trial_id, std::int64_t step, const std::string& name, double value);
   void add_trace(std::int64_t trial_id, const TracePoint& point);
   void flush();
+  // Rows added but not yet written (metrics + traces).
+  std::size_t buffered_rows() const;
 
   // --- reading -------------------------------------------------------------------------
   std::optional<StudyRow> latest_study() const;
@@ -98,6 +105,11 @@ class ResultsDb {
   // The last recorded value of every metric of a trial.
   std::map<std::string, double> final_metrics(std::int64_t trial_id) const;
   std::vector<TracePoint> traces(std::int64_t trial_id) const;
+  // Reads see every row added so far (a writable database flushes before reading).
+
+  // --- health --------------------------------------------------------------------------
+  std::string journal_mode() const;     // "wal" for files this class wrote
+  std::string integrity_check() const;  // "ok" when SQLite finds nothing wrong
 
  private:
   ResultsDb() = default;
@@ -107,7 +119,11 @@ class ResultsDb {
 };
 
 // `mhd report`: final metrics per variant and sweep point, mean +- std over seeds (sample std,
-// n-1; 0 for a single seed). `metrics` empty means every metric. CSV has one row per group and
+// n-1; 0 for a single seed), from trials whose status is done; failed and diverged trials are
+// counted per group. `metrics` empty means: in the text table, the usual headline metrics that
+// exist (loss, task_loss, eval_accuracy, solver_iters, rel_residual, energy, step_ms; the first
+// few metrics otherwise), with the other names listed below it; in CSV, every metric. An unknown
+// name in `metrics` throws mhd::Error listing the known ones. CSV has one row per group and
 // metric: variant,sweep,metric,mean,std,n.
 struct ReportOptions {
   std::vector<std::string> metrics;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -46,8 +47,14 @@ struct TrialConfig {
   std::string hash() const;
   // "variant memory.size=1024 seed=0"
   std::string label() const;
-  // "memory.size=1024 seq_len=64" ("" without a sweep)
+  // "memory.size=1024 task.seq_len=64" ("" without a sweep)
   std::string sweep_label() const;
+  // {"memory.size": 1024} (sorted keys; "{}" without a sweep), as stored in the results.
+  std::string sweep_json() const;
+
+  // Reads back to_json() (e.g. a trial's config_json from a results file) so a trial can be
+  // re-run alone. Throws mhd::Error when the text is not such a configuration.
+  static TrialConfig from_json(const std::string& json);
 };
 
 struct Study {
@@ -59,9 +66,17 @@ struct Study {
   std::vector<std::string> plugin_path;
   std::vector<std::int64_t> seeds;
   std::vector<std::string> variants;     // in run order ("base" first when included)
+  std::vector<std::string> variant_descriptions;  // parallel to `variants` ("" when none given)
   std::vector<std::string> sweep_axes;   // in file order
   std::vector<TrialConfig> trials;       // variants x sweep points x seeds, in that nesting order
 };
+
+// Validates `values` against `schema` and fills in defaults. Unknown names (with a "did you mean"),
+// wrong types and out-of-range values throw mhd::Error naming `section.name`; an Int value for a
+// Float parameter is widened. For configurations built in code (tests, tools); study files get
+// the same checks with file positions from load_study.
+Params validate_params(const ParamSchema& schema, const std::map<std::string, ParamValue>& values,
+                       const std::string& section);
 
 // Reads, validates and expands a study file. Plugins named in the study are looked up in
 // `registry` after scanning the study's plugin_path (relative to the study file's folder).

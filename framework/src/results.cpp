@@ -1,0 +1,680 @@
+// The results file (DESIGN.md §6) on the SQLite C API.
+//
+// Every write runs in a transaction; metrics and traces are buffered and written together by
+// flush(), so a killed run loses at most the rows since the last flush. Values are always bound to
+// prepared statements, never pasted into SQL.
+#include "mhd/results.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <unistd.h>
+
+#include <sqlite3.h>
+#include <torch/version.h>
+
+#include "mhd/error.h"
+#include "mhd/study.h"
+
+namespace mhd {
+
+namespace {
+
+constexpr const char* kFormat = "mhd-results";
+constexpr int kSchemaVersion = 1;
+constexpr int kBusyTimeoutMs = 10000;         // another process (a viewer, a resumed run) may hold the lock
+constexpr std::size_t kFlushThreshold = 10000;  // buffered rows before add_* flushes on its own
+
+constexpr const char* kSchemaSql = R"sql(
+CREATE TABLE IF NOT EXISTS meta(
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS studies(
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL,
+  description TEXT NOT NULL DEFAULT '',
+  toml TEXT NOT NULL,
+  started_at TEXT NOT NULL,
+  finished_at TEXT,
+  git_revision TEXT,
+  torch_version TEXT,
+  host TEXT,
+  device TEXT,
+  threads INTEGER);
+CREATE TABLE IF NOT EXISTS trials(
+  id INTEGER PRIMARY KEY,
+  study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
+  idx INTEGER NOT NULL,
+  variant TEXT NOT NULL,
+  sweep TEXT NOT NULL,
+  sweep_json TEXT NOT NULL,
+  seed INTEGER NOT NULL,
+  config_json TEXT NOT NULL,
+  config_hash TEXT NOT NULL,
+  status TEXT NOT NULL DEFAULT 'pending'
+    CHECK(status IN ('pending','running','done','failed','diverged')),
+  error TEXT NOT NULL DEFAULT '',
+  param_count INTEGER NOT NULL DEFAULT 0,
+  started_at TEXT,
+  finished_at TEXT,
+  wall_s REAL NOT NULL DEFAULT 0,
+  UNIQUE(study_id, idx));
+CREATE TABLE IF NOT EXISTS metrics(
+  trial_id INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
+  step INTEGER NOT NULL,
+  name TEXT NOT NULL,
+  value REAL);
+CREATE INDEX IF NOT EXISTS metrics_by_trial ON metrics(trial_id, name, step);
+CREATE TABLE IF NOT EXISTS traces(
+  trial_id INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
+  step INTEGER NOT NULL,
+  phase TEXT NOT NULL,
+  iteration INTEGER NOT NULL,
+  abs_residual REAL,
+  rel_residual REAL,
+  energy REAL);
+CREATE INDEX IF NOT EXISTS traces_by_trial ON traces(trial_id, step);
+)sql";
+
+// "2024-05-01T12:34:56.789Z"
+std::string utc_now() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  std::tm tm{};
+  gmtime_r(&ts.tv_sec, &tm);
+  char buf[40];
+  const std::size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  std::snprintf(buf + n, sizeof buf - n, ".%03ldZ", ts.tv_nsec / 1000000L);
+  return buf;
+}
+
+// One prepared statement; finalised on scope exit. Errors name the file and the failing SQL's
+// purpose, which is what a user needs to see ("database is locked", "disk I/O error").
+class Statement {
+ public:
+  Statement(sqlite3* db, const std::string& path, const char* sql) : db_(db), path_(path) {
+    if (sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr) != SQLITE_OK) fail("prepare");
+  }
+  ~Statement() { sqlite3_finalize(stmt_); }
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+
+  Statement& bind(int index, std::int64_t value) { return check(sqlite3_bind_int64(stmt_, index, value)); }
+  Statement& bind(int index, double value) {
+    // SQLite turns NaN into NULL on its own; say so explicitly, and read NULL back as NaN.
+    if (std::isnan(value)) return check(sqlite3_bind_null(stmt_, index));
+    return check(sqlite3_bind_double(stmt_, index, value));
+  }
+  Statement& bind(int index, const std::string& value) {
+    return check(sqlite3_bind_text(stmt_, index, value.data(), static_cast<int>(value.size()), SQLITE_TRANSIENT));
+  }
+  Statement& bind(int index, const char* value) { return bind(index, std::string(value)); }
+
+  // true while there is a row to read.
+  bool step() {
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    fail("step");
+  }
+  void run() {
+    while (step()) {
+    }
+  }
+  void reset() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
+
+  std::int64_t integer(int col) const { return sqlite3_column_int64(stmt_, col); }
+  double real(int col) const {
+    if (sqlite3_column_type(stmt_, col) == SQLITE_NULL) return std::numeric_limits<double>::quiet_NaN();
+    return sqlite3_column_double(stmt_, col);
+  }
+  std::string text(int col) const {
+    const auto* p = sqlite3_column_text(stmt_, col);
+    return p ? std::string(reinterpret_cast<const char*>(p), static_cast<std::size_t>(sqlite3_column_bytes(stmt_, col)))
+             : std::string();
+  }
+
+ private:
+  Statement& check(int rc) {
+    if (rc != SQLITE_OK) fail("bind");
+    return *this;
+  }
+  [[noreturn]] void fail(const char* what) const {
+    throw Error(path_ + ": SQLite " + what + " failed: " + sqlite3_errmsg(db_) + " (in: " +
+                std::string(stmt_ ? sqlite3_sql(stmt_) : "?").substr(0, 80) + ")");
+  }
+
+  sqlite3* db_;
+  const std::string& path_;
+  sqlite3_stmt* stmt_ = nullptr;
+};
+
+void exec(sqlite3* db, const std::string& path, const char* sql) {
+  char* message = nullptr;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, &message) != SQLITE_OK) {
+    const std::string text = message ? message : sqlite3_errmsg(db);
+    sqlite3_free(message);
+    throw Error(path + ": SQLite error: " + text);
+  }
+}
+
+// BEGIN IMMEDIATE takes the write lock up front, so a busy database waits (busy_timeout) at the
+// start instead of failing half-way; an exception rolls back.
+class Transaction {
+ public:
+  Transaction(sqlite3* db, const std::string& path) : db_(db), path_(path) { exec(db_, path_, "BEGIN IMMEDIATE"); }
+  ~Transaction() {
+    if (!committed_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  void commit() {
+    exec(db_, path_, "COMMIT");
+    committed_ = true;
+  }
+
+ private:
+  sqlite3* db_;
+  const std::string& path_;
+  bool committed_ = false;
+};
+
+struct PendingMetric {
+  std::int64_t trial_id;
+  std::int64_t step;
+  std::string name;
+  double value;
+};
+
+struct PendingTrace {
+  std::int64_t trial_id;
+  TracePoint point;
+};
+
+StudyRow read_study_row(const Statement& s) {
+  StudyRow r;
+  r.id = s.integer(0);
+  r.name = s.text(1);
+  r.description = s.text(2);
+  r.toml = s.text(3);
+  r.started_at = s.text(4);
+  r.finished_at = s.text(5);
+  r.git_revision = s.text(6);
+  r.torch_version = s.text(7);
+  r.host = s.text(8);
+  r.device = s.text(9);
+  r.threads = s.integer(10);
+  return r;
+}
+
+constexpr const char* kStudyColumns =
+    "SELECT id, name, description, toml, started_at, finished_at, git_revision, torch_version, host, device, "
+    "threads FROM studies";
+
+std::string run_command(const std::string& command) {
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return "";
+  std::string out;
+  char buf[256];
+  while (std::fgets(buf, sizeof buf, pipe) != nullptr) out += buf;
+  const int status = pclose(pipe);
+  if (status != 0) return "";
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out;
+}
+
+std::string shell_quote(const std::string& s) {
+  std::string out = "'";
+  for (const char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+const char* to_string(TrialStatus status) {
+  switch (status) {
+    case TrialStatus::Pending: return "pending";
+    case TrialStatus::Running: return "running";
+    case TrialStatus::Done: return "done";
+    case TrialStatus::Failed: return "failed";
+    case TrialStatus::Diverged: return "diverged";
+  }
+  return "?";
+}
+
+TrialStatus trial_status_from_string(const std::string& s) {
+  for (auto status : {TrialStatus::Pending, TrialStatus::Running, TrialStatus::Done, TrialStatus::Failed,
+                      TrialStatus::Diverged}) {
+    if (s == to_string(status)) return status;
+  }
+  throw Error("unknown trial status '" + s + "' (expected pending, running, done, failed or diverged)");
+}
+
+RunEnvironment current_environment(const std::string& device, std::int64_t threads) {
+  RunEnvironment env;
+#ifdef MHD_SOURCE_DIR
+  env.git_revision = run_command("git -C " + shell_quote(MHD_SOURCE_DIR) + " rev-parse --short HEAD 2>/dev/null");
+#endif
+  if (env.git_revision.empty()) env.git_revision = "unknown";
+  env.torch_version = TORCH_VERSION;
+  char host[256] = {};
+  env.host = gethostname(host, sizeof host - 1) == 0 ? host : "unknown";
+  env.device = device;
+  env.threads = threads;
+  return env;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct ResultsDb::Impl {
+  sqlite3* db = nullptr;
+  std::string path;
+  bool read_only = false;
+  std::vector<PendingMetric> metrics;
+  std::vector<PendingTrace> traces;
+
+  ~Impl() {
+    if (db != nullptr) sqlite3_close_v2(db);
+  }
+
+  void require_writable() const {
+    if (read_only) throw Error(path + ": opened read-only; cannot write results");
+  }
+
+  std::size_t buffered() const { return metrics.size() + traces.size(); }
+
+  void flush_if_writable() {
+    if (!read_only) flush();
+  }
+
+  void flush() {
+    if (metrics.empty() && traces.empty()) return;
+    Transaction tx(db, path);
+    if (!metrics.empty()) {
+      Statement insert(db, path, "INSERT INTO metrics(trial_id, step, name, value) VALUES (?, ?, ?, ?)");
+      for (const auto& m : metrics) {
+        insert.bind(1, m.trial_id).bind(2, m.step).bind(3, m.name).bind(4, m.value).run();
+        insert.reset();
+      }
+    }
+    if (!traces.empty()) {
+      Statement insert(db, path,
+                       "INSERT INTO traces(trial_id, step, phase, iteration, abs_residual, rel_residual, energy) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)");
+      for (const auto& t : traces) {
+        insert.bind(1, t.trial_id)
+            .bind(2, t.point.step)
+            .bind(3, t.point.phase)
+            .bind(4, t.point.iteration)
+            .bind(5, t.point.abs_residual)
+            .bind(6, t.point.rel_residual)
+            .bind(7, t.point.energy)
+            .run();
+        insert.reset();
+      }
+    }
+    tx.commit();
+    // Cleared only after the commit: a failed flush keeps the rows for the next attempt.
+    metrics.clear();
+    traces.clear();
+  }
+
+  bool has_table(const char* name) const {
+    Statement s(db, path, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?");
+    s.bind(1, name);
+    return s.step();
+  }
+
+  std::int64_t table_count() const {
+    Statement s(db, path, "SELECT count(*) FROM sqlite_master WHERE type = 'table'");
+    s.step();
+    return s.integer(0);
+  }
+
+  std::string meta(const char* key) const {
+    Statement s(db, path, "SELECT value FROM meta WHERE key = ?");
+    s.bind(1, key);
+    return s.step() ? s.text(0) : std::string();
+  }
+
+  // A file written by something else must not be mistaken for (or turned into) a results file.
+  void check_format() const {
+    const std::string format = meta("format");
+    if (format != kFormat) throw Error(path + ": not an mhd results file (meta format is '" + format + "')");
+    const std::string version = meta("schema_version");
+    if (version != std::to_string(kSchemaVersion)) {
+      throw Error(path + ": results schema version " + version + " is not the version " +
+                  std::to_string(kSchemaVersion) + " this build reads; use a matching mhd");
+    }
+  }
+
+  // Checked and created under the write lock, so two runs starting on the same new file cannot
+  // both create it, nor mistake the other's half-made schema for a foreign database.
+  void ensure_schema() {
+    Transaction tx(db, path);
+    if (!has_table("meta")) {
+      if (table_count() > 0) throw Error(path + ": not an mhd results file (no meta table); refusing to write into it");
+      exec(db, path, kSchemaSql);
+      Statement insert(db, path, "INSERT INTO meta(key, value) VALUES (?, ?)");
+      insert.bind(1, "format").bind(2, kFormat).run();
+      insert.reset();
+      insert.bind(1, "schema_version").bind(2, std::to_string(kSchemaVersion)).run();
+    }
+    tx.commit();
+  }
+
+  void update_trial(const char* sql, std::int64_t trial_id) {
+    Transaction tx(db, path);
+    Statement s(db, path, sql);
+    s.bind(1, trial_id).run();
+    if (sqlite3_changes(db) == 0) throw Error(path + ": no trial with id " + std::to_string(trial_id));
+    tx.commit();
+  }
+};
+
+std::unique_ptr<ResultsDb> ResultsDb::open(const std::string& path, bool read_only) {
+  std::unique_ptr<ResultsDb> out(new ResultsDb());
+  out->path_ = path;
+  out->impl_ = std::make_unique<Impl>();
+  Impl& impl = *out->impl_;
+  impl.path = path;
+  impl.read_only = read_only;
+
+  std::error_code ec;
+  if (read_only && !std::filesystem::exists(path, ec)) throw Error(path + ": cannot open: no such file");
+  if (!read_only) {
+    // Writing to results/<name>.sqlite should not need a mkdir first.
+    const auto parent = std::filesystem::path(path).parent_path();
+    if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  }
+  const int flags = read_only ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+  if (sqlite3_open_v2(path.c_str(), &impl.db, flags, nullptr) != SQLITE_OK) {
+    const std::string why = impl.db ? sqlite3_errmsg(impl.db) : "out of memory";
+    throw Error(path + ": cannot open: " + why);
+  }
+  sqlite3_busy_timeout(impl.db, kBusyTimeoutMs);
+  sqlite3_extended_result_codes(impl.db, 1);
+
+  // The first read tells whether the file is an SQLite database at all.
+  bool has_meta = false;
+  try {
+    has_meta = impl.has_table("meta");
+  } catch (const Error&) {
+    if ((sqlite3_extended_errcode(impl.db) & 0xff) != SQLITE_NOTADB) throw;  // e.g. locked: say that
+    throw Error(path + ": not an mhd results file (not an SQLite database)");
+  }
+  if (read_only) {
+    if (!has_meta) throw Error(path + ": not an mhd results file (no meta table)");
+    impl.check_format();
+    return out;
+  }
+  // Refuse a foreign database before the pragmas below change anything in it. (The schema and
+  // its meta rows are created in one transaction, so another run never sees one without the other.)
+  if (!has_meta && impl.table_count() > 0) {
+    throw Error(path + ": not an mhd results file (no meta table); refusing to write into it");
+  }
+  // WAL: readers (mhd report, the viewer) never block the running study, and a killed writer
+  // leaves the last committed transaction intact. synchronous=NORMAL is safe with WAL against a
+  // killed process; only a power cut can lose the last commits.
+  exec(impl.db, path, "PRAGMA journal_mode=WAL");
+  exec(impl.db, path, "PRAGMA synchronous=NORMAL");
+  exec(impl.db, path, "PRAGMA foreign_keys=ON");
+  impl.ensure_schema();
+  impl.check_format();
+  return out;
+}
+
+ResultsDb::~ResultsDb() {
+  if (impl_ && !impl_->read_only) {
+    try {
+      impl_->flush();
+    } catch (...) {
+      // A destructor must not throw; an explicit flush() reports the same error.
+    }
+  }
+}
+
+std::int64_t ResultsDb::begin_study(const Study& study, const RunEnvironment& env) {
+  impl_->require_writable();
+  Transaction tx(impl_->db, path_);
+  Statement s(impl_->db, path_,
+              "INSERT INTO studies(name, description, toml, started_at, git_revision, torch_version, host, device, "
+              "threads) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+  s.bind(1, study.name)
+      .bind(2, study.description)
+      .bind(3, study.toml_text)
+      .bind(4, utc_now())
+      .bind(5, env.git_revision)
+      .bind(6, env.torch_version)
+      .bind(7, env.host)
+      .bind(8, env.device)
+      .bind(9, env.threads)
+      .run();
+  const std::int64_t id = sqlite3_last_insert_rowid(impl_->db);
+  tx.commit();
+  return id;
+}
+
+void ResultsDb::finish_study(std::int64_t study_id) {
+  impl_->require_writable();
+  impl_->flush();
+  Transaction tx(impl_->db, path_);
+  Statement s(impl_->db, path_, "UPDATE studies SET finished_at = ? WHERE id = ?");
+  s.bind(1, utc_now()).bind(2, study_id).run();
+  if (sqlite3_changes(impl_->db) == 0) throw Error(path_ + ": no study with id " + std::to_string(study_id));
+  tx.commit();
+}
+
+std::int64_t ResultsDb::add_trial(std::int64_t study_id, std::int64_t index, const TrialConfig& config) {
+  impl_->require_writable();
+  Transaction tx(impl_->db, path_);
+  Statement s(impl_->db, path_,
+              "INSERT INTO trials(study_id, idx, variant, sweep, sweep_json, seed, config_json, config_hash) "
+              "VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+  s.bind(1, study_id)
+      .bind(2, index)
+      .bind(3, config.variant)
+      .bind(4, config.sweep_label())
+      .bind(5, config.sweep_json())
+      .bind(6, config.seed)
+      .bind(7, config.to_json())
+      .bind(8, config.hash())
+      .run();
+  const std::int64_t id = sqlite3_last_insert_rowid(impl_->db);
+  tx.commit();
+  return id;
+}
+
+void ResultsDb::mark_running(std::int64_t trial_id) {
+  impl_->require_writable();
+  Transaction tx(impl_->db, path_);
+  Statement s(impl_->db, path_,
+              "UPDATE trials SET status = 'running', started_at = ?, finished_at = NULL, error = '' "
+              "WHERE id = ? AND status IN ('pending', 'running')");
+  s.bind(1, utc_now()).bind(2, trial_id).run();
+  if (sqlite3_changes(impl_->db) == 0) {
+    throw Error(path_ + ": trial " + std::to_string(trial_id) +
+                " does not exist or has finished (reset_trial() it before running it again)");
+  }
+  tx.commit();
+}
+
+void ResultsDb::finish_trial(std::int64_t trial_id, TrialStatus status, const std::string& error, double wall_s) {
+  impl_->require_writable();
+  if (status == TrialStatus::Pending || status == TrialStatus::Running) {
+    throw Error(std::string("finish_trial: status must be done, failed or diverged, got ") + to_string(status));
+  }
+  impl_->flush();  // the trial's last metrics belong with its final status
+  Transaction tx(impl_->db, path_);
+  Statement s(impl_->db, path_,
+              "UPDATE trials SET status = ?, error = ?, wall_s = ?, finished_at = ? WHERE id = ?");
+  s.bind(1, to_string(status)).bind(2, error).bind(3, wall_s).bind(4, utc_now()).bind(5, trial_id).run();
+  if (sqlite3_changes(impl_->db) == 0) throw Error(path_ + ": no trial with id " + std::to_string(trial_id));
+  tx.commit();
+}
+
+void ResultsDb::reset_trial(std::int64_t trial_id) {
+  impl_->require_writable();
+  impl_->flush();
+  Transaction tx(impl_->db, path_);
+  for (const char* sql : {"DELETE FROM metrics WHERE trial_id = ?", "DELETE FROM traces WHERE trial_id = ?"}) {
+    Statement s(impl_->db, path_, sql);
+    s.bind(1, trial_id).run();
+  }
+  Statement s(impl_->db, path_,
+              "UPDATE trials SET status = 'pending', error = '', param_count = 0, started_at = NULL, "
+              "finished_at = NULL, wall_s = 0 WHERE id = ?");
+  s.bind(1, trial_id).run();
+  if (sqlite3_changes(impl_->db) == 0) throw Error(path_ + ": no trial with id " + std::to_string(trial_id));
+  tx.commit();
+}
+
+void ResultsDb::set_param_count(std::int64_t trial_id, std::int64_t count) {
+  impl_->require_writable();
+  Transaction tx(impl_->db, path_);
+  Statement s(impl_->db, path_, "UPDATE trials SET param_count = ? WHERE id = ?");
+  s.bind(1, count).bind(2, trial_id).run();
+  if (sqlite3_changes(impl_->db) == 0) throw Error(path_ + ": no trial with id " + std::to_string(trial_id));
+  tx.commit();
+}
+
+void ResultsDb::add_metric(std::int64_t trial_id, std::int64_t step, const std::string& name, double value) {
+  impl_->require_writable();
+  impl_->metrics.push_back({trial_id, step, name, value});
+  if (impl_->buffered() >= kFlushThreshold) impl_->flush();
+}
+
+void ResultsDb::add_trace(std::int64_t trial_id, const TracePoint& point) {
+  impl_->require_writable();
+  impl_->traces.push_back({trial_id, point});
+  if (impl_->buffered() >= kFlushThreshold) impl_->flush();
+}
+
+void ResultsDb::flush() {
+  if (!impl_->read_only) impl_->flush();
+}
+
+std::size_t ResultsDb::buffered_rows() const { return impl_->buffered(); }
+
+// Reads see everything added so far: pending rows are flushed first, so a writer can read back
+// what it wrote without remembering to flush.
+
+std::optional<StudyRow> ResultsDb::latest_study() const {
+  Statement s(impl_->db, path_, (std::string(kStudyColumns) + " ORDER BY id DESC LIMIT 1").c_str());
+  if (!s.step()) return std::nullopt;
+  return read_study_row(s);
+}
+
+std::optional<StudyRow> ResultsDb::study(std::int64_t study_id) const {
+  Statement s(impl_->db, path_, (std::string(kStudyColumns) + " WHERE id = ?").c_str());
+  s.bind(1, study_id);
+  if (!s.step()) return std::nullopt;
+  return read_study_row(s);
+}
+
+std::vector<StudyRow> ResultsDb::studies() const {
+  Statement s(impl_->db, path_, (std::string(kStudyColumns) + " ORDER BY id").c_str());
+  std::vector<StudyRow> out;
+  while (s.step()) out.push_back(read_study_row(s));
+  return out;
+}
+
+std::vector<TrialRow> ResultsDb::trials(std::int64_t study_id) const {
+  Statement s(impl_->db, path_,
+              "SELECT id, study_id, idx, variant, sweep, sweep_json, seed, config_json, config_hash, status, error, "
+              "param_count, started_at, finished_at, wall_s FROM trials WHERE study_id = ? ORDER BY idx");
+  s.bind(1, study_id);
+  std::vector<TrialRow> out;
+  while (s.step()) {
+    TrialRow r;
+    r.id = s.integer(0);
+    r.study_id = s.integer(1);
+    r.index = s.integer(2);
+    r.variant = s.text(3);
+    r.sweep = s.text(4);
+    r.sweep_json = s.text(5);
+    r.seed = s.integer(6);
+    r.config_json = s.text(7);
+    r.config_hash = s.text(8);
+    r.status = trial_status_from_string(s.text(9));
+    r.error = s.text(10);
+    r.param_count = s.integer(11);
+    r.started_at = s.text(12);
+    r.finished_at = s.text(13);
+    r.wall_s = s.real(14);
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::vector<std::string> ResultsDb::metric_names(std::int64_t study_id) const {
+  impl_->flush_if_writable();
+  Statement s(impl_->db, path_,
+              "SELECT DISTINCT m.name FROM metrics m JOIN trials t ON t.id = m.trial_id WHERE t.study_id = ? "
+              "ORDER BY m.name");
+  s.bind(1, study_id);
+  std::vector<std::string> out;
+  while (s.step()) out.push_back(s.text(0));
+  return out;
+}
+
+std::vector<MetricPoint> ResultsDb::metric_series(std::int64_t trial_id, const std::string& name) const {
+  impl_->flush_if_writable();
+  Statement s(impl_->db, path_,
+              "SELECT step, value FROM metrics WHERE trial_id = ? AND name = ? ORDER BY step, rowid");
+  s.bind(1, trial_id).bind(2, name);
+  std::vector<MetricPoint> out;
+  while (s.step()) out.push_back({s.integer(0), s.real(1)});
+  return out;
+}
+
+std::map<std::string, double> ResultsDb::final_metrics(std::int64_t trial_id) const {
+  impl_->flush_if_writable();
+  // Ordered by step, then insertion: the last row seen per name is the final value.
+  Statement s(impl_->db, path_, "SELECT name, value FROM metrics WHERE trial_id = ? ORDER BY name, step, rowid");
+  s.bind(1, trial_id);
+  std::map<std::string, double> out;
+  while (s.step()) out[s.text(0)] = s.real(1);
+  return out;
+}
+
+std::vector<TracePoint> ResultsDb::traces(std::int64_t trial_id) const {
+  impl_->flush_if_writable();
+  Statement s(impl_->db, path_,
+              "SELECT step, phase, iteration, abs_residual, rel_residual, energy FROM traces WHERE trial_id = ? "
+              "ORDER BY step, rowid");
+  s.bind(1, trial_id);
+  std::vector<TracePoint> out;
+  while (s.step()) {
+    TracePoint p;
+    p.step = s.integer(0);
+    p.phase = s.text(1);
+    p.iteration = s.integer(2);
+    p.abs_residual = s.real(3);
+    p.rel_residual = s.real(4);
+    p.energy = s.real(5);
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+std::string ResultsDb::journal_mode() const {
+  Statement s(impl_->db, path_, "PRAGMA journal_mode");
+  return s.step() ? s.text(0) : std::string();
+}
+
+std::string ResultsDb::integrity_check() const {
+  Statement s(impl_->db, path_, "PRAGMA integrity_check");
+  std::string out;
+  while (s.step()) out += (out.empty() ? "" : "\n") + s.text(0);
+  return out;
+}
+
+}  // namespace mhd
