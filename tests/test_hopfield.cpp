@@ -162,6 +162,19 @@ TEST_F(Hopfield, WritesReplaceTheOldestSlotsFirst) {
   EXPECT_EQ(memory->size(), 4);
 }
 
+// A dtype cast of the module (Module::to casts every buffer) keeps the queue position exact.
+TEST_F(Hopfield, DtypeCastKeepsTheQueuePosition) {
+  auto memory = make_memory(2, {{"size", std::int64_t{4}}, {"init", std::string("zeros")}});
+  memory->write(at::ones({3, 2}));
+  memory->to(at::kDouble);
+  EXPECT_EQ(bank_of(*memory).scalar_type(), at::kDouble);
+  for (const auto& item : memory->named_buffers())
+    if (item.key() == "write_count") EXPECT_EQ(item.value().scalar_type(), at::kLong);
+  EXPECT_EQ(memory->write(2 * at::ones({2, 2})), 2);  // slot 3, then the oldest, slot 0
+  EXPECT_TRUE(bank_of(*memory).select(1, 0).equal(at::tensor({2.0, 1.0, 1.0, 2.0}, at::kDouble)));
+  EXPECT_EQ(memory->stats(at::zeros({1, 2}, at::kDouble)).at("stored"), 4.0);
+}
+
 TEST_F(Hopfield, StatsAreInRange) {
   const std::int64_t slots = 64, dim = 16;
   auto memory = make_memory(dim, {{"size", slots}, {"beta", 4.0}});

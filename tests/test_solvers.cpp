@@ -280,7 +280,8 @@ TEST(Anderson, HistoryOfOneIsPlainIteration) {
   const mhd::SolveLimits limits{500, 1e-8};
   const at::Tensor z0 = at::zeros({2, 16}, at::kDouble);
   const auto fp = make_solver("fixed_point", {{"damping", 0.7}})->solve({map.f(), {}, {}}, z0, limits);
-  const auto aa = make_solver("anderson", {{"m", std::int64_t{1}}, {"beta", 0.7}})->solve({map.f(), {}, {}}, z0, limits);
+  const auto anderson = make_solver("anderson", {{"m", std::int64_t{1}}, {"beta", 0.7}});
+  const auto aa = anderson->solve({map.f(), {}, {}}, z0, limits);
   EXPECT_EQ(aa.info.iterations, fp.info.iterations);
   EXPECT_TRUE(at::allclose(aa.z, fp.z, 1e-12, 1e-12));
 }

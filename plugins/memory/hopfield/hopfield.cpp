@@ -79,15 +79,30 @@ class HopfieldMemory final : public mhd::Memory {
     const std::int64_t n = std::min(patterns.size(0), slots);
     if (n == 0) return 0;
     const at::Tensor kept = patterns.narrow(0, patterns.size(0) - n, n).to(patterns_.options());  // [n, D]
-    const std::int64_t total = write_count_.item<std::int64_t>();
+    const std::int64_t total = written();
     // Slot of the k-th pattern ever written is k mod M: the oldest slot is always the next one.
-    const at::Tensor slot = at::remainder(at::arange(total, total + n, write_count_.options()), slots);
-    patterns_.index_copy_(0, slot.to(patterns_.device()), kept);
+    const auto index_options = at::TensorOptions().dtype(at::kLong).device(patterns_.device());
+    const at::Tensor slot = at::remainder(at::arange(total, total + n, index_options), slots);  // [n]
+    patterns_.index_copy_(0, slot, kept);
     write_count_.fill_(total + n);
     return n;
   }
 
   std::int64_t size() const override { return patterns_.size(0); }
+
+  // Module::to(dtype) casts every buffer, the write counter included (a float16 count is exact only up
+  // to 2048): cast, then restore the counter as an exact int64 on the bank's device.
+  using torch::nn::Module::to;
+  void to(torch::Dtype dtype, bool non_blocking = false) override {
+    const std::int64_t count = written();
+    torch::nn::Module::to(dtype, non_blocking);
+    restore_count(count);
+  }
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override {
+    const std::int64_t count = written();
+    torch::nn::Module::to(device, dtype, non_blocking);
+    restore_count(count);
+  }
 
   std::map<std::string, double> stats(const torch::Tensor& query) override {
     at::NoGradGuard no_grad;
@@ -97,7 +112,7 @@ class HopfieldMemory final : public mhd::Memory {
     const at::Tensor entropy = -(p * log_p).sum(-1);                                       // [B], nats
     const std::int64_t k = std::min<std::int64_t>(10, p.size(-1));
     const at::Tensor top_mass = std::get<0>(p.topk(k, -1)).sum(-1);                        // [B]
-    const std::int64_t stored = std::min(write_count_.item<std::int64_t>(), patterns_.size(0));
+    const std::int64_t stored = std::min(written(), patterns_.size(0));
     return {{"attention_entropy", entropy.mean().item<double>()},
             {"top10_mass", top_mass.mean().item<double>()},
             {"stored", static_cast<double>(stored)}};
@@ -109,6 +124,12 @@ class HopfieldMemory final : public mhd::Memory {
       throw mhd::Error(std::string("hopfield: ") + op + " expects queries of shape [B, " + std::to_string(dim_) +
                        "], got " + shape_of(query));
     }
+  }
+
+  std::int64_t written() const { return write_count_.item<std::int64_t>(); }
+
+  void restore_count(std::int64_t count) {
+    write_count_.set_data(at::full({}, count, at::TensorOptions().dtype(at::kLong).device(patterns_.device())));
   }
 
   // softmax(beta q X^T): [B, M]

@@ -184,8 +184,9 @@ mhd::Manifest make_manifest() {
   m.version = "1.0.0";
   m.description = "Contractive dynamics: spectral-norm bound on the linear maps, damping, Lipschitz probe";
   m.params = {
-      mhd::float_param("factor", 0.9, "bound on each linear map's spectral norm, in (0, 10]: W * min(1, factor/sigma(W))",
-                       1e-6, 10.0),
+      mhd::float_param("factor", 0.9,
+                       "bound on each linear map's spectral norm, in (0, 10]: W * min(1, factor/sigma(W))", 1e-6,
+                       10.0),
       mhd::float_param("damping", 0.5, "alpha in (0, 1] of the damped map z + alpha (f(z) - z); 1 disables damping",
                        1e-6, 1.0),
       mhd::int_param("power_iterations", 1,
