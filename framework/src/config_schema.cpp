@@ -29,6 +29,8 @@ const SectionSchema& model_section() {
           bool_param("deq", true, "Solve for the equilibrium z*; false gives the backbone-only baseline."),
           bool_param("use_memory", true, "Retrieve from the memory inside the dynamics; false drops that branch."),
           choice_param("gate", "sigmoid", {"sigmoid", "tanh"}, "Activation of the learned gate g that blends the Mamba update and the memory retrieval."),
+          choice_param("state_norm", "layernorm", {"none", "layernorm"},
+                       "layernorm: f(z) = LayerNorm(z + W_out(...)), which keeps the iterates bounded; none is DESIGN.md's f."),
           float_param("out_init_scale", 0.1, "Initial scale of W_out relative to the default init; small keeps early dynamics near identity.", 0.0, 10.0),
       },
       ""};
@@ -78,11 +80,14 @@ const SectionSchema& backward_section() {
       "backward",
       "How gradients pass through the equilibrium.",
       {
-          choice_param("mode", "implicit", {"implicit", "unrolled"},
-                       "implicit: solve g = J^T g + dL/dz* with `solver`; unrolled: backprop through every solver step."),
+          choice_param("mode", "implicit", {"implicit", "phantom", "unrolled"},
+                       "implicit: solve g = J^T g + dL/dz* with `solver`; phantom: backprop through `phantom_steps` "
+                       "damped steps from z*; unrolled: plain iteration from z0 with backprop through every step."),
           string_param("solver", "anderson", "Solver plugin for the backward linear fixed point (its default parameters)."),
           int_param("max_iter", 30, "Most iterations of the backward solve.", 1, 100000),
           float_param("tol", 1e-4, "Relative residual tolerance of the backward solve.", 0.0, 1.0),
+          int_param("phantom_steps", 5, "Damped steps from z* whose graph gives the phantom gradient.", 1, 1000),
+          float_param("phantom_damping", 0.5, "Damping of the phantom steps: z <- (1 - d) z + d f(z).", 1e-6, 1.0),
       },
       ""};
   return s;

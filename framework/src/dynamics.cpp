@@ -22,6 +22,10 @@ UnifiedDynamics::UnifiedDynamics(const DynamicsOptions& options, std::shared_ptr
   W_q_ = register_module("W_q", torch::nn::Linear(D, D));
   W_g_ = register_module("W_g", torch::nn::Linear(2 * D, D));
   W_out_ = register_module("W_out", torch::nn::Linear(D, D));
+  if (options_.state_norm == "layernorm")
+    state_norm_ = register_module("state_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
+  else if (options_.state_norm != "none")
+    throw Error("model.state_norm must be \"none\" or \"layernorm\", got \"" + options_.state_norm + "\"");
   // A small W_out keeps f close to the identity at the start, where every solver converges at once;
   // training grows it.
   torch::NoGradGuard no_grad;
@@ -48,6 +52,7 @@ DynamicsComponents UnifiedDynamics::components(const torch::Tensor& z, const Rec
   c.gate = options_.gate == "sigmoid" ? at::sigmoid(pre) : at::tanh(pre);
   auto blended = c.gate * c.mamba + (1 - c.gate) * c.memory;
   c.next = z + linear("W_out", W_out_, blended);
+  if (state_norm_) c.next = state_norm_->forward(c.next);
   return c;
 }
 

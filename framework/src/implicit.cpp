@@ -70,6 +70,13 @@ at::Tensor implicit_equilibrium(const TensorMap& f, const at::Tensor& z_star, So
   return ImplicitFunction::apply(fz, z, state);
 }
 
+at::Tensor phantom_equilibrium(const TensorMap& f, const at::Tensor& z_star, std::int64_t steps, double damping) {
+  at::Tensor z = z_star.detach();
+  if (!at::GradMode::is_enabled()) return z;
+  for (std::int64_t i = 0; i < steps; ++i) z = (1 - damping) * z + damping * f(z);
+  return z;
+}
+
 SolveResult unrolled_fixed_point(const TensorMap& f, const at::Tensor& z0, const SolveLimits& limits) {
   const auto start = std::chrono::steady_clock::now();
   SolveResult out;

@@ -18,7 +18,9 @@ UnifiedModel::UnifiedModel(const TrialConfig& config, PluginRegistry& registry, 
   const ModelDims dims{D, vocab_size};
   deq_ = m.flag("deq");
   energy_on_ = config.energy.flag("enabled");
-  implicit_ = config.backward.text("mode") == "implicit";
+  backward_mode_ = config.backward.text("mode");
+  phantom_steps_ = config.backward.integer("phantom_steps");
+  phantom_damping_ = config.backward.real("phantom_damping");
   forward_limits_ = {config.solve.integer("max_iter"), config.solve.real("tol")};
   backward_limits_ = {config.backward.integer("max_iter"), config.backward.real("tol")};
 
@@ -40,6 +42,7 @@ UnifiedModel::UnifiedModel(const TrialConfig& config, PluginRegistry& registry, 
   dyn.use_memory = m.flag("use_memory");
   dyn.gate = m.text("gate");
   dyn.out_init_scale = m.real("out_init_scale");
+  dyn.state_norm = m.text("state_norm");
   dyn.alpha = config.energy.real("alpha");
   dyn.lambda_l2 = config.energy.real("lambda_l2");
   auto block = registry.make_backbone(config.backbone.plugin, config.backbone.params, dims);
@@ -72,7 +75,7 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe) {
   for (const auto& opt : optimizations_)
     if (auto warm = opt->warm_start(out.z0.detach())) start = *warm;
 
-  if (implicit_) {
+  if (backward_mode_ != "unrolled") {
     FixedPointProblem problem;
     problem.f = f;
     if (energy_on_) {
@@ -85,7 +88,9 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe) {
       solved = solver_->solve(problem, start, forward_limits_);
     }
     out.forward_info = solved.info;
-    out.z_star = implicit_equilibrium(f, solved.z, *backward_solver_, backward_limits_, out.backward_info);
+    out.z_star = backward_mode_ == "implicit"
+                     ? implicit_equilibrium(f, solved.z, *backward_solver_, backward_limits_, out.backward_info)
+                     : phantom_equilibrium(f, solved.z, phantom_steps_, phantom_damping_);
   } else {
     SolveResult solved = unrolled_fixed_point(f, start, forward_limits_);
     out.forward_info = solved.info;

@@ -24,6 +24,25 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
+// "loss 3.70 -> 1.38, eval_accuracy 0.463 (7.4x chance)": whether the trial learned, at a glance.
+std::string learning_summary(const TrainResult& r) {
+  char buf[160];
+  std::string out;
+  auto first = r.first_metrics.find("loss");
+  auto last = r.final_metrics.find("loss");
+  if (first != r.first_metrics.end() && last != r.final_metrics.end()) {
+    std::snprintf(buf, sizeof buf, "loss %.3f -> %.3f", first->second, last->second);
+    out += buf;
+  }
+  auto acc = r.final_metrics.find("eval_accuracy");
+  if (acc != r.final_metrics.end() && r.chance_accuracy > 0) {
+    std::snprintf(buf, sizeof buf, "%seval_accuracy %.3f (%.1fx chance %.3f)", out.empty() ? "" : ", ", acc->second,
+                  acc->second / r.chance_accuracy, r.chance_accuracy);
+    out += buf;
+  }
+  return out;
+}
+
 void print_progress(std::ostream& log, const std::string& prefix, const TrainProgress& p) {
   char line[256];
   std::snprintf(line, sizeof line, "%s step %lld/%lld  loss %.4f", prefix.c_str(), static_cast<long long>(p.step),
@@ -103,6 +122,7 @@ RunSummary run_study(const Study& study, PluginRegistry& registry, const RunOpti
     }
     log << prefix << " " << to_string(result.status) << " in " << format_duration(wall);
     if (!result.error.empty()) log << ": " << result.error;
+    else if (const auto learned = learning_summary(result); !learned.empty()) log << ": " << learned;
     log << std::endl;
   }
   db->finish_study(summary.study_id);

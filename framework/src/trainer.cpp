@@ -107,6 +107,7 @@ class TrialTrainer {
 
  private:
   void emit(std::int64_t step, const std::string& name, double value) {
+    result_.first_metrics.emplace(name, value);
     result_.final_metrics[name] = value;
     if (sink_.metric) sink_.metric(step, name, value);
   }

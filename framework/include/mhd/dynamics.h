@@ -13,6 +13,7 @@
 
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
 
 #include "mhd/backbone.h"
 #include "mhd/solver.h"
@@ -27,6 +28,7 @@ struct DynamicsOptions {
   bool use_memory = true;
   std::string gate = "sigmoid";  // "sigmoid" | "tanh"
   double out_init_scale = 0.1;
+  std::string state_norm = "layernorm";  // "none" | "layernorm"
   double alpha = 1.0;      // energy: consistency weight
   double lambda_l2 = 1e-3; // energy: ||z||^2 weight
 };
@@ -81,6 +83,7 @@ class UnifiedDynamics : public torch::nn::Module {
   std::shared_ptr<Memory> memory_;
   std::vector<std::shared_ptr<Optimization>> optimizations_;
   torch::nn::Linear W_q_{nullptr}, W_g_{nullptr}, W_out_{nullptr};
+  torch::nn::LayerNorm state_norm_{nullptr};
 };
 
 }  // namespace mhd

@@ -17,6 +17,11 @@ namespace mhd {
 at::Tensor implicit_equilibrium(const TensorMap& f, const at::Tensor& z_star, Solver& backward_solver,
                                 const SolveLimits& limits, std::shared_ptr<SolverInfo> backward_info = nullptr);
 
+// Phantom gradient (the cheap, robust estimate of torchdeq): `steps` damped iterations
+// z <- (1 - damping) z + damping f(z) from z* (detached) with the graph kept. Its value stays at
+// the equilibrium; its gradient approximates the implicit one without a linear solve.
+at::Tensor phantom_equilibrium(const TensorMap& f, const at::Tensor& z_star, std::int64_t steps, double damping);
+
 // Unrolled backprop: `max_iter` plain iterations z <- f(z) from z0 with the graph kept (for
 // checking implicit gradients, and as a training mode). Stops early at `tol` like a solver.
 SolveResult unrolled_fixed_point(const TensorMap& f, const at::Tensor& z0, const SolveLimits& limits);

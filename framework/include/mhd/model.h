@@ -54,7 +54,9 @@ class UnifiedModel : public torch::nn::Module {
  private:
   bool deq_ = true;
   bool energy_on_ = true;
-  bool implicit_ = true;
+  std::string backward_mode_ = "implicit";
+  std::int64_t phantom_steps_ = 5;
+  double phantom_damping_ = 0.5;
   SolveLimits forward_limits_, backward_limits_;
   std::shared_ptr<Solver> solver_, backward_solver_;
   std::vector<std::shared_ptr<Optimization>> optimizations_;

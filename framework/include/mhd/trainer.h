@@ -33,6 +33,7 @@ struct TrainResult {
   std::int64_t diverged_step = -1;
   std::int64_t parameter_count = 0;
   double chance_accuracy = 0;
+  std::map<std::string, double> first_metrics;  // first value of each metric
   std::map<std::string, double> final_metrics;  // last value of each metric
 };
 
