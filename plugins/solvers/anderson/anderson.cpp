@@ -24,7 +24,9 @@
 // The number of such sample-steps is reported as info.extra "anderson_fallbacks".
 //
 // Iteration accounting matches fixed_point: one f evaluation per iteration, the residual of the
-// evaluated iterate is recorded, and the returned z is that iterate.
+// evaluated iterate is recorded, and the returned z is that iterate. As there, a sample that has
+// reached tol stays where it is while the others iterate (its result does not depend on the rest of
+// the batch, and an extrapolation cannot throw it out again).
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -190,10 +192,13 @@ class AndersonSolver final : public mhd::Solver {
       const at::Tensor fz = problem.f(z);  // [B, D]
       ++info.f_evals;
       check_map_shape(z, fz);
-      const bool done = mhd::record_iteration(info, mhd::residuals(z, fz), limits.tol, energy_of(problem, z));
+      const mhd::Residuals r = mhd::residuals(z, fz);
+      const bool done = mhd::record_iteration(info, r, limits.tol, energy_of(problem, z));
       if (stop_if_nonfinite(info, fz) || done) break;
+      // Not yet converged: [B]; !(rel < tol) keeps a sample with a NaN residual moving (see fixed_point).
+      const at::Tensor active = at::logical_not(r.rel.lt(limits.tol));
       history.push(z, fz);
-      z = next_iterate(history, z, fz, lam, fallbacks);
+      z = at::where(active.unsqueeze(1), next_iterate(history, z, fz, active, lam, fallbacks), z);
     }
 
     out.z = z;
@@ -205,9 +210,10 @@ class AndersonSolver final : public mhd::Solver {
 
  private:
   // The Anderson mix for every sample whose small solve succeeded, a damped step for the others.
-  // Updates lam (raised where the solve failed) and the fallback count.
-  at::Tensor next_iterate(const History& history, const at::Tensor& z, const at::Tensor& fz, at::Tensor& lam,
-                          std::int64_t& fallbacks) const {
+  // Updates lam (raised where the solve failed) and the fallback count, both for active samples only
+  // (a converged sample keeps pushing the same pair, a history that is singular by construction).
+  at::Tensor next_iterate(const History& history, const at::Tensor& z, const at::Tensor& fz, const at::Tensor& active,
+                          at::Tensor& lam, std::int64_t& fallbacks) const {
     const at::Tensor damped = mix(fz, z);  // [B, D]
     // One entry of history: the constrained problem has the single solution a = 1, i.e. the damped step.
     if (history.size() == 1) return damped;
@@ -218,12 +224,14 @@ class AndersonSolver final : public mhd::Solver {
     // A non-finite alpha (a solve that "succeeded" on a numerically singular system) shows up here too.
     const at::Tensor ok = c.solved.logical_and(at::isfinite(accelerated).all(1));  // [B]
 
-    const auto failed = ok.numel() - ok.sum().item<std::int64_t>();
-    if (failed == 0) return accelerated;
-    fallbacks += failed;
-    // x10 (from at least 1e-8, to at most 1 or the configured lam): enough to make a rank-deficient
-    // Gram matrix regular without turning every later step into plain averaging.
-    lam = at::where(ok, lam, at::clamp(lam * 10.0, 1e-8, std::max(1.0, opt_.lam)));
+    const at::Tensor failed = at::logical_not(ok).logical_and(active);  // [B]
+    const auto failures = failed.sum().item<std::int64_t>();
+    if (failures > 0) {
+      fallbacks += failures;
+      // x10 (from at least 1e-8, to at most 1 or the configured lam): enough to make a rank-deficient
+      // Gram matrix regular without turning every later step into plain averaging.
+      lam = at::where(failed, at::clamp(lam * 10.0, 1e-8, std::max(1.0, opt_.lam)), lam);
+    }
     // where() picks per element, so NaNs in the rejected rows of `accelerated` do not leak.
     return at::where(ok.unsqueeze(1), accelerated, damped);
   }

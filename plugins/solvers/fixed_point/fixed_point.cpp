@@ -5,8 +5,13 @@
 //
 // Per iteration k (one f evaluation):  fz = f(z_k); residuals of (z_k, fz) are recorded with
 // mhd::record_iteration; if the worst sample is below tol, z_k is returned, else
-// z_{k+1} = z_k + damping (fz - z_k). The returned z is the last iterate whose residual was
-// measured, so info.final_abs / final_rel describe exactly the returned state.
+// z_{k+1} = z_k + damping (fz - z_k) for every sample still above tol. The returned z is the last
+// iterate whose residual was measured, so info.final_abs / final_rel describe exactly the returned
+// state.
+//
+// A sample that has reached tol stays where it is while the others iterate: its result is then the
+// same whatever else is in the batch (rows are independent problems), and later steps cannot move it
+// away again.
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -84,9 +89,13 @@ class FixedPointSolver final : public mhd::Solver {
       const at::Tensor fz = problem.f(z);  // [B, D]
       ++info.f_evals;
       check_map_shape(z, fz);
-      const bool done = mhd::record_iteration(info, mhd::residuals(z, fz), limits.tol, energy_of(problem, z));
+      const mhd::Residuals r = mhd::residuals(z, fz);
+      const bool done = mhd::record_iteration(info, r, limits.tol, energy_of(problem, z));
       if (stop_if_nonfinite(info, fz) || done) break;
-      z = damped_step(z, fz);
+      // Not yet converged: [B, 1]. Written as !(rel < tol) so that a NaN residual (a norm that
+      // overflowed) keeps its sample moving rather than freezing it.
+      const at::Tensor active = at::logical_not(r.rel.lt(limits.tol)).unsqueeze(1);
+      z = at::where(active, damped_step(z, fz), z);
     }
 
     out.z = z;
