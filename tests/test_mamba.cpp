@@ -463,6 +463,16 @@ TEST(MambaBlock, StepContinuesAShortPrompt) {
   }
 }
 
+TEST(MambaBlock, EmptySequenceGivesTheInitialState) {
+  auto block = make_block(small_config(), 31);
+  const auto [y, state] = block->forward_with_state(at::zeros({2, 0, 8}, at::kDouble));
+  EXPECT_EQ(y.sizes(), (std::vector<std::int64_t>{2, 0, 8}));
+  const mhd::RecurrentState init = block->initial_state(2);
+  ASSERT_EQ(state.tensors.size(), 2u);
+  EXPECT_TRUE(at::equal(state.tensors[0], init.tensors[0]));
+  EXPECT_TRUE(at::equal(state.tensors[1], init.tensors[1]));
+}
+
 TEST(MambaBlock, StepLeavesItsInputStateUnchanged) {
   auto block = make_block(small_config(), 25);
   at::manual_seed(26);

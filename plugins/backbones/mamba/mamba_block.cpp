@@ -136,6 +136,8 @@ std::pair<torch::Tensor, RecurrentState> MambaBlock::forward_with_state(const to
 std::pair<torch::Tensor, RecurrentState> MambaBlock::run_sequence(const torch::Tensor& x, bool keep_state) {
   check_sequence_input(x);
   const std::int64_t len = x.size(1), n = config_.d_state, r = config_.resolved_dt_rank();
+  // An empty sequence (conv1d rejects zero-length input): no output, the state before any input.
+  if (len == 0) return {at::zeros_like(x), keep_state ? initial_state(x.size(0)) : RecurrentState{}};
   const std::vector<at::Tensor> xz = in_proj(x).chunk(2, -1);
   const at::Tensor& x_in = xz[0];  // [B, L, E]
   const at::Tensor& z = xz[1];     // [B, L, E]
