@@ -168,8 +168,11 @@ TEST_F(Hopfield, DtypeCastKeepsTheQueuePosition) {
   memory->write(at::ones({3, 2}));
   memory->to(at::kDouble);
   EXPECT_EQ(bank_of(*memory).scalar_type(), at::kDouble);
-  for (const auto& item : memory->named_buffers())
-    if (item.key() == "write_count") EXPECT_EQ(item.value().scalar_type(), at::kLong);
+  for (const auto& item : memory->named_buffers()) {
+    if (item.key() == "write_count") {
+      EXPECT_EQ(item.value().scalar_type(), at::kLong);
+    }
+  }
   EXPECT_EQ(memory->write(2 * at::ones({2, 2})), 2);  // slot 3, then the oldest, slot 0
   EXPECT_TRUE(bank_of(*memory).select(1, 0).equal(at::tensor({2.0, 1.0, 1.0, 2.0}, at::kDouble)));
   EXPECT_EQ(memory->stats(at::zeros({1, 2}, at::kDouble)).at("stored"), 4.0);
