@@ -31,6 +31,7 @@ seq_len = 8
 [model]
 d_model = 16
 n_layers = 1
+residual = false
 [backbone]
 plugin = "mamba"
 d_state = 4

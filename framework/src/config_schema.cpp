@@ -29,9 +29,12 @@ const SectionSchema& model_section() {
           bool_param("deq", true, "Solve for the equilibrium z*; false gives the backbone-only baseline."),
           bool_param("use_memory", true, "Retrieve from the memory inside the dynamics; false drops that branch."),
           choice_param("gate", "sigmoid", {"sigmoid", "tanh"}, "Activation of the learned gate g that blends the Mamba update and the memory retrieval."),
-          choice_param("state_norm", "layernorm", {"none", "layernorm"},
-                       "layernorm: f(z) = LayerNorm(z + W_out(...)), which keeps the iterates bounded; none is DESIGN.md's f."),
-          float_param("out_init_scale", 0.1, "Initial scale of W_out relative to the default init; small keeps early dynamics near identity.", 0.0, 10.0),
+          bool_param("residual", true,
+                     "f(z) = z + W_out(...) as in DESIGN.md §4; false gives f(z) = W_out(...), the seeds' theory form "
+                     "z' = g(Mamba(z, x), Hopfield(z, M)), whose Lipschitz constant the contractive plugin can bound."),
+          choice_param("state_norm", "none", {"none", "layernorm"},
+                       "layernorm: f(z) = LayerNorm(z + W_out(...)), which keeps the iterates of the residual form bounded; none is DESIGN.md §4."),
+          float_param("out_init_scale", 1.0, "Initial scale of W_out relative to the default init (a small value keeps the residual form near the identity at the start).", 0.0, 10.0),
       },
       ""};
   return s;

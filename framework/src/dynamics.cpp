@@ -51,7 +51,8 @@ DynamicsComponents UnifiedDynamics::components(const torch::Tensor& z, const Rec
   auto pre = linear("W_g", W_g_, gate_in);
   c.gate = options_.gate == "sigmoid" ? at::sigmoid(pre) : at::tanh(pre);
   auto blended = c.gate * c.mamba + (1 - c.gate) * c.memory;
-  c.next = z + linear("W_out", W_out_, blended);
+  c.next = linear("W_out", W_out_, blended);
+  if (options_.residual) c.next = z + c.next;
   if (state_norm_) c.next = state_norm_->forward(c.next);
   return c;
 }

@@ -43,6 +43,7 @@ UnifiedModel::UnifiedModel(const TrialConfig& config, PluginRegistry& registry, 
   dyn.gate = m.text("gate");
   dyn.out_init_scale = m.real("out_init_scale");
   dyn.state_norm = m.text("state_norm");
+  dyn.residual = m.flag("residual");
   dyn.alpha = config.energy.real("alpha");
   dyn.lambda_l2 = config.energy.real("lambda_l2");
   auto block = registry.make_backbone(config.backbone.plugin, config.backbone.params, dims);

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <thread>
 
 #include <ATen/Parallel.h>
 
@@ -82,8 +83,10 @@ RunSummary run_study(const Study& study, PluginRegistry& registry, const RunOpti
 
   auto db = ResultsDb::open(summary.output);
   const std::string device = options.device.empty() ? study.trials.front().run.text("device") : options.device;
-  const std::int64_t threads = study.trials.front().run.integer("threads");
-  if (threads > 0) at::set_num_threads(static_cast<int>(threads));
+  // threads = 0 means every core: LibTorch's own default can be lower (1 on some VMs).
+  const std::int64_t wanted = study.trials.front().run.integer("threads");
+  const std::int64_t threads = wanted > 0 ? wanted : std::max<std::int64_t>(1, std::thread::hardware_concurrency());
+  at::set_num_threads(static_cast<int>(threads));
   summary.study_id = db->begin_study(study, current_environment(device, at::get_num_threads()));
 
   std::vector<std::int64_t> ids;

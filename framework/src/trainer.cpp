@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <limits>
 
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
@@ -157,16 +158,23 @@ class TrialTrainer {
     }
     optimizer_->zero_grad();
     loss.backward();
+    // A non-finite gradient (e.g. a backward solve that blew up on one batch) skips the update, as
+    // mixed-precision loss scaling does; only a run of them in a row counts as divergence.
     const double clip = config_.train.real("grad_clip");
-    if (clip > 0) {
-      const double norm = torch::nn::utils::clip_grad_norm_(model_->parameters(), clip);
-      emit(step, "grad_norm", norm);
-      if (!std::isfinite(norm)) {
-        diverge(step, "the gradient");
+    const double norm = torch::nn::utils::clip_grad_norm_(model_->parameters(),
+                                                          clip > 0 ? clip : std::numeric_limits<double>::infinity());
+    emit(step, "grad_norm", norm);
+    if (std::isfinite(norm)) {
+      optimizer_->step();
+      skipped_in_a_row_ = 0;
+    } else {
+      optimizer_->zero_grad();
+      emit(step, "skipped_step", 1.0);
+      if (++skipped_in_a_row_ >= kMaxSkippedInARow) {
+        diverge(step, "the gradient (" + std::to_string(kMaxSkippedInARow) + " steps in a row)");
         return false;
       }
     }
-    optimizer_->step();
 
     emit(step, "loss", loss.item<double>());
     emit(step, "task_loss", task.loss.item<double>());
@@ -243,6 +251,8 @@ class TrialTrainer {
   std::shared_ptr<UnifiedModel> model_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   TrainResult result_;
+  static constexpr int kMaxSkippedInARow = 10;
+  int skipped_in_a_row_ = 0;
 };
 
 }  // namespace

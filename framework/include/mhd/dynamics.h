@@ -1,6 +1,7 @@
 // The unified dynamics and energy of DESIGN.md §4.
 //
-//   f(z) = z + W_out( g * u + (1 - g) * r )
+//   f(z) = z + W_out( g * u + (1 - g) * r )   (then LayerNorm when state_norm is on; no `z +` when
+//                                              residual is off)
 //   u    = mamba_update(z, X)      the dynamics' backbone block stepped once from the context state
 //   r    = memory.retrieve(W_q z)
 //   g    = act(W_g [u ; r])        act = sigmoid or tanh
@@ -27,8 +28,9 @@ struct DynamicsOptions {
   std::int64_t d_model = 64;
   bool use_memory = true;
   std::string gate = "sigmoid";  // "sigmoid" | "tanh"
-  double out_init_scale = 0.1;
-  std::string state_norm = "layernorm";  // "none" | "layernorm"
+  double out_init_scale = 1.0;
+  bool residual = true;                  // f(z) = z + W_out(...) (true) or W_out(...) (false)
+  std::string state_norm = "none";  // "none" | "layernorm"
   double alpha = 1.0;      // energy: consistency weight
   double lambda_l2 = 1e-3; // energy: ||z||^2 weight
 };
