@@ -9,6 +9,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "mhd/error.h"
 #include "mhd/jacobian.h"
 #include "mhd/params.h"
@@ -184,6 +186,20 @@ TEST_P(EverySolver, NonFiniteMapIsReportedNotLooped) {
   EXPECT_EQ(extra(result.info, "nonfinite_samples"), 1.0);
   EXPECT_TRUE(std::isnan(result.info.rel_trace.back()));
   EXPECT_TRUE(at::isfinite(result.z).all().item<bool>());  // the last finite iterate comes back
+}
+
+// On an expanding map the iterates run away; each sample comes back at its best point, and the
+// reported final residuals are those of the returned point.
+TEST_P(EverySolver, ReturnsEachSamplesBestIterateWhenTheMapExpands) {
+  const mhd::TensorMap f = [](const at::Tensor& z) { return 1.5 * z + 1.0; };  // fixed point -2, L = 1.5
+  const at::Tensor z0 = at::tensor({-2.1, 3.0}, at::kDouble).view({2, 1});
+  const auto result = make_solver(GetParam())->solve({f, {}, {}}, z0, {6, 1e-12});
+  const auto r = mhd::residuals(result.z, f(result.z));
+  ASSERT_TRUE(result.info.final_rel.defined());
+  EXPECT_TRUE(r.rel.allclose(result.info.final_rel));
+  // Nothing returned is worse than the start, whatever the last iterate was.
+  EXPECT_TRUE(r.rel.le(mhd::residuals(z0, f(z0)).rel + 1e-12).all().item<bool>());
+  EXPECT_LE(r.rel.max().item<double>(), *std::min_element(result.info.rel_trace.begin(), result.info.rel_trace.end()) + 1e-12);
 }
 
 TEST_P(EverySolver, RecordsEnergyEveryIterationWhenPresent) {

@@ -45,7 +45,11 @@ torch::Tensor UnifiedDynamics::query(const torch::Tensor& z) { return linear("W_
 
 DynamicsComponents UnifiedDynamics::components(const torch::Tensor& z, const RecurrentState& context) {
   DynamicsComponents c;
-  c.mamba = block_->step(z, context).first;  // u: [B, D]
+  // The block sees tanh(z): a Mamba step grows like ||z||^3 in its input (the input, the step size
+  // and the read-out are all linear in it), so one wild extrapolation of a solver would send the
+  // iterates to infinity. tanh bounds the input with Lipschitz constant 1; LayerNorm, the other
+  // candidate, is scale-invariant and amplifies small states (measured: solves stopped converging).
+  c.mamba = block_->step(at::tanh(z), context).first;  // u: [B, D]
   c.memory = options_.use_memory ? memory_->retrieve(query(z)) : at::zeros_like(z);  // r: [B, D]
   auto gate_in = at::cat({c.mamba, c.memory}, 1);  // [B, 2D]
   auto pre = linear("W_g", W_g_, gate_in);

@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 #include "mhd/plugin.h"
 #include "mhd/error.h"
 
@@ -26,6 +28,27 @@ bool record_iteration(SolverInfo& info, const Residuals& r, double tol, const at
   info.final_rel = r.rel;
   info.converged = worst_rel < tol;
   return info.converged;
+}
+
+void BestIterate::observe(const at::Tensor& z, const Residuals& r) {
+  // NaN compares false, so a blown-up sample never replaces a finite best.
+  const at::Tensor rel = at::where(at::isnan(r.rel), at::full_like(r.rel, INFINITY), r.rel);
+  if (!z_.defined()) {
+    z_ = z.clone();
+    abs_ = r.abs.clone();
+    rel_ = rel.clone();
+    return;
+  }
+  const at::Tensor better = rel.lt(rel_);  // [B]
+  z_ = at::where(better.unsqueeze(1), z, z_);
+  abs_ = at::where(better, r.abs, abs_);
+  rel_ = at::where(better, rel, rel_);
+}
+
+void BestIterate::finish(SolverInfo& info) const {
+  if (!z_.defined()) return;
+  info.final_abs = abs_;
+  info.final_rel = rel_;
 }
 
 const char* to_string(PluginKind kind) {

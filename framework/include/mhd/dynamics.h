@@ -2,7 +2,8 @@
 //
 //   f(z) = z + W_out( g * u + (1 - g) * r )   (then LayerNorm when state_norm is on; no `z +` when
 //                                              residual is off)
-//   u    = mamba_update(z, X)      the dynamics' backbone block stepped once from the context state
+//   u    = mamba_update(z, X)      the dynamics' backbone block stepped once from the context state,
+//                                  fed tanh(z), which bounds the step's input
 //   r    = memory.retrieve(W_q z)
 //   g    = act(W_g [u ; r])        act = sigmoid or tanh
 //   E(z) = E_mem(W_q z) + alpha ||z - f(z)||^2 + lambda_l2 ||z||^2 (+ optimizations' extra terms)

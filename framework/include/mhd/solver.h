@@ -60,6 +60,20 @@ struct SolveResult {
 bool record_iteration(SolverInfo& info, const Residuals& r, double tol,
                       const at::Tensor& energy = at::Tensor());
 
+// Keeps, per sample, the iterate with the lowest relative residual seen so far (as torchdeq does),
+// so a solve that wanders off on a map that is not contractive everywhere still returns its best
+// point instead of its last. Solvers call observe() with each iterate z and its residuals, then
+// return best() and finish(info) so the reported final residuals are those of the returned point.
+class BestIterate {
+ public:
+  void observe(const at::Tensor& z, const Residuals& r);  // z: [B, D]
+  const at::Tensor& best() const { return z_; }            // [B, D]
+  void finish(SolverInfo& info) const;
+
+ private:
+  at::Tensor z_, abs_, rel_;  // [B, D], [B], [B]
+};
+
 class BOOST_SYMBOL_VISIBLE Solver {
  public:
   virtual ~Solver() = default;

@@ -24,7 +24,7 @@
 // The number of such sample-steps is reported as info.extra "anderson_fallbacks".
 //
 // Iteration accounting matches fixed_point: one f evaluation per iteration, the residual of the
-// evaluated iterate is recorded, and the returned z is that iterate. As there, a sample that has
+// evaluated iterate is recorded, and each sample returns its best iterate (lowest residual, mhd::BestIterate). As there, a sample that has
 // reached tol stays where it is while the others iterate (its result does not depend on the rest of
 // the batch, and an extrapolation cannot throw it out again).
 #include <algorithm>
@@ -188,12 +188,14 @@ class AndersonSolver final : public mhd::Solver {
     std::int64_t fallbacks = 0;
 
     at::Tensor z = z0;  // [B, D]
+    mhd::BestIterate best;
     for (std::int64_t k = 0; k < limits.max_iter; ++k) {
       const at::Tensor fz = problem.f(z);  // [B, D]
       ++info.f_evals;
       check_map_shape(z, fz);
       const mhd::Residuals r = mhd::residuals(z, fz);
       const bool done = mhd::record_iteration(info, r, limits.tol, energy_of(problem, z));
+      best.observe(z, r);
       if (stop_if_nonfinite(info, fz) || done) break;
       // Not yet converged: [B]; !(rel < tol) keeps a sample with a NaN residual moving (see fixed_point).
       const at::Tensor active = at::logical_not(r.rel.lt(limits.tol));
@@ -201,7 +203,8 @@ class AndersonSolver final : public mhd::Solver {
       z = at::where(active.unsqueeze(1), next_iterate(history, z, fz, active, lam, fallbacks), z);
     }
 
-    out.z = z;
+    out.z = best.best();
+    best.finish(info);
     info.extra.emplace_back("anderson_fallbacks", static_cast<double>(fallbacks));
     info.extra.emplace_back("anderson_lam_max", lam.max().item<double>());
     info.wall_ms = elapsed_ms(start);

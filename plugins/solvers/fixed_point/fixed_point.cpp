@@ -5,9 +5,9 @@
 //
 // Per iteration k (one f evaluation):  fz = f(z_k); residuals of (z_k, fz) are recorded with
 // mhd::record_iteration; if the worst sample is below tol, z_k is returned, else
-// z_{k+1} = z_k + damping (fz - z_k) for every sample still above tol. The returned z is the last
-// iterate whose residual was measured, so info.final_abs / final_rel describe exactly the returned
-// state.
+// z_{k+1} = z_k + damping (fz - z_k) for every sample still above tol. Each sample returns its
+// iterate with the lowest measured residual (mhd::BestIterate: the last one when the iteration
+// contracts), and info.final_abs / final_rel describe exactly the returned state.
 //
 // A sample that has reached tol stays where it is while the others iterate: its result is then the
 // same whatever else is in the batch (rows are independent problems), and later steps cannot move it
@@ -85,12 +85,14 @@ class FixedPointSolver final : public mhd::Solver {
     mhd::SolverInfo& info = out.info;
 
     at::Tensor z = z0;  // [B, D]
+    mhd::BestIterate best;
     for (std::int64_t k = 0; k < limits.max_iter; ++k) {
       const at::Tensor fz = problem.f(z);  // [B, D]
       ++info.f_evals;
       check_map_shape(z, fz);
       const mhd::Residuals r = mhd::residuals(z, fz);
       const bool done = mhd::record_iteration(info, r, limits.tol, energy_of(problem, z));
+      best.observe(z, r);
       if (stop_if_nonfinite(info, fz) || done) break;
       // Not yet converged: [B, 1]. Written as !(rel < tol) so that a NaN residual (a norm that
       // overflowed) keeps its sample moving rather than freezing it.
@@ -98,7 +100,8 @@ class FixedPointSolver final : public mhd::Solver {
       z = at::where(active, damped_step(z, fz), z);
     }
 
-    out.z = z;
+    out.z = best.best();
+    best.finish(info);
     info.wall_ms = elapsed_ms(start);
     return out;
   }
