@@ -87,11 +87,17 @@ int plan(const std::string& path) {
   return guarded([&] {
     Study study = load_study(path, discovered_plugins());
     std::cout << "study '" << study.name << "': " << study.trials.size() << " trial(s) -> " << study.output << "\n";
-    std::cout << std::left << std::setw(6) << "#" << std::setw(20) << "variant" << std::setw(36) << "sweep"
-              << std::setw(6) << "seed" << "config\n";
+    std::size_t variant_width = 8, sweep_width = 6;
+    for (const auto& t : study.trials) {
+      variant_width = std::max(variant_width, t.variant.size() + 2);
+      sweep_width = std::max(sweep_width, t.sweep_label().size() + 2);
+    }
+    const int vw = static_cast<int>(variant_width), sw = static_cast<int>(sweep_width);
+    std::cout << std::left << std::setw(6) << "#" << std::setw(vw) << "variant" << std::setw(sw) << "sweep"
+              << std::setw(6) << "seed" << "components, config hash\n";
     for (std::size_t i = 0; i < study.trials.size(); ++i) {
       const auto& t = study.trials[i];
-      std::cout << std::setw(6) << i + 1 << std::setw(20) << t.variant << std::setw(36)
+      std::cout << std::setw(6) << i + 1 << std::setw(vw) << t.variant << std::setw(sw)
                 << (t.sweep_label().empty() ? "-" : t.sweep_label()) << std::setw(6) << t.seed
                 << t.backbone.plugin << "+" << t.memory.plugin << "+" << t.solver.plugin
                 << (t.model.flag("deq") ? "" : " (no DEQ)") << " " << t.hash().substr(0, 8) << "\n";

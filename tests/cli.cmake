@@ -1,0 +1,3 @@
+# The mhd command line end to end (exit codes, one-line errors, listings, a tiny run).
+add_test(NAME Cli.CommandsExitCodesAndMessages COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/cli/check_cli.sh $<TARGET_FILE:mhd>)
+set_tests_properties(Cli.CommandsExitCodesAndMessages PROPERTIES TIMEOUT 300)

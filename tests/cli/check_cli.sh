@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The `mhd` command line as a user meets it: exit codes, one-line errors, listings, a tiny run.
+# Usage: check_cli.sh MHD_EXE
+set -uo pipefail
+mhd=$1
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+failures=0
+check() {  # check NAME EXPECTED_EXIT PATTERN -- command...
+  local name=$1 want=$2 pattern=$3
+  shift 4
+  local out
+  out=$("$@" 2>&1)
+  local got=$?
+  if [[ $got -ne $want ]] || ! grep -qE -- "$pattern" <<<"$out"; then
+    echo "FAIL $name: exit $got (want $want), output:"; echo "$out" | head -20
+    failures=$((failures + 1))
+  else
+    echo "ok   $name"
+  fi
+}
+
+cat > "$work/tiny.toml" <<TOML
+[study]
+name = "cli_tiny"
+seeds = [0, 1]
+output = "$work/tiny.sqlite"
+[task]
+kind = "associative_recall"
+vocab_size = 16
+num_pairs = 2
+seq_len = 8
+[model]
+d_model = 16
+n_layers = 1
+residual = false
+[backbone]
+plugin = "mamba"
+d_state = 4
+[memory]
+plugin = "hopfield"
+size = 8
+[solver]
+plugin = "anderson"
+max_iter = 5
+[train]
+steps = 3
+batch = 4
+eval_batches = 1
+log_every = 1
+TOML
+sed 's/plugin = "anderson"/plugin = "andersen"/' "$work/tiny.toml" > "$work/bad_plugin.toml"
+printf '[study]\nname = "x"\n[task]\nkind = "associative_recall"\nnum_pairs = "four"\n' > "$work/bad_type.toml"
+printf '[study\nname = "x"\n' > "$work/bad_syntax.toml"
+
+check validate-ok 0 "ok: study 'cli_tiny', 1 variant\(s\), 2 trial\(s\)" -- "$mhd" validate "$work/tiny.toml"
+check plan 0 "^2 +base +- +1 " -- "$mhd" plan "$work/tiny.toml"
+check unknown-plugin 2 "^$work/bad_plugin.toml:[0-9]+:[0-9]+: error: solver.plugin: unknown solver plugin 'andersen'; did you mean 'anderson'\?" -- "$mhd" validate "$work/bad_plugin.toml"
+check run-refuses-bad-study 2 "bad_type.toml:5:13: error: task.num_pairs: expected integer" -- "$mhd" run "$work/bad_type.toml"
+check syntax-error 2 "bad_syntax.toml:1:[0-9]+: error: " -- "$mhd" validate "$work/bad_syntax.toml"
+check missing-study 2 "error: .*nothing.toml" -- "$mhd" validate "$work/nothing.toml"
+check plugins 0 "solver anderson .*" -- "$mhd" plugins
+check plugins-kind 0 "^backbone mamba " -- "$mhd" plugins --kind backbone
+check bad-kind 2 "kind" -- "$mhd" plugins --kind engine
+check run 0 "2 trial\(s\): 2 done, 0 failed, 0 diverged" -- "$mhd" run "$work/tiny.toml"
+check run-progress 0 "\[1/2 base seed=0\] step 3/3 +loss" -- "$mhd" run "$work/tiny.toml" --only base
+check only-unknown 2 "--only nope: study 'cli_tiny' has no such variant \(variants: base\)" -- "$mhd" run "$work/tiny.toml" --only nope
+check report 0 "^base +2 +" -- "$mhd" report "$work/tiny.sqlite"
+check report-csv 0 "^variant,sweep,metric,mean,std,n$" -- "$mhd" report "$work/tiny.sqlite" --csv
+check report-metric 0 "eval_accuracy" -- "$mhd" report "$work/tiny.sqlite" --metric eval_accuracy
+check report-unknown-metric 2 "error: .*lossy" -- "$mhd" report "$work/tiny.sqlite" --metric lossy
+check report-not-results 2 "not an mhd results file" -- "$mhd" report "$work/tiny.toml"
+
+echo "$failures failure(s)"
+exit $((failures > 0))
