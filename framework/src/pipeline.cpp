@@ -35,6 +35,11 @@ std::string learning_summary(const TrainResult& r) {
     std::snprintf(buf, sizeof buf, "loss %.3f -> %.3f", first->second, last->second);
     out += buf;
   }
+  auto share = r.final_metrics.find("converged_share");
+  if (share != r.final_metrics.end()) {
+    std::snprintf(buf, sizeof buf, "%s%.0f%% of solves converged", out.empty() ? "" : ", ", 100.0 * share->second);
+    out += buf;
+  }
   auto acc = r.final_metrics.find("eval_accuracy");
   if (acc != r.final_metrics.end() && r.chance_accuracy > 0) {
     std::snprintf(buf, sizeof buf, "%seval_accuracy %.3f (%.1fx chance %.3f)", out.empty() ? "" : ", ", acc->second,

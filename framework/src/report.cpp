@@ -15,7 +15,7 @@ namespace {
 // What a researcher looks at first; the table shows these when the user names no metrics.
 const std::vector<std::string>& headline_metrics() {
   static const std::vector<std::string> names = {"loss",         "task_loss", "eval_accuracy", "solver_iters",
-                                                 "rel_residual", "energy",    "step_ms"};
+                                                 "converged_share", "energy",    "step_ms"};
   return names;
 }
 constexpr std::size_t kFallbackColumns = 6;  // when none of the headline metrics exists

@@ -194,6 +194,9 @@ class TrialTrainer {
     emit(step, "solver_iters", static_cast<double>(info.iterations));
     emit(step, "solver_f_evals", static_cast<double>(info.f_evals));
     emit(step, "converged", info.converged ? 1.0 : 0.0);
+    converged_solves_ += info.converged ? 1 : 0;
+    // Share of training steps so far whose forward solve reached tol: the trial's convergence rate.
+    emit(step, "converged_share", static_cast<double>(converged_solves_) / static_cast<double>(step));
     if (!info.abs_trace.empty()) {
       emit(step, "abs_residual", info.abs_trace.back());
       emit(step, "rel_residual", info.rel_trace.back());
@@ -253,6 +256,7 @@ class TrialTrainer {
   TrainResult result_;
   static constexpr int kMaxSkippedInARow = 10;
   int skipped_in_a_row_ = 0;
+  std::int64_t converged_solves_ = 0;
 };
 
 }  // namespace
