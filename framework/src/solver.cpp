@@ -30,6 +30,40 @@ bool record_iteration(SolverInfo& info, const Residuals& r, double tol, const at
   return info.converged;
 }
 
+std::string shape_string(const at::Tensor& t) {
+  std::string s = "[";
+  for (std::int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + "]";
+}
+
+void check_solve_inputs(const char* solver, const FixedPointProblem& problem, const at::Tensor& z0,
+                        const SolveLimits& limits) {
+  const std::string who(solver);
+  if (!problem.f) throw Error(who + ": the problem has no map f");
+  if (!z0.defined() || z0.dim() != 2)
+    throw Error(who + ": z0 must be a [B, D] tensor, got " + (z0.defined() ? shape_string(z0) : "none"));
+  if (limits.max_iter < 1) throw Error(who + ": max_iter must be >= 1, got " + std::to_string(limits.max_iter));
+}
+
+void check_map_shape(const char* solver, const at::Tensor& z, const at::Tensor& fz) {
+  if (!fz.defined() || !fz.sizes().equals(z.sizes()))
+    throw Error(std::string(solver) + ": f(z) has shape " + (fz.defined() ? shape_string(fz) : "none") +
+                " but z has shape " + shape_string(z));
+}
+
+at::Tensor energy_of(const FixedPointProblem& problem, const at::Tensor& z) {
+  return problem.energy ? problem.energy(z) : at::Tensor();
+}
+
+bool stop_if_nonfinite(SolverInfo& info, const at::Tensor& fz) {
+  const at::Tensor bad_rows = at::logical_not(at::isfinite(fz).all(1));  // [B]
+  const auto bad = bad_rows.sum().item<std::int64_t>();
+  if (bad == 0) return false;
+  info.converged = false;
+  info.extra.emplace_back("nonfinite_samples", static_cast<double>(bad));
+  return true;
+}
+
 void BestIterate::observe(const at::Tensor& z, const Residuals& r) {
   // NaN compares false, so a blown-up sample never replaces a finite best.
   const at::Tensor rel = at::where(at::isnan(r.rel), at::full_like(r.rel, INFINITY), r.rel);

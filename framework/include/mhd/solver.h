@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -73,6 +74,19 @@ class BestIterate {
  private:
   at::Tensor z_, abs_, rel_;  // [B, D], [B], [B]
 };
+
+// Building blocks every solver uses, so input errors, the non-finite stop and timing read the same
+// whichever solver runs. `solver` names the plugin in messages.
+void check_solve_inputs(const char* solver, const FixedPointProblem& problem, const at::Tensor& z0,
+                        const SolveLimits& limits);
+void check_map_shape(const char* solver, const at::Tensor& z, const at::Tensor& fz);
+// E(z): [B] when the problem has an energy, else undefined (always so in a backward solve).
+at::Tensor energy_of(const FixedPointProblem& problem, const at::Tensor& z);
+// A non-finite f(z) ends the solve instead of iterating on NaN until max_iter. The iteration is
+// already recorded (its residual is NaN/inf in the traces); "nonfinite_samples" counts the rows.
+bool stop_if_nonfinite(SolverInfo& info, const at::Tensor& fz);
+// "[2, 16]"
+std::string shape_string(const at::Tensor& t);
 
 class BOOST_SYMBOL_VISIBLE Solver {
  public:

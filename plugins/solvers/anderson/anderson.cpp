@@ -48,45 +48,6 @@ double elapsed_ms(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-std::string shape_of(const at::Tensor& t) {
-  std::string s = "[";
-  for (std::int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
-}
-
-void check_inputs(const mhd::FixedPointProblem& problem, const at::Tensor& z0, const mhd::SolveLimits& limits) {
-  if (!problem.f) throw mhd::Error("anderson: the problem has no map f");
-  if (!z0.defined() || z0.dim() != 2) {
-    throw mhd::Error("anderson: z0 must be a [B, D] tensor, got " + (z0.defined() ? shape_of(z0) : "none"));
-  }
-  if (limits.max_iter < 1) {
-    throw mhd::Error("anderson: max_iter must be >= 1, got " + std::to_string(limits.max_iter));
-  }
-}
-
-void check_map_shape(const at::Tensor& z, const at::Tensor& fz) {
-  if (!fz.defined() || !fz.sizes().equals(z.sizes())) {
-    throw mhd::Error("anderson: f(z) has shape " + (fz.defined() ? shape_of(fz) : "none") +
-                     " but z has shape " + shape_of(z));
-  }
-}
-
-// E(z): [B] when the problem has an energy, else undefined (always so in the backward solve).
-at::Tensor energy_of(const mhd::FixedPointProblem& problem, const at::Tensor& z) {
-  return problem.energy ? problem.energy(z) : at::Tensor();
-}
-
-// A non-finite f(z) ends the solve (see fixed_point): the iteration is already recorded with its
-// NaN/inf residual, and "nonfinite_samples" tells the caller how many rows blew up.
-bool stop_if_nonfinite(mhd::SolverInfo& info, const at::Tensor& fz) {
-  const at::Tensor bad_rows = at::logical_not(at::isfinite(fz).all(1));  // [B]
-  const auto bad = bad_rows.sum().item<std::int64_t>();
-  if (bad == 0) return false;
-  info.converged = false;
-  info.extra.emplace_back("nonfinite_samples", static_cast<double>(bad));
-  return true;
-}
-
 struct AndersonOptions {
   std::int64_t m = 5;
   double lam = 1e-4;
@@ -176,7 +137,7 @@ class AndersonSolver final : public mhd::Solver {
 
   mhd::SolveResult solve(const mhd::FixedPointProblem& problem, const at::Tensor& z0,
                          const mhd::SolveLimits& limits) override {
-    check_inputs(problem, z0, limits);
+    mhd::check_solve_inputs("anderson", problem, z0, limits);
     at::NoGradGuard no_grad;
     const auto start = Clock::now();
     mhd::SolveResult out;
@@ -192,11 +153,11 @@ class AndersonSolver final : public mhd::Solver {
     for (std::int64_t k = 0; k < limits.max_iter; ++k) {
       const at::Tensor fz = problem.f(z);  // [B, D]
       ++info.f_evals;
-      check_map_shape(z, fz);
+      mhd::check_map_shape("anderson", z, fz);
       const mhd::Residuals r = mhd::residuals(z, fz);
-      const bool done = mhd::record_iteration(info, r, limits.tol, energy_of(problem, z));
+      const bool done = mhd::record_iteration(info, r, limits.tol, mhd::energy_of(problem, z));
       best.observe(z, r);
-      if (stop_if_nonfinite(info, fz) || done) break;
+      if (mhd::stop_if_nonfinite(info, fz) || done) break;
       // Not yet converged: [B]; !(rel < tol) keeps a sample with a NaN residual moving (see fixed_point).
       const at::Tensor active = at::logical_not(r.rel.lt(limits.tol));
       history.push(z, fz);

@@ -31,54 +31,13 @@ double elapsed_ms(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-std::string shape_of(const at::Tensor& t) {
-  std::string s = "[";
-  for (std::int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
-}
-
-void check_inputs(const mhd::FixedPointProblem& problem, const at::Tensor& z0, const mhd::SolveLimits& limits) {
-  if (!problem.f) throw mhd::Error("fixed_point: the problem has no map f");
-  if (!z0.defined() || z0.dim() != 2) {
-    throw mhd::Error("fixed_point: z0 must be a [B, D] tensor, got " + (z0.defined() ? shape_of(z0) : "none"));
-  }
-  if (limits.max_iter < 1) {
-    throw mhd::Error("fixed_point: max_iter must be >= 1, got " + std::to_string(limits.max_iter));
-  }
-}
-
-void check_map_shape(const at::Tensor& z, const at::Tensor& fz) {
-  if (!fz.defined() || !fz.sizes().equals(z.sizes())) {
-    throw mhd::Error("fixed_point: f(z) has shape " + (fz.defined() ? shape_of(fz) : "none") +
-                     " but z has shape " + shape_of(z));
-  }
-}
-
-// E(z): [B] when the problem has an energy (forward solve with the study's energy on), else undefined
-// (always so in the backward solve).
-at::Tensor energy_of(const mhd::FixedPointProblem& problem, const at::Tensor& z) {
-  return problem.energy ? problem.energy(z) : at::Tensor();
-}
-
-// A non-finite f(z) ends the solve instead of iterating on NaN until max_iter. The iteration was
-// already recorded (its residual is NaN/inf in the traces), so the failure is visible where the
-// traces are stored; the caller reads "nonfinite_samples" to mark the trial diverged.
-bool stop_if_nonfinite(mhd::SolverInfo& info, const at::Tensor& fz) {
-  const at::Tensor bad_rows = at::logical_not(at::isfinite(fz).all(1));  // [B]
-  const auto bad = bad_rows.sum().item<std::int64_t>();
-  if (bad == 0) return false;
-  info.converged = false;
-  info.extra.emplace_back("nonfinite_samples", static_cast<double>(bad));
-  return true;
-}
-
 class FixedPointSolver final : public mhd::Solver {
  public:
   explicit FixedPointSolver(double damping) : damping_(damping) {}
 
   mhd::SolveResult solve(const mhd::FixedPointProblem& problem, const at::Tensor& z0,
                          const mhd::SolveLimits& limits) override {
-    check_inputs(problem, z0, limits);
+    mhd::check_solve_inputs("fixed_point", problem, z0, limits);
     at::NoGradGuard no_grad;
     const auto start = Clock::now();
     mhd::SolveResult out;
@@ -89,11 +48,11 @@ class FixedPointSolver final : public mhd::Solver {
     for (std::int64_t k = 0; k < limits.max_iter; ++k) {
       const at::Tensor fz = problem.f(z);  // [B, D]
       ++info.f_evals;
-      check_map_shape(z, fz);
+      mhd::check_map_shape("fixed_point", z, fz);
       const mhd::Residuals r = mhd::residuals(z, fz);
-      const bool done = mhd::record_iteration(info, r, limits.tol, energy_of(problem, z));
+      const bool done = mhd::record_iteration(info, r, limits.tol, mhd::energy_of(problem, z));
       best.observe(z, r);
-      if (stop_if_nonfinite(info, fz) || done) break;
+      if (mhd::stop_if_nonfinite(info, fz) || done) break;
       // Not yet converged: [B, 1]. Written as !(rel < tol) so that a NaN residual (a norm that
       // overflowed) keeps its sample moving rather than freezing it.
       const at::Tensor active = at::logical_not(r.rel.lt(limits.tol)).unsqueeze(1);
