@@ -8,17 +8,12 @@
 #include "mhd/implicit.h"
 #include "mhd/model.h"
 #include "mhd/registry.h"
+#include "test_plugins_loaded.h"
 #include "mhd/study.h"
 
 namespace {
 
-mhd::PluginRegistry& registry() {
-  auto& r = mhd::PluginRegistry::global();
-  for (const char* path : {MHD_PLUGIN_MAMBA, MHD_PLUGIN_HOPFIELD, MHD_PLUGIN_FIXED_POINT, MHD_PLUGIN_ANDERSON,
-                           MHD_PLUGIN_CONTRACTIVE})
-    r.load_file(path);
-  return r;
-}
+mhd::PluginRegistry& registry() { return registry_with_all_plugins(); }
 
 const char* kStudy = R"(
 [study]

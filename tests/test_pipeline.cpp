@@ -9,6 +9,7 @@
 
 #include "mhd/pipeline.h"
 #include "mhd/registry.h"
+#include "test_plugins_loaded.h"
 #include "mhd/results.h"
 #include "mhd/study.h"
 
@@ -16,13 +17,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-mhd::PluginRegistry& registry() {
-  auto& r = mhd::PluginRegistry::global();
-  for (const char* path : {MHD_PLUGIN_MAMBA, MHD_PLUGIN_HOPFIELD, MHD_PLUGIN_FIXED_POINT, MHD_PLUGIN_ANDERSON,
-                           MHD_PLUGIN_CONTRACTIVE})
-    r.load_file(path);
-  return r;
-}
+mhd::PluginRegistry& registry() { return registry_with_all_plugins(); }
 
 fs::path fresh_dir(const std::string& name) {
   auto dir = fs::temp_directory_path() / ("mhd_pipeline_" + name + "_" + std::to_string(::getpid()));

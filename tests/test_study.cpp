@@ -13,6 +13,7 @@
 #include "mhd/config_schema.h"
 #include "mhd/error.h"
 #include "mhd/registry.h"
+#include "test_plugins_loaded.h"
 #include "mhd/study.h"
 #include "mhd/task.h"
 
@@ -22,13 +23,7 @@ namespace {
 
 const std::string kData = std::string(MHD_SOURCE_DIR) + "/tests/data/studies/";
 
-mhd::PluginRegistry& registry() {
-  auto& r = mhd::PluginRegistry::global();
-  for (const char* path : {MHD_PLUGIN_MAMBA, MHD_PLUGIN_HOPFIELD, MHD_PLUGIN_ANDERSON, MHD_PLUGIN_FIXED_POINT,
-                           MHD_PLUGIN_CONTRACTIVE})
-    r.load_file(path);
-  return r;
-}
+mhd::PluginRegistry& registry() { return registry_with_all_plugins(); }
 
 mhd::Study parse(const std::string& text, const std::string& path = "inline.toml") {
   return mhd::parse_study(text, path, registry());

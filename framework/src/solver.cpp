@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "mhd/plugin.h"
+#include "mhd/shapes.h"
 #include "mhd/error.h"
 
 namespace mhd {
@@ -30,25 +31,19 @@ bool record_iteration(SolverInfo& info, const Residuals& r, double tol, const at
   return info.converged;
 }
 
-std::string shape_string(const at::Tensor& t) {
-  std::string s = "[";
-  for (std::int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
-}
-
 void check_solve_inputs(const char* solver, const FixedPointProblem& problem, const at::Tensor& z0,
                         const SolveLimits& limits) {
   const std::string who(solver);
   if (!problem.f) throw Error(who + ": the problem has no map f");
   if (!z0.defined() || z0.dim() != 2)
-    throw Error(who + ": z0 must be a [B, D] tensor, got " + (z0.defined() ? shape_string(z0) : "none"));
+    throw Error(who + ": z0 must be a [B, D] tensor, got " + (z0.defined() ? shape_string(z0.sizes()) : "none"));
   if (limits.max_iter < 1) throw Error(who + ": max_iter must be >= 1, got " + std::to_string(limits.max_iter));
 }
 
 void check_map_shape(const char* solver, const at::Tensor& z, const at::Tensor& fz) {
   if (!fz.defined() || !fz.sizes().equals(z.sizes()))
-    throw Error(std::string(solver) + ": f(z) has shape " + (fz.defined() ? shape_string(fz) : "none") +
-                " but z has shape " + shape_string(z));
+    throw Error(std::string(solver) + ": f(z) has shape " + (fz.defined() ? shape_string(fz.sizes()) : "none") +
+                " but z has shape " + shape_string(z.sizes()));
 }
 
 at::Tensor energy_of(const FixedPointProblem& problem, const at::Tensor& z) {

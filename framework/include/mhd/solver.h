@@ -85,8 +85,6 @@ at::Tensor energy_of(const FixedPointProblem& problem, const at::Tensor& z);
 // A non-finite f(z) ends the solve instead of iterating on NaN until max_iter. The iteration is
 // already recorded (its residual is NaN/inf in the traces); "nonfinite_samples" counts the rows.
 bool stop_if_nonfinite(SolverInfo& info, const at::Tensor& fz);
-// "[2, 16]"
-std::string shape_string(const at::Tensor& t);
 
 class BOOST_SYMBOL_VISIBLE Solver {
  public:

@@ -8,19 +8,13 @@
 #include <torch/autograd.h>
 
 #include "mhd/error.h"
+#include "mhd/shapes.h"
 #include "selective_scan.h"
 
 namespace mhd::mamba {
 
 namespace {
 
-std::string shape_str(at::IntArrayRef sizes) {
-  std::ostringstream out;
-  out << '[';
-  for (std::size_t i = 0; i < sizes.size(); ++i) out << (i ? ", " : "") << sizes[i];
-  out << ']';
-  return out.str();
-}
 
 [[noreturn]] void fail(const std::string& message) { throw Error("mamba: " + message); }
 
@@ -92,7 +86,7 @@ at::Tensor MambaBlock::A() const { return -at::exp(A_log); }
 void MambaBlock::check_sequence_input(const torch::Tensor& x) const {
   if (!x.defined()) fail("x is undefined; expected [B, L, d_model=" + std::to_string(config_.d_model) + "]");
   if (x.dim() != 3 || x.size(2) != config_.d_model) {
-    fail("x must be [B, L, d_model=" + std::to_string(config_.d_model) + "], got " + shape_str(x.sizes()));
+    fail("x must be [B, L, d_model=" + std::to_string(config_.d_model) + "], got " + mhd::shape_string(x.sizes()));
   }
   if (x.scalar_type() != A_log.scalar_type()) {
     fail(std::string("x is ") + c10::toString(x.scalar_type()) + " but the block's parameters are " +
@@ -104,7 +98,7 @@ void MambaBlock::check_step_input(const torch::Tensor& x_t, const RecurrentState
   const std::int64_t e = config_.d_inner();
   if (!x_t.defined() || x_t.dim() != 2 || x_t.size(1) != config_.d_model) {
     fail("step: x_t must be [B, d_model=" + std::to_string(config_.d_model) + "], got " +
-         (x_t.defined() ? shape_str(x_t.sizes()) : std::string("undefined")));
+         (x_t.defined() ? mhd::shape_string(x_t.sizes()) : std::string("undefined")));
   }
   if (x_t.scalar_type() != A_log.scalar_type()) {
     fail(std::string("step: x_t is ") + c10::toString(x_t.scalar_type()) + " but the block's parameters are " +
@@ -118,12 +112,12 @@ void MambaBlock::check_step_input(const torch::Tensor& x_t, const RecurrentState
   const at::Tensor& conv_state = state.tensors[0];
   const at::Tensor& ssm_state = state.tensors[1];
   if (!conv_state.defined() || conv_state.sizes() != at::IntArrayRef(conv_shape)) {
-    fail("step: conv_state must be [B, d_inner, d_conv - 1] = " + shape_str(conv_shape) + ", got " +
-         (conv_state.defined() ? shape_str(conv_state.sizes()) : std::string("undefined")));
+    fail("step: conv_state must be [B, d_inner, d_conv - 1] = " + mhd::shape_string(conv_shape) + ", got " +
+         (conv_state.defined() ? mhd::shape_string(conv_state.sizes()) : std::string("undefined")));
   }
   if (!ssm_state.defined() || ssm_state.sizes() != at::IntArrayRef(ssm_shape)) {
-    fail("step: ssm_state must be [B, d_inner, d_state] = " + shape_str(ssm_shape) + ", got " +
-         (ssm_state.defined() ? shape_str(ssm_state.sizes()) : std::string("undefined")));
+    fail("step: ssm_state must be [B, d_inner, d_state] = " + mhd::shape_string(ssm_shape) + ", got " +
+         (ssm_state.defined() ? mhd::shape_string(ssm_state.sizes()) : std::string("undefined")));
   }
 }
 

@@ -13,6 +13,7 @@
 
 #include "fast_exp.h"
 #include "mhd/error.h"
+#include "mhd/shapes.h"
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define MHD_MAMBA_X86_DISPATCH 1
@@ -28,13 +29,6 @@ namespace mhd::mamba {
 
 namespace {
 
-std::string shape_str(at::IntArrayRef sizes) {
-  std::ostringstream out;
-  out << '[';
-  for (std::size_t i = 0; i < sizes.size(); ++i) out << (i ? ", " : "") << sizes[i];
-  out << ']';
-  return out.str();
-}
 
 [[noreturn]] void fail(const char* who, const std::string& message) {
   throw Error(std::string(who) + ": " + message);
@@ -43,8 +37,8 @@ std::string shape_str(at::IntArrayRef sizes) {
 void expect_shape(const char* who, const char* name, const at::Tensor& t, at::IntArrayRef expected,
                   const char* meaning) {
   if (t.sizes() != expected) {
-    fail(who, std::string(name) + " must be " + meaning + " = " + shape_str(expected) + ", got " +
-                  shape_str(t.sizes()));
+    fail(who, std::string(name) + " must be " + meaning + " = " + mhd::shape_string(expected) + ", got " +
+                  mhd::shape_string(t.sizes()));
   }
 }
 
@@ -56,8 +50,8 @@ void check_scan_args(const ScanArgs& a, const char* who) {
   for (const auto& [name, t] : required) {
     if (!t->defined()) fail(who, std::string(name) + " is required but undefined");
   }
-  if (a.u.dim() != 3) fail(who, "u must be [B, L, D], got " + shape_str(a.u.sizes()));
-  if (a.A.dim() != 2) fail(who, "A must be [D, N], got " + shape_str(a.A.sizes()));
+  if (a.u.dim() != 3) fail(who, "u must be [B, L, D], got " + mhd::shape_string(a.u.sizes()));
+  if (a.A.dim() != 2) fail(who, "A must be [D, N], got " + mhd::shape_string(a.A.sizes()));
   const std::int64_t batch = a.u.size(0), len = a.u.size(1), dim = a.u.size(2), nstate = a.A.size(1);
   expect_shape(who, "delta", a.delta, a.u.sizes(), "[B, L, D] like u");
   expect_shape(who, "A", a.A, {dim, nstate}, "[D, N]");
