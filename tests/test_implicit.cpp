@@ -6,6 +6,7 @@
 #include <torch/autograd.h>
 
 #include "mhd/implicit.h"
+#include "mhd/jacobian.h"
 #include "mhd/registry.h"
 
 namespace {
@@ -103,6 +104,27 @@ TEST_P(ImplicitGradient, MatchesUnrolledBackprop) {
 }
 
 INSTANTIATE_TEST_SUITE_P(BackwardSolvers, ImplicitGradient, ::testing::Values("fixed_point", "anderson"));
+
+TEST(JacobianProbes, HutchinsonEstimatesTheFrobeniusNorm) {
+  at::manual_seed(1);
+  auto W = at::randn({6, 6}, at::kDouble);
+  mhd::TensorMap f = [W](const at::Tensor& z) { return at::matmul(z, W.t()); };
+  // Each row is one probe of the same Jacobian W: the mean over 20000 rows is within 3% of ||W||_F^2.
+  auto estimate = mhd::hutchinson_jacobian_frobenius(f, at::zeros({20000, 6}, at::kDouble)).mean().item<double>();
+  const double exact = W.pow(2).sum().item<double>();
+  EXPECT_NEAR(estimate, exact, 0.03 * exact);
+}
+
+TEST(JacobianProbes, SpectralNormByPowerIteration) {
+  at::manual_seed(2);
+  auto W = at::randn({8, 8}, at::kDouble);
+  mhd::TensorMap f = [W](const at::Tensor& z) { return at::tanh(at::matmul(z, W.t())); };
+  // At z = 0, J = W (tanh'(0) = 1).
+  auto sigma = mhd::jacobian_spectral_norm(f, at::zeros({2, 8}, at::kDouble), 200);
+  const double exact = at::linalg_svdvals(W).max().item<double>();
+  EXPECT_NEAR(sigma[0].item<double>(), exact, 1e-6 * exact);
+  EXPECT_NEAR(sigma[1].item<double>(), exact, 1e-6 * exact);
+}
 
 TEST(ImplicitGradient, ForwardValueIsTheEquilibrium) {
   auto solver = load_solver(MHD_PLUGIN_ANDERSON, "anderson");

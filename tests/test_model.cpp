@@ -133,6 +133,50 @@ TEST(UnifiedDynamics, EnergyGradientIncludesTheConsistencyTermThroughF) {
   }
 }
 
+TEST(UnifiedDynamics, SmoothnessTermIsTheSquaredMemoryEnergyGradient) {
+  torch::manual_seed(0);
+  auto config = config_with("[energy]\nlambda_smooth = 0.3\n");
+  mhd::UnifiedModel model(config, registry(), 16);
+  model.to(at::kDouble);
+  at::NoGradGuard no_grad;
+  auto ctx = model.dynamics().prepare(model.context(tokens(2, 8)));
+  auto z = at::randn({2, 16}, at::kDouble);
+  auto e = model.dynamics().energy(z, ctx);
+  // Central differences of E_mem give its gradient; the term is 0.3 ||grad||^2.
+  const double eps = 1e-6;
+  auto grad = at::zeros_like(z);
+  for (std::int64_t i = 0; i < 16; ++i) {
+    auto up = z.clone(), down = z.clone();
+    up.select(1, i) += eps;
+    down.select(1, i) -= eps;
+    grad.select(1, i).copy_((model.dynamics().memory_energy(up) - model.dynamics().memory_energy(down)) / (2 * eps));
+  }
+  EXPECT_TRUE(e.smooth.allclose(0.3 * grad.pow(2).sum(1), 1e-6, 1e-9)) << e.smooth << 0.3 * grad.pow(2).sum(1);
+  EXPECT_GT(e.smooth.min().item<double>(), 0.0);
+  EXPECT_TRUE(e.total.allclose(e.memory + e.consistency + e.l2 + e.smooth + e.extra));
+}
+
+TEST(UnifiedModel, WarmStartResumesFromThePreviousEquilibrium) {
+  torch::manual_seed(0);
+  auto config = config_with("");
+  config.solve.set("warm_start", true);
+  config.solve.set("tol", 1e-6);
+  mhd::UnifiedModel model(config, registry(), 16);
+  model.eval();
+  at::NoGradGuard no_grad;
+  auto input = tokens(3, 8);
+  auto cold = model.forward(input);
+  auto warm = model.forward(input);
+  EXPECT_FALSE(cold.warm_started);
+  EXPECT_TRUE(warm.warm_started);
+  EXPECT_TRUE(cold.forward_info.converged);
+  EXPECT_EQ(warm.forward_info.iterations, 1) << "already at the equilibrium: the first residual is below tol";
+  EXPECT_GT(cold.forward_info.iterations, 1);
+  EXPECT_LT((warm.z_star - cold.z_star).abs().max().item<double>(), 1e-4);
+  model.reset_warm_start();
+  EXPECT_FALSE(model.forward(input).warm_started);
+}
+
 // Implicit gradients of the whole model equal unrolled backprop through the same solve, in float64.
 TEST(UnifiedModel, ImplicitGradientMatchesUnrolledBackprop) {
   torch::manual_seed(0);

@@ -58,7 +58,7 @@ batch = 4
 eval_every = 3
 eval_batches = 1
 log_every = 0
-objective = { energy = 0.1, convergence = 0.05, stability = 0.01 }
+objective = { energy = 0.1, convergence = 0.05, stability = 0.01, jacobian = 0.01 }
 [[variant]]
 name = "fixed_point"
 solver = { plugin = "fixed_point" }
@@ -98,7 +98,9 @@ TEST(Pipeline, TinyStudyLandsInSqlite) {
   EXPECT_EQ(count(db, "SELECT COUNT(*) FROM metrics WHERE name = 'loss'"), 4 * 6);
   EXPECT_EQ(count(db, "SELECT COUNT(*) FROM metrics WHERE name = 'eval_accuracy'"), 4 * 2);
   for (const char* name : {"task_loss", "solver_iters", "abs_residual", "rel_residual", "energy", "step_ms",
-                           "lipschitz_fd", "convergence_term"})
+                           "lipschitz_fd", "convergence_term", "jacobian_fro2", "objective_task", "objective_energy",
+                           "objective_convergence", "objective_stability", "objective_jacobian", "energy_smooth",
+                           "converged_share"})
     EXPECT_EQ(count(db, std::string("SELECT COUNT(*) FROM metrics WHERE name = '") + name + "'"), 4 * 6) << name;
   EXPECT_GT(count(db, "SELECT COUNT(*) FROM metrics WHERE name = 'lipschitz_mean'"), 0) << "contractive reports L";
   // Residual traces: one row per forward iteration of every step, and backward solves too.

@@ -43,11 +43,12 @@ const SectionSchema& model_section() {
 const SectionSchema& energy_section() {
   static const SectionSchema s{
       "energy",
-      "The unified energy E(z) = E_mem(W_q z) + alpha ||z - f(z)||^2 + lambda_l2 ||z||^2.",
+      "The unified energy E(z) = E_mem(W_q z) + alpha ||z - f(z)||^2 + lambda_l2 ||z||^2 + lambda_smooth ||dE_mem/dz||^2.",
       {
           bool_param("enabled", true, "Compute E(z) during solves (traces, objective). Off saves work."),
           float_param("alpha", 1.0, "Weight of the consistency term ||z - f(z)||^2.", 0.0, 1e6),
           float_param("lambda_l2", 1e-3, "Weight of the regulariser ||z||^2.", 0.0, 1e6),
+          float_param("lambda_smooth", 0.0, "Weight of the smoothness term ||dE_mem/dz||^2 (one extra backward pass per energy evaluation).", 0.0, 1e6),
       },
       ""};
   return s;
@@ -73,6 +74,9 @@ const SectionSchema& solver_section() {
           string_param("plugin", "anderson", "Solver plugin name."),
           int_param("max_iter", 30, "Most iterations per solve.", 1, 100000),
           float_param("tol", 1e-3, "Stop when the largest relative residual in the batch is below this.", 0.0, 1.0),
+          bool_param("warm_start", false,
+                     "Start each solve from the previous equilibrium of the same stream (batch row) instead of z0 "
+                     "(training and evaluation keep separate streams)."),
       },
       "solver"};
   return s;
@@ -119,13 +123,14 @@ const SectionSchema& objective_section() {
   static const SectionSchema s{
       "train.objective",
       "loss = task * L_task + energy * mean E(z*) + convergence * iterations / max_iter "
-      "+ stability * relu(L_est - contraction_target).",
+      "+ stability * relu(L_est - contraction_target) + jacobian * ||J_f(z*)||_F^2 / D.",
       {
           float_param("task", 1.0, "Weight of the task loss (cross-entropy on labelled positions).", 0.0, 1e6),
           float_param("energy", 0.0, "Weight of the mean final energy.", 0.0, 1e6),
           float_param("convergence", 0.0, "Weight of iterations / max_iter (logged; it carries no gradient).", 0.0, 1e6),
           float_param("stability", 0.0, "Weight of relu(L_est - contraction_target), L_est a finite-difference Lipschitz estimate at z*.", 0.0, 1e6),
           float_param("contraction_target", 0.9, "Lipschitz level above which the stability term acts.", 0.0, 100.0),
+          float_param("jacobian", 0.0, "Weight of the Jacobian regulariser ||J_f(z*)||_F^2 / D, a one-sample Hutchinson estimate.", 0.0, 1e6),
       },
       ""};
   return s;

@@ -39,6 +39,22 @@ torch::Tensor UnifiedDynamics::linear(const std::string& name, const torch::nn::
   return at::linear(x, weight, layer->bias);
 }
 
+torch::Tensor UnifiedDynamics::memory_energy(const torch::Tensor& z) {
+  return options_.use_memory ? memory_->energy(query(z)) : at::zeros({z.size(0)}, z.options());
+}
+
+torch::Tensor UnifiedDynamics::memory_energy_gradient(const torch::Tensor& z) {
+  // dE_mem/dz with a graph when the caller trains through it (z carries a graph), detached otherwise
+  // (inside a solve, under NoGradGuard, where only the value is traced).
+  const bool train_through = at::GradMode::is_enabled() && z.requires_grad();
+  torch::AutoGradMode enable(true);
+  auto zz = train_through ? z : z.detach().requires_grad_(true);
+  auto energy = memory_energy(zz).sum();
+  if (!energy.requires_grad()) return at::zeros_like(z);  // memory off: E_mem is constant
+  auto grad = torch::autograd::grad({energy}, {zz}, {}, /*retain_graph=*/true, /*create_graph=*/train_through)[0];
+  return train_through ? grad : grad.detach();
+}
+
 RecurrentState UnifiedDynamics::prepare(const torch::Tensor& X) { return block_->forward_with_state(X).second; }
 
 torch::Tensor UnifiedDynamics::query(const torch::Tensor& z) { return linear("W_q", W_q_, z); }
@@ -74,15 +90,17 @@ TensorMap UnifiedDynamics::solver_map(const RecurrentState& context) {
 EnergyComponents UnifiedDynamics::energy(const torch::Tensor& z, const RecurrentState& context) {
   EnergyComponents e;
   const auto f = solver_map(context);
-  e.memory = options_.use_memory ? memory_->energy(query(z)) : at::zeros({z.size(0)}, z.options());
+  e.memory = memory_energy(z);
   e.consistency = options_.alpha * (z - f(z)).pow(2).sum(1);
   e.l2 = options_.lambda_l2 * z.pow(2).sum(1);
+  e.smooth = options_.lambda_smooth > 0 ? options_.lambda_smooth * memory_energy_gradient(z).pow(2).sum(1)
+                                        : at::zeros({z.size(0)}, z.options());
   e.extra = at::zeros({z.size(0)}, z.options());
   for (const auto& opt : optimizations_) {
     auto term = opt->extra_energy(z);
     if (term.defined()) e.extra = e.extra + term;
   }
-  e.total = e.memory + e.consistency + e.l2 + e.extra;
+  e.total = e.memory + e.consistency + e.l2 + e.smooth + e.extra;
   return e;
 }
 

@@ -17,6 +17,15 @@ at::Tensor vector_jacobian_product(const TensorMap& f, const at::Tensor& z, cons
   return torch::autograd::grad({fz}, {zz}, {v}, /*retain_graph=*/false, /*create_graph=*/false)[0];
 }
 
+at::Tensor hutchinson_jacobian_frobenius(const TensorMap& f, const at::Tensor& z) {
+  torch::AutoGradMode enable(true);
+  auto zz = z.detach().requires_grad_(true);
+  auto fz = f(zz);
+  auto v = at::randn_like(fz);
+  auto vjp = torch::autograd::grad({fz}, {zz}, {v}, /*retain_graph=*/true, /*create_graph=*/true)[0];  // [B, D]
+  return vjp.pow(2).sum(1);
+}
+
 at::Tensor jacobian_spectral_norm(const TensorMap& f, const at::Tensor& z, std::int64_t iterations) {
   torch::AutoGradMode enable(true);
   auto zz = z.detach().requires_grad_(true);

@@ -22,6 +22,7 @@ UnifiedModel::UnifiedModel(const TrialConfig& config, PluginRegistry& registry, 
   phantom_steps_ = config.backward.integer("phantom_steps");
   phantom_damping_ = config.backward.real("phantom_damping");
   forward_limits_ = {config.solve.integer("max_iter"), config.solve.real("tol")};
+  warm_start_ = config.solve.flag("warm_start");
   backward_limits_ = {config.backward.integer("max_iter"), config.backward.real("tol")};
 
   embedding_ = register_module("embedding", torch::nn::Embedding(vocab_size, D));
@@ -46,6 +47,7 @@ UnifiedModel::UnifiedModel(const TrialConfig& config, PluginRegistry& registry, 
   dyn.residual = m.flag("residual");
   dyn.alpha = config.energy.real("alpha");
   dyn.lambda_l2 = config.energy.real("lambda_l2");
+  dyn.lambda_smooth = config.energy.real("lambda_smooth");
   auto block = registry.make_backbone(config.backbone.plugin, config.backbone.params, dims);
   std::shared_ptr<Memory> memory;
   if (dyn.use_memory) memory = registry.make_memory(config.memory.plugin, config.memory.params, dims);
@@ -73,6 +75,11 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe) {
   const TensorMap f = dynamics_->solver_map(out.context);
 
   at::Tensor start = out.z0.detach();
+  torch::Tensor& previous = is_training() ? last_train_z_ : last_eval_z_;
+  if (warm_start_ && previous.defined() && previous.sizes() == start.sizes()) {
+    start = previous;
+    out.warm_started = true;
+  }
   for (const auto& opt : optimizations_)
     if (auto warm = opt->warm_start(out.z0.detach())) start = *warm;
 
@@ -101,10 +108,16 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe) {
     torch::NoGradGuard no_grad;
     for (const auto& opt : optimizations_) opt->on_equilibrium(f, out.z_star.detach(), out.z0.detach());
   }
+  if (warm_start_) previous = out.z_star.detach();
   if (energy_on_) out.energy = dynamics_->energy(out.z_star, out.context);
   auto combined = X + out.z_star.unsqueeze(1);  // z* broadcast over L: [B, L, D]
   out.logits = head_->forward(head_norm_->forward(combined));
   return out;
+}
+
+void UnifiedModel::reset_warm_start() {
+  last_train_z_ = torch::Tensor();
+  last_eval_z_ = torch::Tensor();
 }
 
 std::int64_t UnifiedModel::parameter_count() const {

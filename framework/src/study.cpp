@@ -522,8 +522,9 @@ class StudyParser {
     c.memory = resolve_component(table("memory"), "memory", PluginKind::Memory, context).second;
     auto [solve, solver] = resolve_component(table("solver"), "solver", PluginKind::Solver, context);
     c.solver = solver;
-    c.solve.set("max_iter", solve.integer("max_iter"));
-    c.solve.set("tol", solve.real("tol"));
+    // Every framework key of [solver] but `plugin` (max_iter, tol, warm_start, ...).
+    for (const auto& spec : solver_section().keys)
+      if (spec.name != "plugin") c.solve.set(spec.name, solve.values().at(spec.name));
 
     c.backward = resolve_table(table("backward"), "backward", backward_section().keys, nullptr, {}, context).framework;
     c.backward_solver = resolve_backward_solver(table("backward"), c.backward.text("solver"), context);

@@ -12,6 +12,7 @@
 #include <torch/utils.h>
 
 #include "mhd/error.h"
+#include "mhd/jacobian.h"
 #include "mhd/memory.h"
 #include "mhd/model.h"
 #include "mhd/optimization.h"
@@ -128,9 +129,42 @@ class TrialTrainer {
     emit(step, "diverged_step", static_cast<double>(step));
   }
 
+  // The seeds' objective: task + energy * mean E(z*) + convergence * iterations / max_iter
+  // + stability * relu(L_fd - contraction_target) + jacobian * ||J_f(z*)||_F^2 / D; each weighted
+  // term is logged as objective_<name> (only the terms whose weight is not zero).
+  at::Tensor objective(std::int64_t step, const ModelOutput& out, const TaskScore& task) {
+    const auto& w = config_.objective;
+    at::Tensor loss = w.real("task") * task.loss;
+    emit(step, "objective_task", loss.item<double>());
+    if (!model_->deq_enabled()) return loss;
+    auto add = [&](const std::string& name, const at::Tensor& term) {
+      const double weight = w.real(name);
+      if (weight == 0) return;
+      loss = loss + weight * term;
+      emit(step, "objective_" + name, weight * term.item<double>());
+    };
+    if (out.energy.total.defined()) add("energy", out.energy.total.mean());
+    // Iterations carry no gradient; the term is there so the objective's value is the seeds' one.
+    const double convergence = static_cast<double>(out.forward_info.iterations) /
+                               static_cast<double>(model_->forward_limits().max_iter);
+    emit(step, "convergence_term", convergence);
+    add("convergence", at::scalar_tensor(convergence, loss.options()));
+    const TensorMap f = model_->dynamics().solver_map(out.context);
+    if (w.real("stability") != 0) {
+      auto lipschitz = finite_difference_lipschitz(f, out.z_star).mean();
+      emit(step, "lipschitz_fd", lipschitz.item<double>());
+      add("stability", at::relu(lipschitz - w.real("contraction_target")));
+    }
+    if (w.real("jacobian") != 0) {
+      auto frobenius = hutchinson_jacobian_frobenius(f, out.z_star.detach()).mean() / out.z_star.size(1);
+      emit(step, "jacobian_fro2", frobenius.item<double>());
+      add("jacobian", frobenius);
+    }
+    return loss;
+  }
+
   bool train_step(std::int64_t step, TrainProgress& progress) {
     const auto step_start = Clock::now();
-    const auto& w = config_.objective;
     model_->train();
     Batch batch = task_->train_batch(config_.train.integer("batch"));
     auto inputs = batch.inputs.to(device_);
@@ -138,20 +172,7 @@ class TrialTrainer {
 
     ModelOutput out = model_->forward(inputs);
     TaskScore task = score(out.logits, targets);
-    at::Tensor loss = w.real("task") * task.loss;
-    if (model_->deq_enabled()) {
-      if (out.energy.total.defined() && w.real("energy") > 0) loss = loss + w.real("energy") * out.energy.total.mean();
-      // Iterations carry no gradient; the term is logged so the objective's value is the seeds' one.
-      const double convergence = static_cast<double>(out.forward_info.iterations) /
-                                 static_cast<double>(model_->forward_limits().max_iter);
-      loss = loss + w.real("convergence") * convergence;
-      emit(step, "convergence_term", convergence);
-      if (w.real("stability") > 0) {
-        auto lipschitz = finite_difference_lipschitz(model_->dynamics().solver_map(out.context), out.z_star).mean();
-        loss = loss + w.real("stability") * at::relu(lipschitz - w.real("contraction_target"));
-        emit(step, "lipschitz_fd", lipschitz.item<double>());
-      }
-    }
+    at::Tensor loss = objective(step, out, task);
     if (!finite(loss) || !finite(out.z_star)) {
       diverge(step, !finite(out.z_star) ? "the equilibrium z*" : "the loss");
       return false;
@@ -194,6 +215,7 @@ class TrialTrainer {
     emit(step, "solver_iters", static_cast<double>(info.iterations));
     emit(step, "solver_f_evals", static_cast<double>(info.f_evals));
     emit(step, "converged", info.converged ? 1.0 : 0.0);
+    emit(step, "warm_started", out.warm_started ? 1.0 : 0.0);
     converged_solves_ += info.converged ? 1 : 0;
     // Share of training steps so far whose forward solve reached tol: the trial's convergence rate.
     emit(step, "converged_share", static_cast<double>(converged_solves_) / static_cast<double>(step));
@@ -208,6 +230,7 @@ class TrialTrainer {
       emit(step, "energy_memory", out.energy.memory.mean().item<double>());
       emit(step, "energy_consistency", out.energy.consistency.mean().item<double>());
       emit(step, "energy_l2", out.energy.l2.mean().item<double>());
+      emit(step, "energy_smooth", out.energy.smooth.mean().item<double>());
     }
     const auto& back = *out.backward_info;
     if (back.iterations > 0) {

@@ -6,7 +6,8 @@
 //                                  fed tanh(z), which bounds the step's input
 //   r    = memory.retrieve(W_q z)
 //   g    = act(W_g [u ; r])        act = sigmoid or tanh
-//   E(z) = E_mem(W_q z) + alpha ||z - f(z)||^2 + lambda_l2 ||z||^2 (+ optimizations' extra terms)
+//   E(z) = E_mem(W_q z) + alpha ||z - f(z)||^2 + lambda_l2 ||z||^2 + lambda_smooth ||dE_mem/dz||^2
+//          (+ optimizations' extra terms)
 #pragma once
 
 #include <memory>
@@ -34,6 +35,7 @@ struct DynamicsOptions {
   std::string state_norm = "none";  // "none" | "layernorm"
   double alpha = 1.0;      // energy: consistency weight
   double lambda_l2 = 1e-3; // energy: ||z||^2 weight
+  double lambda_smooth = 0.0;  // energy: ||dE_mem/dz||^2 weight
 };
 
 // The parts of one evaluation of f, for diagnostics.
@@ -48,6 +50,7 @@ struct EnergyComponents {
   torch::Tensor memory;       // E_mem(W_q z): [B]
   torch::Tensor consistency;  // alpha ||z - f(z)||^2: [B]
   torch::Tensor l2;           // lambda_l2 ||z||^2: [B]
+  torch::Tensor smooth;       // lambda_smooth ||dE_mem(W_q z)/dz||^2: [B]
   torch::Tensor extra;        // optimizations' terms: [B]
   torch::Tensor total;        // [B]
 };
@@ -72,6 +75,9 @@ class UnifiedDynamics : public torch::nn::Module {
   // dE/dz including the consistency term's dependence on z through f (DESIGN.md §4).
   torch::Tensor grad_energy(const torch::Tensor& z, const RecurrentState& context);
 
+  // E_mem(W_q z): [B] (zeros when the memory is off)
+  torch::Tensor memory_energy(const torch::Tensor& z);
+
   // W_q z: the memory query. [B, D]
   torch::Tensor query(const torch::Tensor& z);
 
@@ -79,6 +85,7 @@ class UnifiedDynamics : public torch::nn::Module {
   Memory* memory() const { return memory_.get(); }
 
  private:
+  torch::Tensor memory_energy_gradient(const torch::Tensor& z);  // [B, D]
   torch::Tensor linear(const std::string& name, const torch::nn::Linear& layer, const torch::Tensor& x);
 
   DynamicsOptions options_;

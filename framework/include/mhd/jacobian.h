@@ -15,6 +15,11 @@ namespace mhd {
 // z: [B, D] -> [B]. Runs with gradients enabled internally; returns a detached tensor.
 at::Tensor jacobian_spectral_norm(const TensorMap& f, const at::Tensor& z, std::int64_t iterations = 20);
 
+// Hutchinson estimate of ||J_f(z)||_F^2 per sample with one Gaussian probe v:
+// ||v^T J||^2 has expectation ||J||_F^2. Keeps the graph (create_graph) so it can be a training
+// term that reaches f's parameters. z: [B, D] -> [B].
+at::Tensor hutchinson_jacobian_frobenius(const TensorMap& f, const at::Tensor& z);
+
 // J_f(z)^T v for v: [B, D]. The graph of f(z) is rebuilt each call.
 at::Tensor vector_jacobian_product(const TensorMap& f, const at::Tensor& z, const at::Tensor& v);
 

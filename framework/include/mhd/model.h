@@ -32,6 +32,7 @@ struct ModelOutput {
   EnergyComponents energy;  // at z*, with a graph (defined only when [energy] enabled and deq on)
   RecurrentState context;   // the dynamics' context state
   torch::Tensor z0;         // [B, D]
+  bool warm_started = false;  // the solve started from the previous equilibrium
 };
 
 class UnifiedModel : public torch::nn::Module {
@@ -50,6 +51,8 @@ class UnifiedModel : public torch::nn::Module {
   const std::vector<std::shared_ptr<Optimization>>& optimizations() const { return optimizations_; }
   SolveLimits forward_limits() const { return forward_limits_; }
   std::int64_t parameter_count() const;
+  // Forgets the previous equilibria (a new sequence of streams starts).
+  void reset_warm_start();
 
  private:
   bool deq_ = true;
@@ -58,6 +61,8 @@ class UnifiedModel : public torch::nn::Module {
   std::int64_t phantom_steps_ = 5;
   double phantom_damping_ = 0.5;
   SolveLimits forward_limits_, backward_limits_;
+  bool warm_start_ = false;
+  torch::Tensor last_train_z_, last_eval_z_;  // previous equilibria per stream, detached
   std::shared_ptr<Solver> solver_, backward_solver_;
   std::vector<std::shared_ptr<Optimization>> optimizations_;
 
