@@ -442,7 +442,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"syntax_error.toml", 6, 13, "TOML syntax error"},
         BadCase{"unknown_key.toml", 9, 6,
                 "unknown key 'solver.mm' for solver plugin 'anderson'; did you mean 'm'? (valid keys: plugin, "
-                "max_iter, tol, m, lam, beta)"},
+                "max_iter, tol, warm_start, m, lam, beta)"},
         BadCase{"wrong_type.toml", 8, 11, "model.d_model: expected integer, got string \"big\""},
         BadCase{"float_for_int.toml", 8, 8,
                 "memory.size: expected integer, got float 1000.0 (write integers without a decimal point"},
@@ -463,7 +463,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"unknown_table.toml", 7, 2, "unknown table 'solvr'; did you mean 'solver'?"},
         BadCase{"variant_unknown_key.toml", 9, 47,
                 "unknown key 'solver.dampning' for solver plugin 'fixed_point'; did you mean 'damping'? (valid "
-                "keys: plugin, max_iter, tol, damping) (in variant 'fp')"},
+                "keys: plugin, max_iter, tol, warm_start, damping) (in variant 'fp')"},
         BadCase{"sweep_key_not_in_variant_plugin.toml", 15, 15,
                 "unknown key 'solver.m' for solver plugin 'fixed_point'"},
         BadCase{"duplicate_seed.toml", 3, 16, "study.seeds: seed 0 is listed twice"},
