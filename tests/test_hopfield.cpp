@@ -162,6 +162,19 @@ TEST_F(Hopfield, WritesReplaceTheOldestSlotsFirst) {
   EXPECT_EQ(memory->size(), 4);
 }
 
+TEST_F(Hopfield, MaxSimilarityIsTheLargestCosineToAStoredPattern) {
+  auto memory = make_memory(3, {{"size", std::int64_t{4}}, {"init", std::string("zeros")}});
+  EXPECT_TRUE(memory->max_similarity(at::randn({2, 3})).eq(0).all().item<bool>()) << "an empty bank is novel";
+  memory->write(at::tensor({1.f, 0.f, 0.f, 0.f, 2.f, 0.f}).view({2, 3}));
+  const at::Tensor queries = at::tensor({5.f, 0.f, 0.f,     // along pattern 0: cosine 1
+                                         0.f, 0.f, 1.f,     // orthogonal to both: 0
+                                         1.f, 1.f, 0.f,     // 45 degrees to both: 1/sqrt(2)
+                                         -1.f, 0.f, 0.f})   // opposite pattern 0, orthogonal to 1: 0
+                                 .view({4, 3});
+  const at::Tensor expected = at::tensor({1.f, 0.f, static_cast<float>(1 / std::sqrt(2.0)), 0.f});
+  EXPECT_TRUE(at::allclose(memory->max_similarity(queries), expected, 1e-6, 1e-6)) << memory->max_similarity(queries);
+}
+
 // A dtype cast of the module (Module::to casts every buffer) keeps the queue position exact.
 TEST_F(Hopfield, DtypeCastKeepsTheQueuePosition) {
   auto memory = make_memory(2, {{"size", std::int64_t{4}}, {"init", std::string("zeros")}});

@@ -6,6 +6,7 @@
 
 #include "mhd/dynamics.h"
 #include "mhd/implicit.h"
+#include "mhd/memory.h"
 #include "mhd/model.h"
 #include "mhd/registry.h"
 #include "test_plugins_loaded.h"
@@ -175,6 +176,31 @@ TEST(UnifiedModel, WarmStartResumesFromThePreviousEquilibrium) {
   EXPECT_LT((warm.z_star - cold.z_star).abs().max().item<double>(), 1e-4);
   model.reset_warm_start();
   EXPECT_FALSE(model.forward(input).warm_started);
+}
+
+TEST(UnifiedModel, NoveltyGatedWritesStoreOnlyWhatTheMemoryLacks) {
+  torch::manual_seed(0);
+  auto config = config_with("");
+  config.model.set("memory_writes", true);
+  config.model.set("write_threshold", 0.999);
+  mhd::UnifiedModel model(config, registry(), 16);
+  model.train();
+  auto input = tokens(3, 8);
+  auto first = model.forward(input);
+  EXPECT_EQ(first.memory_writes, 3) << "a random bank holds nothing like the three queries";
+  {
+    at::NoGradGuard no_grad;
+    auto stored = model.dynamics().memory()->max_similarity(model.dynamics().query(first.z_star.detach()));
+    EXPECT_TRUE(at::allclose(stored, at::ones_like(stored), 1e-5, 1e-5)) << "the queries W_q z* were stored";
+  }
+  auto never = config_with("");
+  never.model.set("memory_writes", true);
+  never.model.set("write_threshold", -1.0);  // cosine < -1 never holds
+  mhd::UnifiedModel no_novelty(never, registry(), 16);
+  no_novelty.train();
+  EXPECT_EQ(no_novelty.forward(input).memory_writes, 0);
+  model.eval();
+  EXPECT_EQ(model.forward(input).memory_writes, -1) << "no writes outside training";
 }
 
 // Implicit gradients of the whole model equal unrolled backprop through the same solve, in float64.

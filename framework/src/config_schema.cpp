@@ -28,6 +28,10 @@ const SectionSchema& model_section() {
           int_param("n_layers", 2, "Backbone layers building the context X before the DEQ.", 0, 128),
           bool_param("deq", true, "Solve for the equilibrium z*; false gives the backbone-only baseline."),
           bool_param("use_memory", true, "Retrieve from the memory inside the dynamics; false drops that branch."),
+          bool_param("memory_writes", false,
+                     "During training, store each equilibrium's memory query W_q z* whose largest cosine similarity "
+                     "to the bank is below write_threshold (novelty-gated; the memory replaces its oldest slots)."),
+          float_param("write_threshold", 0.7, "Novelty threshold of memory writes on the cosine similarity.", -1.0, 1.0),
           choice_param("gate", "sigmoid", {"sigmoid", "tanh"}, "Activation of the learned gate g that blends the Mamba update and the memory retrieval."),
           bool_param("residual", true,
                      "f(z) = z + W_out(...) as in DESIGN.md §4; false gives f(z) = W_out(...), the seeds' theory form "

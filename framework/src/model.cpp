@@ -1,6 +1,7 @@
 #include "mhd/model.h"
 
 #include <ATen/ATen.h>
+#include <ATen/TensorIndexing.h>
 #include <torch/autograd.h>
 
 #include "mhd/error.h"
@@ -23,6 +24,8 @@ UnifiedModel::UnifiedModel(const TrialConfig& config, PluginRegistry& registry, 
   phantom_damping_ = config.backward.real("phantom_damping");
   forward_limits_ = {config.solve.integer("max_iter"), config.solve.real("tol")};
   warm_start_ = config.solve.flag("warm_start");
+  memory_writes_ = m.flag("memory_writes") && m.flag("use_memory");
+  write_threshold_ = m.real("write_threshold");
   backward_limits_ = {config.backward.integer("max_iter"), config.backward.real("tol")};
 
   embedding_ = register_module("embedding", torch::nn::Embedding(vocab_size, D));
@@ -109,10 +112,22 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe) {
     for (const auto& opt : optimizations_) opt->on_equilibrium(f, out.z_star.detach(), out.z0.detach());
   }
   if (warm_start_) previous = out.z_star.detach();
+  if (memory_writes_ && is_training()) out.memory_writes = write_novel_patterns(out.z_star.detach());
   if (energy_on_) out.energy = dynamics_->energy(out.z_star, out.context);
   auto combined = X + out.z_star.unsqueeze(1);  // z* broadcast over L: [B, L, D]
   out.logits = head_->forward(head_norm_->forward(combined));
   return out;
+}
+
+std::int64_t UnifiedModel::write_novel_patterns(const torch::Tensor& z_star) {
+  // The seeds' policy: store what the memory does not already hold. Queries W_q z* are stored, the
+  // space retrieval compares against; outside autograd.
+  torch::NoGradGuard no_grad;
+  Memory& memory = *dynamics_->memory();
+  auto queries = dynamics_->query(z_star);                           // [B, D]
+  auto novel = memory.max_similarity(queries).lt(write_threshold_);  // [B]
+  auto chosen = queries.index({novel});                              // [N, D]
+  return chosen.size(0) > 0 ? memory.write(chosen) : 0;
 }
 
 void UnifiedModel::reset_warm_start() {

@@ -216,6 +216,7 @@ class TrialTrainer {
     emit(step, "solver_f_evals", static_cast<double>(info.f_evals));
     emit(step, "converged", info.converged ? 1.0 : 0.0);
     emit(step, "warm_started", out.warm_started ? 1.0 : 0.0);
+    if (out.memory_writes >= 0) emit(step, "memory_writes", static_cast<double>(out.memory_writes));
     converged_solves_ += info.converged ? 1 : 0;
     // Share of training steps so far whose forward solve reached tol: the trial's convergence rate.
     emit(step, "converged_share", static_cast<double>(converged_solves_) / static_cast<double>(step));

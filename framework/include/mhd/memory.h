@@ -25,6 +25,10 @@ class BOOST_SYMBOL_VISIBLE Memory : public torch::nn::Module {
   // memory's own (Hopfield: queue, oldest first). Returns how many were written.
   virtual std::int64_t write(const torch::Tensor& patterns) = 0;
 
+  // For each query, the largest cosine similarity to a stored pattern (0 against an empty bank):
+  // what novelty-gated writes compare with their threshold. query: [B, D] -> [B]. No autograd.
+  virtual torch::Tensor max_similarity(const torch::Tensor& query) = 0;
+
   // Number of stored patterns.
   virtual std::int64_t size() const = 0;
 

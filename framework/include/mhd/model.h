@@ -33,6 +33,7 @@ struct ModelOutput {
   RecurrentState context;   // the dynamics' context state
   torch::Tensor z0;         // [B, D]
   bool warm_started = false;  // the solve started from the previous equilibrium
+  std::int64_t memory_writes = -1;  // patterns written by novelty-gated writes (-1: writes off)
 };
 
 class UnifiedModel : public torch::nn::Module {
@@ -55,6 +56,8 @@ class UnifiedModel : public torch::nn::Module {
   void reset_warm_start();
 
  private:
+  std::int64_t write_novel_patterns(const torch::Tensor& z_star);
+
   bool deq_ = true;
   bool energy_on_ = true;
   std::string backward_mode_ = "implicit";
@@ -62,6 +65,8 @@ class UnifiedModel : public torch::nn::Module {
   double phantom_damping_ = 0.5;
   SolveLimits forward_limits_, backward_limits_;
   bool warm_start_ = false;
+  bool memory_writes_ = false;
+  double write_threshold_ = 0.7;
   torch::Tensor last_train_z_, last_eval_z_;  // previous equilibria per stream, detached
   std::shared_ptr<Solver> solver_, backward_solver_;
   std::vector<std::shared_ptr<Optimization>> optimizations_;

@@ -88,6 +88,15 @@ class HopfieldMemory final : public mhd::Memory {
     return n;
   }
 
+  at::Tensor max_similarity(const torch::Tensor& query) override {
+    at::NoGradGuard no_grad;
+    check_query(query, "max_similarity");
+    // cos(q, x_i) = q . x_i / (||q|| ||x_i||); an all-zero slot has similarity 0.
+    const at::Tensor q = query / query.norm(2, -1, true).clamp_min(1e-12);          // [B, D]
+    const at::Tensor x = patterns_ / patterns_.norm(2, -1, true).clamp_min(1e-12);  // [M, D]
+    return std::get<0>(q.matmul(x.t()).max(-1));                                     // [B]
+  }
+
   std::int64_t size() const override { return patterns_.size(0); }
 
   // Module::to(dtype) casts every buffer, the write counter included (a float16 count is exact only up
