@@ -1,0 +1,157 @@
+// Training curves: a metric against step, one line per variant (and sweep point) with the mean over
+// seeds and a shaded band (min..max or +-std), EMA smoothing, log-y.
+#include <algorithm>
+#include <cmath>
+
+#include <QAreaSeries>
+#include <QChart>
+#include <QCheckBox>
+#include <QComboBox>
+#include <QHBoxLayout>
+#include <QLabel>
+#include <QLineSeries>
+#include <QSlider>
+
+#include "chart_page.h"
+
+namespace mhd::viewer {
+namespace {
+
+enum class Band { MinMax, Std, None };
+
+struct CurveOptions {
+  Band band = Band::MinMax;
+  double smoothing = 0.0;
+  bool log_y = false;
+};
+
+std::unique_ptr<QChart> build_curves(const StudyQuery& q, const std::string& metric, const CurveOptions& o) {
+  const auto series = q.curves(metric, o.smoothing);
+  if (series.empty()) return nullptr;
+  const QString band = o.band == Band::MinMax ? QStringLiteral(", band min..max")
+                       : o.band == Band::Std  ? QStringLiteral(", band \u00b1 std")
+                                              : QString();
+  auto chart = new_chart(qs(metric) + QStringLiteral(" vs step (mean over seeds") + band + QStringLiteral(")"));
+  Range range;
+  auto ok = [&](double y) { return std::isfinite(y) && (!o.log_y || y > 0); };
+  int index = 0;
+  for (const auto& s : series) {
+    const QColor color = series_color(index++);
+    if (o.band != Band::None) {
+      auto* area = new QAreaSeries();
+      auto* upper = new QLineSeries(area);
+      auto* lower = new QLineSeries(area);
+      for (std::size_t i = 0; i < s.x.size(); ++i) {
+        double lo = o.band == Band::MinMax ? s.min[i] : s.mean[i] - s.std[i];
+        double hi = o.band == Band::MinMax ? s.max[i] : s.mean[i] + s.std[i];
+        if (o.log_y) {
+          if (!(hi > 0)) continue;
+          if (!(lo > 0)) lo = std::min(hi, s.mean[i] > 0 ? s.mean[i] : hi) * 0.5;
+        }
+        upper->append(s.x[i], hi);
+        lower->append(s.x[i], lo);
+        range.add(s.x[i], hi);
+        range.add(s.x[i], lo);
+      }
+      area->setUpperSeries(upper);
+      area->setLowerSeries(lower);
+      QColor fill = color;
+      fill.setAlpha(45);
+      area->setBrush(fill);
+      area->setPen(Qt::NoPen);
+      area->setName(qs(s.label) + " band");
+      chart->addSeries(area);
+      hide_from_legend(chart.get(), area);
+    }
+    auto* line = new QLineSeries();
+    line->setName(qs(s.label));
+    for (std::size_t i = 0; i < s.x.size(); ++i) {
+      if (!ok(s.mean[i])) continue;
+      line->append(s.x[i], s.mean[i]);
+      range.add(s.x[i], s.mean[i]);
+    }
+    QPen pen(color);
+    pen.setWidthF(2.0);
+    line->setPen(pen);
+    chart->addSeries(line);
+  }
+  attach_axes(chart.get(), range, QStringLiteral("step"), qs(metric), false, o.log_y);
+  return chart;
+}
+
+class CurvesPage : public ChartPage {
+ public:
+  explicit CurvesPage(QWidget* parent) : ChartPage(parent) {
+    metric_ = new QComboBox(this);
+    metric_->setMinimumContentsLength(18);
+    band_ = new QComboBox(this);
+    band_->addItems({QStringLiteral("band: min..max"), QStringLiteral("band: \u00b1 std"), QStringLiteral("no band")});
+    smoothing_ = new QSlider(Qt::Horizontal, this);
+    smoothing_->setRange(0, 99);
+    smoothing_->setMaximumWidth(160);
+    smoothing_label_ = new QLabel(this);
+    log_y_ = new QCheckBox(QStringLiteral("log y"), this);
+    controls()->addWidget(new QLabel(QStringLiteral("metric"), this));
+    controls()->addWidget(metric_);
+    controls()->addWidget(band_);
+    controls()->addWidget(new QLabel(QStringLiteral("smoothing"), this));
+    controls()->addWidget(smoothing_);
+    controls()->addWidget(smoothing_label_);
+    controls()->addWidget(log_y_);
+    controls()->addStretch(1);
+    auto redraw = [this] { this->redraw(); };
+    connect(metric_, &QComboBox::currentIndexChanged, this, redraw);
+    connect(band_, &QComboBox::currentIndexChanged, this, redraw);
+    connect(smoothing_, &QSlider::valueChanged, this, redraw);
+    connect(log_y_, &QCheckBox::toggled, this, redraw);
+  }
+
+  QString title() const override { return QStringLiteral("Training curves"); }
+
+  void setQuery(const StudyQuery* query) override {
+    query_ = query;
+    const QString current = metric_->currentText();
+    {
+      const QSignalBlocker block(metric_);
+      metric_->clear();
+      for (const auto& m : query->metric_names()) metric_->addItem(qs(m));
+      int i = metric_->findText(current.isEmpty() ? QStringLiteral("loss") : current);
+      metric_->setCurrentIndex(i >= 0 ? i : 0);
+    }
+    redraw();
+  }
+
+  std::vector<ExportChart> exportCharts(const StudyQuery& query) const override {
+    std::vector<ExportChart> out;
+    for (const auto& m : query.metric_names())
+      if (auto chart = build_curves(query, m, CurveOptions{}))
+        out.push_back({QStringLiteral("curves_") + qs(m), std::move(chart)});
+    return out;
+  }
+
+ private:
+  void redraw() {
+    if (!query_) return;
+    CurveOptions o;
+    o.band = static_cast<Band>(band_->currentIndex());
+    o.smoothing = smoothing_->value() / 100.0;
+    o.log_y = log_y_->isChecked();
+    smoothing_label_->setText(QString::number(o.smoothing, 'f', 2));
+    const std::string metric = metric_->currentText().toStdString();
+    setChart(metric.empty() ? nullptr : build_curves(*query_, metric, o),
+         QStringLiteral("No metrics recorded yet."));
+  }
+
+  const StudyQuery* query_ = nullptr;
+  QComboBox* metric_;
+  QComboBox* band_;
+  QSlider* smoothing_;
+  QLabel* smoothing_label_;
+  QCheckBox* log_y_;
+};
+
+}  // namespace
+
+ChartPage* new_curves_page(QWidget* parent) { return new CurvesPage(parent); }
+
+}  // namespace mhd::viewer

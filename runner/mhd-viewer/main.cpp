@@ -1,0 +1,140 @@
+// mhd-viewer FILE.sqlite [--export DIR] [--study ID]
+// Browses a results file in a Qt Charts window, or with --export renders every chart to PNG offscreen.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <optional>
+#include <string>
+
+#include <QApplication>
+#include <QChart>
+#include <QChartView>
+#include <QDir>
+#include <QMessageBox>
+#include <QPixmap>
+
+#include "chart_page.h"
+#include "main_window.h"
+#include "mhd/error.h"
+#include "query.h"
+
+namespace {
+
+constexpr int kExportWidth = 1200;
+constexpr int kExportHeight = 800;
+
+const char* kUsage =
+    "usage: mhd-viewer FILE.sqlite [--export DIR] [--study ID]\n"
+    "  Browse an mhd results file: the study's variants, sweep points and trials, training curves,\n"
+    "  ablation bars, scaling and solver traces. The file is opened read-only and re-read every 2 s\n"
+    "  while a trial is pending or running.\n"
+    "  --export DIR  render every chart to DIR/*.png (1200x800) without a window, list them, exit\n"
+    "  --study ID    the study to show (default: the latest in the file)\n";
+
+int usage_error(const std::string& message) {
+  std::cerr << "mhd-viewer: error: " << message << "\n" << kUsage;
+  return 2;
+}
+
+QString file_safe(const QString& name) {
+  QString out = name;
+  for (QChar& c : out)
+    if (!(c.isLetterOrNumber() || c == '_' || c == '-' || c == '.')) c = '_';
+  return out;
+}
+
+int export_all(const mhd::viewer::StudyQuery& query, const QString& dir) {
+  if (!QDir().mkpath(dir)) {
+    std::cerr << "mhd-viewer: error: cannot create " << dir.toStdString() << "\n";
+    return 2;
+  }
+  int written = 0;
+  QWidget holder;  // the pages are widgets; they only build charts here
+  for (auto* page : mhd::viewer::make_chart_pages(&holder)) {
+    for (auto& item : page->exportCharts(query)) {
+      QChartView view(item.chart.release());  // the view owns the chart
+      view.setRenderHint(QPainter::Antialiasing);
+      view.setFrameShape(QFrame::NoFrame);
+      view.resize(kExportWidth, kExportHeight);
+      view.show();
+      const QString path = QDir(dir).filePath(file_safe(item.name) + ".png");
+      const QImage image = view.grab().toImage().convertToFormat(QImage::Format_RGB32);
+      if (!image.save(path, "PNG")) {
+        std::cerr << "mhd-viewer: error: cannot write " << path.toStdString() << "\n";
+        return 2;
+      }
+      std::cout << path.toStdString() << "\n";
+      ++written;
+    }
+  }
+  std::cout << written << " chart(s) written to " << dir.toStdString() << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string file;
+  std::optional<std::string> export_dir;
+  std::optional<std::int64_t> study_id;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "-h" || arg == "--help") {
+      std::cout << kUsage;
+      return 0;
+    } else if (arg == "--export" || arg == "--study") {
+      if (i + 1 >= argc) return usage_error(arg + " needs a value");
+      const std::string value = argv[++i];
+      if (arg == "--export") {
+        export_dir = value;
+      } else {
+        char* end = nullptr;
+        const long long id = std::strtoll(value.c_str(), &end, 10);
+        if (value.empty() || *end != '\0') return usage_error("--study expects a study id, got '" + value + "'");
+        study_id = id;
+      }
+    } else if (arg.size() > 1 && arg[0] == '-' && arg.rfind("-platform", 0) != 0) {
+      return usage_error("unknown option " + arg);
+    } else if (file.empty()) {
+      file = arg;
+    } else {
+      return usage_error("one results file, got '" + file + "' and '" + arg + "'");
+    }
+  }
+  if (file.empty()) return usage_error("no results file given");
+
+  // Open the file first, so that a bad file is one line on stderr before Qt prints anything.
+  std::unique_ptr<mhd::viewer::StudyQuery> query;
+  std::string open_error;
+  try {
+    query = mhd::viewer::StudyQuery::open(file, study_id);
+  } catch (const std::exception& e) {
+    open_error = e.what();
+  }
+  if (!open_error.empty()) {
+    std::cerr << "mhd-viewer: error: " << open_error << "\n";
+    if (!export_dir && (!qEnvironmentVariableIsEmpty("DISPLAY") || !qEnvironmentVariableIsEmpty("WAYLAND_DISPLAY"))) {
+      QApplication app(argc, argv);
+      QMessageBox::critical(nullptr, QStringLiteral("mhd-viewer"), QString::fromStdString(open_error));
+    }
+    return 2;
+  }
+
+  // --export needs no display: render offscreen unless the caller chose a platform.
+  if (export_dir && qEnvironmentVariableIsEmpty("QT_QPA_PLATFORM")) qputenv("QT_QPA_PLATFORM", "offscreen");
+  QApplication app(argc, argv);
+  QApplication::setApplicationName(QStringLiteral("mhd-viewer"));
+
+  if (export_dir) {
+    try {
+      return export_all(*query, QString::fromStdString(*export_dir));
+    } catch (const std::exception& e) {
+      std::cerr << "mhd-viewer: error: " << e.what() << "\n";
+      return 2;
+    }
+  }
+  mhd::viewer::MainWindow window(std::move(query));
+  window.show();
+  return app.exec();
+}

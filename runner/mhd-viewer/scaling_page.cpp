@@ -1,0 +1,135 @@
+// Scaling: the final value of a metric against a numeric sweep axis (memory size, sequence length, ...),
+// one line per variant with points at the mean over seeds and +-std error bars; log-log option.
+#include <algorithm>
+#include <cmath>
+
+#include <QChart>
+#include <QCheckBox>
+#include <QComboBox>
+#include <QHBoxLayout>
+#include <QLabel>
+#include <QLineSeries>
+#include <QScatterSeries>
+
+#include "chart_page.h"
+
+namespace mhd::viewer {
+namespace {
+
+std::unique_ptr<QChart> build_scaling(const StudyQuery& q, const std::string& metric, const std::string& axis,
+                                      bool log_log) {
+  const auto series = q.scaling(metric, axis);
+  if (series.empty()) return nullptr;
+  auto chart = new_chart(QStringLiteral("final %1 vs %2 (mean \u00b1 std over seeds)").arg(qs(metric), qs(axis)));
+  Range range;
+  auto ok = [&](double x, double y) { return !log_log || (x > 0 && y > 0); };
+  std::vector<QLineSeries*> errors;
+  int index = 0;
+  for (const auto& s : series) {
+    const QColor color = series_color(index++);
+    auto* line = new QLineSeries();
+    line->setName(qs(s.label));
+    QPen pen(color);
+    pen.setWidthF(2.0);
+    line->setPen(pen);
+    auto* dots = new QScatterSeries();
+    dots->setColor(color);
+    dots->setBorderColor(color);
+    dots->setMarkerSize(9);
+    for (std::size_t i = 0; i < s.x.size(); ++i) {
+      if (!ok(s.x[i], s.mean[i])) continue;
+      line->append(s.x[i], s.mean[i]);
+      dots->append(s.x[i], s.mean[i]);
+      range.add(s.x[i], s.mean[i]);
+      if (s.std[i] > 0) {
+        double lo = s.mean[i] - s.std[i], hi = s.mean[i] + s.std[i];
+        if (log_log && !(lo > 0)) lo = s.mean[i] * 0.5;
+        auto* err = new QLineSeries();
+        *err << QPointF(s.x[i], lo) << QPointF(s.x[i], hi);
+        QPen epen(color);
+        epen.setWidthF(1.5);
+        err->setPen(epen);
+        errors.push_back(err);
+        range.add(s.x[i], lo);
+        range.add(s.x[i], hi);
+      }
+    }
+    chart->addSeries(line);
+    chart->addSeries(dots);
+    hide_from_legend(chart.get(), dots);
+  }
+  for (auto* err : errors) chart->addSeries(err);
+  for (auto* err : errors) hide_from_legend(chart.get(), err);
+  attach_axes(chart.get(), range, qs(axis), qs(metric), log_log, log_log, /*pad_x=*/true);
+  return chart;
+}
+
+class ScalingPage : public ChartPage {
+ public:
+  explicit ScalingPage(QWidget* parent) : ChartPage(parent) {
+    axis_ = new QComboBox(this);
+    metric_ = new QComboBox(this);
+    metric_->setMinimumContentsLength(18);
+    log_log_ = new QCheckBox(QStringLiteral("log-log"), this);
+    controls()->addWidget(new QLabel(QStringLiteral("sweep axis"), this));
+    controls()->addWidget(axis_);
+    controls()->addWidget(new QLabel(QStringLiteral("final metric"), this));
+    controls()->addWidget(metric_);
+    controls()->addWidget(log_log_);
+    controls()->addStretch(1);
+    auto redraw = [this] { this->redraw(); };
+    connect(axis_, &QComboBox::currentIndexChanged, this, redraw);
+    connect(metric_, &QComboBox::currentIndexChanged, this, redraw);
+    connect(log_log_, &QCheckBox::toggled, this, redraw);
+  }
+
+  QString title() const override { return QStringLiteral("Scaling"); }
+
+  void setQuery(const StudyQuery* query) override {
+    query_ = query;
+    refill(axis_, query->numeric_sweep_axes(), "");
+    refill(metric_, query->metric_names(), "loss");
+    redraw();
+  }
+
+  std::vector<ExportChart> exportCharts(const StudyQuery& query) const override {
+    std::vector<ExportChart> out;
+    for (const auto& axis : query.numeric_sweep_axes())
+      for (const auto& m : query.metric_names())
+        if (auto chart = build_scaling(query, m, axis, false))
+          out.push_back({QStringLiteral("scaling_%1_%2").arg(qs(axis), qs(m)), std::move(chart)});
+    return out;
+  }
+
+ private:
+  static void refill(QComboBox* box, const std::vector<std::string>& items, const char* preferred) {
+    const QString current = box->currentText();
+    const QSignalBlocker block(box);
+    box->clear();
+    for (const auto& s : items) box->addItem(qs(s));
+    const int i = box->findText(current.isEmpty() ? QString::fromUtf8(preferred) : current);
+    box->setCurrentIndex(i >= 0 ? i : 0);
+  }
+
+  void redraw() {
+    if (!query_) return;
+    if (axis_->count() == 0) {
+      setChart(nullptr, QStringLiteral("This study has no numeric [sweep] axis."));
+      return;
+    }
+    setChart(build_scaling(*query_, metric_->currentText().toStdString(), axis_->currentText().toStdString(),
+                           log_log_->isChecked()),
+             QStringLiteral("No finished trial has this metric yet."));
+  }
+
+  const StudyQuery* query_ = nullptr;
+  QComboBox* axis_;
+  QComboBox* metric_;
+  QCheckBox* log_log_;
+};
+
+}  // namespace
+
+ChartPage* new_scaling_page(QWidget* parent) { return new ScalingPage(parent); }
+
+}  // namespace mhd::viewer

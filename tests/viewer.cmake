@@ -1,0 +1,21 @@
+# mhd-viewer: the query layer on hand-built results files, and the program end to end — a real tiny
+# study exported offscreen (Viewer.TinyStudyExport), whose PNGs test_viewer_export then inspects.
+if(MHD_HAVE_VIEWER)
+  mhd_add_test(NAME test_viewer_query SOURCES test_viewer_query.cpp LIBS mhd_viewer_query)
+
+  set(_viewer_out ${CMAKE_CURRENT_BINARY_DIR}/viewer_tiny)
+  add_test(NAME Viewer.TinyStudyExport
+           COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/viewer/export_tiny.sh $<TARGET_FILE:mhd> $<TARGET_FILE:mhd-viewer>
+                   ${_viewer_out})
+  set_tests_properties(Viewer.TinyStudyExport PROPERTIES FIXTURES_SETUP viewer_png TIMEOUT 120
+                       ENVIRONMENT QT_QPA_PLATFORM=offscreen)
+
+  # Reads the exported PNGs; needs no LibTorch (so no torch PCH) and runs after the export above.
+  find_package(Qt6 COMPONENTS Gui REQUIRED)
+  add_executable(test_viewer_export test_viewer_export.cpp)
+  target_link_libraries(test_viewer_export PRIVATE GTest::gtest GTest::gtest_main Qt6::Gui)
+  target_compile_definitions(test_viewer_export PRIVATE MHD_VIEWER_PNG_DIR="${_viewer_out}/png")
+  add_dependencies(test_viewer_export mhd mhd-viewer)
+  gtest_discover_tests(test_viewer_export DISCOVERY_TIMEOUT 60
+                       PROPERTIES FIXTURES_REQUIRED viewer_png TIMEOUT 60)
+endif()

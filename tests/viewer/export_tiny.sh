@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# mhd-viewer end to end: run a real tiny study (2 variants x 2 sweep points x 2 seeds, 4 steps), export
+# every chart offscreen into OUT_DIR (checked by test_viewer_export), and check the command line's
+# exit codes and one-line errors.
+# Usage: export_tiny.sh MHD_EXE VIEWER_EXE OUT_DIR
+set -uo pipefail
+mhd=$1 viewer=$2 out=$3
+rm -rf "$out"
+mkdir -p "$out/png"
+failures=0
+fail() { echo "FAIL $*"; failures=$((failures + 1)); }
+
+cat > "$out/tiny.toml" <<TOML
+[study]
+name = "viewer_tiny"
+description = "mhd-viewer's test study"
+seeds = [0, 1]
+output = "$out/tiny.sqlite"
+[task]
+kind = "associative_recall"
+vocab_size = 16
+num_pairs = 2
+seq_len = 8
+[model]
+d_model = 16
+n_layers = 1
+residual = false
+[backbone]
+plugin = "mamba"
+d_state = 4
+[memory]
+plugin = "hopfield"
+size = 8
+[solver]
+plugin = "anderson"
+max_iter = 5
+[train]
+steps = 4
+batch = 4
+eval_every = 2
+eval_batches = 1
+log_every = 1
+[[variant]]
+name = "fixed_point"
+solver = { plugin = "fixed_point" }
+[sweep]
+"memory.size" = [4, 8]
+TOML
+
+if ! "$mhd" run "$out/tiny.toml" > "$out/run.log" 2>&1; then
+  fail "mhd run:"; tail -20 "$out/run.log"
+fi
+grep -q "8 trial(s): 8 done" "$out/run.log" || { fail "expected 8 done trials:"; tail -5 "$out/run.log"; }
+
+if ! "$viewer" "$out/tiny.sqlite" --export "$out/png" > "$out/export.log" 2>&1; then
+  fail "mhd-viewer --export exited non-zero:"; cat "$out/export.log"
+fi
+for f in curves_loss ablation_loss ablation_eval_accuracy scaling_memory.size_loss traces_forward; do
+  grep -qx "$out/png/$f.png" "$out/export.log" || fail "export did not list $f.png"
+done
+grep -qE "^[0-9]+ chart\(s\) written to $out/png$" "$out/export.log" || fail "no summary line in the export output"
+
+# Not a results file: one line on stderr, exit 2.
+err=$("$viewer" "$out/tiny.toml" --export "$out/none" 2>&1 >/dev/null); rc=$?
+[[ $rc -eq 2 ]] || fail "not-a-results-file: exit $rc (want 2)"
+[[ $(wc -l <<<"$err") -eq 1 && $err == "mhd-viewer: error: "*"not an mhd results file"* ]] ||
+  fail "not-a-results-file message: $err"
+err=$("$viewer" "$out/tiny.sqlite" --study 42 --export "$out/none" 2>&1 >/dev/null); rc=$?
+[[ $rc -eq 2 && $err == *"no study 42"* ]] || fail "unknown study: exit $rc, $err"
+"$viewer" --bogus >/dev/null 2>&1; rc=$?
+[[ $rc -eq 2 ]] || fail "unknown option: exit $rc (want 2)"
+
+echo "$failures failure(s)"
+exit $((failures > 0))
