@@ -74,6 +74,22 @@ INSTANTIATE_TEST_SUITE_P(Viewer, Export,
                            return s;
                          });
 
+TEST(ExportWindow, TheWindowWithItsStudyTreeIsRendered) {
+  const QImage image = load(QStringLiteral("window.png"));
+  ASSERT_FALSE(image.isNull());
+  EXPECT_EQ(image.size(), QSize(1500, 900));
+  EXPECT_GT(distinct_colors(image), 20);
+  // The tree on the left: text of the study, variants and trials; done trials in green.
+  EXPECT_GT(dark_pixels(image, QRect(0, 0, 300, 400)), 200) << "no study tree text";
+  int green = 0;
+  for (int y = 0; y < 600; ++y)
+    for (int x = 0; x < 320; ++x) {
+      const QColor c(image.pixel(x, y));
+      if (c.green() > 110 && c.red() < 80 && c.blue() < 80) ++green;
+    }
+  EXPECT_GT(green, 30) << "no done trial coloured green";
+}
+
 TEST(ExportBlank, AnEmptyImageFailsTheChecks) {
   QImage blank(1200, 800, QImage::Format_RGB32);
   blank.fill(Qt::white);

@@ -29,7 +29,8 @@ const char* kUsage =
     "  Browse an mhd results file: the study's variants, sweep points and trials, training curves,\n"
     "  ablation bars, scaling and solver traces. The file is opened read-only and re-read every 2 s\n"
     "  while a trial is pending or running.\n"
-    "  --export DIR  render every chart to DIR/*.png (1200x800) without a window, list them, exit\n"
+    "  --export DIR  render every chart to DIR/*.png (1200x800) and the window to DIR/window.png\n"
+    "                without a display, list the files written, exit\n"
     "  --study ID    the study to show (default: the latest in the file)\n";
 
 int usage_error(const std::string& message) {
@@ -44,7 +45,8 @@ QString file_safe(const QString& name) {
   return out;
 }
 
-int export_all(const mhd::viewer::StudyQuery& query, const QString& dir) {
+int export_all(const mhd::viewer::StudyQuery& query, const QString& dir,
+               std::unique_ptr<mhd::viewer::StudyQuery> window_query) {
   if (!QDir().mkpath(dir)) {
     std::cerr << "mhd-viewer: error: cannot create " << dir.toStdString() << "\n";
     return 2;
@@ -67,6 +69,20 @@ int export_all(const mhd::viewer::StudyQuery& query, const QString& dir) {
       std::cout << path.toStdString() << "\n";
       ++written;
     }
+  }
+  // The whole window as well (tree and the first tab), e.g. for a README.
+  {
+    mhd::viewer::MainWindow window(std::move(window_query));
+    window.resize(1500, 900);
+    window.show();
+    QApplication::processEvents();
+    const QString path = QDir(dir).filePath(QStringLiteral("window.png"));
+    if (!window.grab().toImage().convertToFormat(QImage::Format_RGB32).save(path, "PNG")) {
+      std::cerr << "mhd-viewer: error: cannot write " << path.toStdString() << "\n";
+      return 2;
+    }
+    std::cout << path.toStdString() << "\n";
+    ++written;
   }
   std::cout << written << " chart(s) written to " << dir.toStdString() << "\n";
   return 0;
@@ -128,7 +144,7 @@ int main(int argc, char** argv) {
 
   if (export_dir) {
     try {
-      return export_all(*query, QString::fromStdString(*export_dir));
+      return export_all(*query, QString::fromStdString(*export_dir), mhd::viewer::StudyQuery::open(file, study_id));
     } catch (const std::exception& e) {
       std::cerr << "mhd-viewer: error: " << e.what() << "\n";
       return 2;

@@ -55,7 +55,7 @@ grep -q "8 trial(s): 8 done" "$out/run.log" || { fail "expected 8 done trials:";
 if ! "$viewer" "$out/tiny.sqlite" --export "$out/png" > "$out/export.log" 2>&1; then
   fail "mhd-viewer --export exited non-zero:"; cat "$out/export.log"
 fi
-for f in curves_loss ablation_loss ablation_eval_accuracy scaling_memory.size_loss traces_forward; do
+for f in curves_loss ablation_loss ablation_eval_accuracy scaling_memory.size_loss traces_forward traces_backward window; do
   grep -qx "$out/png/$f.png" "$out/export.log" || fail "export did not list $f.png"
 done
 grep -qE "^[0-9]+ chart\(s\) written to $out/png$" "$out/export.log" || fail "no summary line in the export output"
