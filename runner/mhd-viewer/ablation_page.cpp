@@ -29,13 +29,15 @@ std::unique_ptr<QChart> build_ablation(const StudyQuery& q, const std::string& m
   auto* others = new QBarSet(QStringLiteral("variant"));
   base->setColor(QColor(0x7f, 0x7f, 0x7f));
   others->setColor(series_color(0));
+  // Category labels on two lines (variant, then sweep point and seed count) so they fit under a bar.
   QStringList categories;
   double lo = 0.0, hi = 0.0;
   for (const auto& b : bars) {
     *base << (b.baseline ? b.mean : 0.0);
     *others << (b.baseline ? 0.0 : b.mean);
-    QString label = qs(b.label) + QStringLiteral(" (n=%1)").arg(b.n);
-    if (b.baseline) label = QStringLiteral("\u2605 ") + label;
+    QString label = (b.baseline ? QStringLiteral("\u2605 ") : QString()) + qs(b.variant) + QStringLiteral("<br>") +
+                    (b.sweep.empty() ? QString() : qs(b.sweep) + QStringLiteral(" ")) +
+                    QStringLiteral("(n=%1)").arg(b.n);
     categories << label;
     lo = std::min(lo, b.mean - b.std);
     hi = std::max(hi, b.mean + b.std);

@@ -88,6 +88,15 @@ int export_all(const mhd::viewer::StudyQuery& query, const QString& dir,
   return 0;
 }
 
+// Offscreen rendering makes Qt say things that are no news to someone exporting PNGs; anything else
+// still reaches stderr.
+QtMessageHandler g_default_handler = nullptr;
+void quiet_offscreen(QtMsgType type, const QMessageLogContext& context, const QString& message) {
+  if (message.contains(QLatin1String("propagateSizeHints")) || message.contains(QLatin1String("XDG_RUNTIME_DIR")))
+    return;
+  if (g_default_handler) g_default_handler(type, context, message);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -139,6 +148,7 @@ int main(int argc, char** argv) {
 
   // --export needs no display: render offscreen unless the caller chose a platform.
   if (export_dir && qEnvironmentVariableIsEmpty("QT_QPA_PLATFORM")) qputenv("QT_QPA_PLATFORM", "offscreen");
+  if (export_dir) g_default_handler = qInstallMessageHandler(quiet_offscreen);
   QApplication app(argc, argv);
   QApplication::setApplicationName(QStringLiteral("mhd-viewer"));
 

@@ -33,13 +33,15 @@ MainWindow::MainWindow(std::unique_ptr<StudyQuery> query, QWidget* parent)
   tree_ = new QTreeWidget(split);
   tree_->setHeaderLabels({QStringLiteral("study / variant / sweep point / trial"), QStringLiteral("status")});
   tree_->header()->setSectionResizeMode(0, QHeaderView::ResizeToContents);
+  tree_->header()->setSectionResizeMode(1, QHeaderView::ResizeToContents);
+  tree_->header()->setStretchLastSection(false);
   tabs_ = new QTabWidget(split);
   pages_ = make_chart_pages(tabs_);
   for (auto* page : pages_) tabs_->addTab(page, page->title());
   split->addWidget(tree_);
   split->addWidget(tabs_);
   split->setStretchFactor(1, 1);
-  split->setSizes({320, 1000});
+  split->setSizes({380, 1000});
   setCentralWidget(split);
   resize(1400, 860);
 
