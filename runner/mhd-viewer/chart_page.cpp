@@ -97,10 +97,22 @@ QAbstractAxis* make_axis(double lo, double hi, bool log, const QString& title, b
     auto* axis = new QLogValueAxis();
     lo = lo > 0 ? lo : 1e-12;
     hi = hi > lo ? hi : lo * 10;
-    axis->setRange(pad ? lo / 1.3 : lo, pad ? hi * 1.3 : hi);
-    axis->setBase(10.0);
-    axis->setLabelFormat("%.0e");
-    axis->setMinorTickCount(8);
+    if (pad) {
+      lo /= 1.3;
+      hi *= 1.3;
+    }
+    axis->setRange(lo, hi);
+    // Labels sit at powers of the base: decades for a wide range; for a narrow one (a loss between 2.5
+    // and 4) a base that puts about five labels on the axis.
+    if (hi / lo >= 10.0) {
+      axis->setBase(10.0);
+      axis->setLabelFormat("%g");
+      axis->setMinorTickCount(8);
+    } else {
+      axis->setBase(std::max(1.0001, std::pow(hi / lo, 1.0 / 5.0)));
+      axis->setLabelFormat("%.3g");
+      axis->setMinorTickCount(0);
+    }
     axis->setTitleText(title);
     axis->setLabelsFont(font);
     return axis;
