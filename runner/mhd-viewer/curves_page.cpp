@@ -73,6 +73,7 @@ std::unique_ptr<QChart> build_curves(const StudyQuery& q, const std::string& met
     QPen pen(color);
     pen.setWidthF(2.0);
     line->setPen(pen);
+    line->setPointsVisible(line->count() <= 30);  // sparse metrics (evaluations) show their points
     chart->addSeries(line);
   }
   attach_axes(chart.get(), range, QStringLiteral("step"), qs(metric), false, o.log_y);
