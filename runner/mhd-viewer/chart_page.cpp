@@ -5,11 +5,13 @@
 #include <QAbstractSeries>
 #include <QChart>
 #include <QChartView>
+#include <QComboBox>
 #include <QHBoxLayout>
 #include <QLabel>
 #include <QLegend>
 #include <QLegendMarker>
 #include <QLogValueAxis>
+#include <QSignalBlocker>
 #include <QValueAxis>
 #include <QVBoxLayout>
 
@@ -167,6 +169,15 @@ void attach_axes(QChart* chart, const Range& range, const QString& x_title, cons
 
 void hide_from_legend(QChart* chart, QAbstractSeries* series) {
   for (QLegendMarker* m : chart->legend()->markers(series)) m->setVisible(false);
+}
+
+void refill_choices(QComboBox* box, const std::vector<std::string>& items, const QString& preferred) {
+  const QString current = box->currentText();
+  const QSignalBlocker block(box);
+  box->clear();
+  for (const auto& item : items) box->addItem(qs(item));
+  const int i = box->findText(current.isEmpty() ? preferred : current);
+  box->setCurrentIndex(i >= 0 ? i : 0);
 }
 
 }  // namespace mhd::viewer

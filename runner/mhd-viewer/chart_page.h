@@ -18,6 +18,7 @@ class QChartView;
 class QVBoxLayout;
 class QHBoxLayout;
 class QLabel;
+class QComboBox;
 
 namespace mhd::viewer {
 
@@ -69,5 +70,8 @@ void attach_axes(QChart* chart, const Range& range, const QString& x_title, cons
 void hide_from_legend(QChart* chart, QAbstractSeries* series);
 // QString from std::string.
 inline QString qs(const std::string& s) { return QString::fromStdString(s); }
+// Refills a choice box with `items`, keeping the current choice when it is still there, else picking
+// `preferred` (or the first item), without emitting change signals.
+void refill_choices(QComboBox* box, const std::vector<std::string>& items, const QString& preferred);
 
 }  // namespace mhd::viewer

@@ -111,14 +111,7 @@ class CurvesPage : public ChartPage {
 
   void setQuery(const StudyQuery* query) override {
     query_ = query;
-    const QString current = metric_->currentText();
-    {
-      const QSignalBlocker block(metric_);
-      metric_->clear();
-      for (const auto& m : query->metric_names()) metric_->addItem(qs(m));
-      int i = metric_->findText(current.isEmpty() ? QStringLiteral("loss") : current);
-      metric_->setCurrentIndex(i >= 0 ? i : 0);
-    }
+    refill_choices(metric_, query->metric_names(), QStringLiteral("loss"));
     redraw();
   }
 

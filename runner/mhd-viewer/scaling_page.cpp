@@ -87,8 +87,8 @@ class ScalingPage : public ChartPage {
 
   void setQuery(const StudyQuery* query) override {
     query_ = query;
-    refill(axis_, query->numeric_sweep_axes(), "");
-    refill(metric_, query->metric_names(), "loss");
+    refill_choices(axis_, query->numeric_sweep_axes(), QString());
+    refill_choices(metric_, query->metric_names(), QStringLiteral("loss"));
     redraw();
   }
 
@@ -102,15 +102,6 @@ class ScalingPage : public ChartPage {
   }
 
  private:
-  static void refill(QComboBox* box, const std::vector<std::string>& items, const char* preferred) {
-    const QString current = box->currentText();
-    const QSignalBlocker block(box);
-    box->clear();
-    for (const auto& s : items) box->addItem(qs(s));
-    const int i = box->findText(current.isEmpty() ? QString::fromUtf8(preferred) : current);
-    box->setCurrentIndex(i >= 0 ? i : 0);
-  }
-
   void redraw() {
     if (!query_) return;
     if (axis_->count() == 0) {
