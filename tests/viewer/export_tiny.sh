@@ -16,24 +16,9 @@ name = "viewer_tiny"
 description = "mhd-viewer's test study"
 seeds = [0, 1]
 output = "$out/tiny.sqlite"
-[task]
-kind = "associative_recall"
-vocab_size = 16
-num_pairs = 2
-seq_len = 8
-[model]
-d_model = 16
-n_layers = 1
-residual = false
-[backbone]
-plugin = "mamba"
-d_state = 4
-[memory]
-plugin = "hopfield"
-size = 8
-[solver]
-plugin = "anderson"
-max_iter = 5
+TOML
+cat "$(dirname "$0")/../data/studies/tiny_model.toml" >> "$out/tiny.toml"
+cat >> "$out/tiny.toml" <<TOML
 [train]
 steps = 4
 batch = 4
