@@ -65,6 +65,16 @@ struct TracePoint {
   double energy = 0.0;  // NaN when the solve had no energy
 };
 
+// What a probe stores for charts (probe.h): a cell of a 2-D grid (i, j), a point of a trajectory
+// (i = trajectory, j = iteration), an entry of a matrix or a point of a curve. x, y are the
+// coordinates to draw at (NaN when the chart uses i, j), value what is drawn there.
+struct ProbePoint {
+  std::string probe;  // "landscape"
+  std::string name;   // "energy_slice", "trajectories", "accuracy_matrix" ...
+  std::int64_t i = 0, j = 0;
+  double x = 0.0, y = 0.0, value = 0.0;
+};
+
 class ResultsDb {
  public:
   // Opens (creating the schema when writable and new). Read-only opening of a file that is not a

@@ -1,0 +1,65 @@
+// Probes: measurements of a trial's trained model, run after training (issue 3 "Experiments").
+// A study enables one with a [probes.NAME] table; its keys are validated against the probe's
+// schema like every other table. Probes are part of the framework (like tasks), each in its own
+// source file framework/src/probe_NAME.cpp, registered with MHD_REGISTER_PROBE.
+//
+// What a probe measures goes to the results file: scalars as metrics named "NAME_..." at the
+// trial's last step, and anything a chart draws (2-D grids, trajectories, matrices, curves) as
+// ProbePoints (results.h), which `mhd-viewer` reads.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <c10/core/Device.h>
+
+#include "mhd/params.h"
+
+namespace mhd {
+
+class PluginRegistry;
+class Task;
+class UnifiedModel;
+struct MetricSink;
+struct TrialConfig;
+
+struct ProbeContext {
+  const TrialConfig& config;
+  PluginRegistry& registry;
+  UnifiedModel& model;  // trained; in eval mode when the probe runs
+  Task& task;           // the trial's task (held-out batches via eval_batch)
+  c10::Device device;
+  const MetricSink& sink;
+  std::int64_t step;    // the trial's last training step: where the probe's metrics are recorded
+};
+
+class Probe {
+ public:
+  virtual ~Probe() = default;
+  virtual void run(ProbeContext& context) = 0;
+};
+
+struct ProbeDefinition {
+  std::string name;         // the table name in [probes.NAME]
+  std::string description;  // one line, for docs and errors
+  ParamSchema schema;
+  std::function<std::unique_ptr<Probe>(const Params& params)> make;
+};
+
+// All registered probes, sorted by name.
+std::vector<const ProbeDefinition*> probe_definitions();
+// Throws mhd::Error listing the known probes (with a "did you mean").
+const ProbeDefinition& probe_definition(const std::string& name);
+
+namespace detail {
+bool register_probe(ProbeDefinition definition);
+}  // namespace detail
+
+}  // namespace mhd
+
+// In a probe's source file: MHD_REGISTER_PROBE(convergence, []{ return ProbeDefinition{...}; })
+#define MHD_REGISTER_PROBE(NAME, DEFINITION_FN) \
+  static const bool mhd_probe_registered_##NAME = ::mhd::detail::register_probe((DEFINITION_FN)())
