@@ -18,6 +18,7 @@ struct TrialConfig;
 struct MetricSink {
   std::function<void(std::int64_t step, const std::string& name, double value)> metric;
   std::function<void(const TracePoint& point)> trace;
+  std::function<void(const ProbePoint& point)> point;  // probes' chart data (probe.h); may be empty
   std::function<void()> flush;  // a good moment to persist (after evaluations)
 };
 
