@@ -34,10 +34,15 @@ CheckpointInfo read_checkpoint_info(const std::string& path);
 
 // Restores parameters, buffers (memory bank) and, when `optimizer` is given, its state into
 // objects built from the same configuration. Throws mhd::Error naming the file on a mismatch
-// (different configuration hash, missing tensor, other shape). Returns the stored step.
-std::int64_t load_checkpoint(const std::string& path, UnifiedModel& model, torch::optim::Optimizer* optimizer);
+// (missing or extra tensor, other shape, optimizer state that does not fit; and, when `expected`
+// is given, a configuration whose hash differs from the stored one). Returns the stored step.
+// The warm-start equilibria of the previous batch are not stored: a resumed solve starts cold once.
+std::int64_t load_checkpoint(const std::string& path, UnifiedModel& model, torch::optim::Optimizer* optimizer,
+                             const TrialConfig* expected = nullptr);
 
 // A model rebuilt from the checkpoint's own configuration (for `mhd generate`), in eval mode.
+// The plugins the configuration names must be loaded in `registry`. vocab_size < 0: the stored
+// embedding's row count (so the task's data is not needed).
 struct LoadedModel {
   std::shared_ptr<UnifiedModel> model;
   std::unique_ptr<TrialConfig> config;
