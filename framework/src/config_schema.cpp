@@ -148,11 +148,20 @@ const SectionSchema& optimization_common_section() {
   return s;
 }
 
+const SectionSchema& probe_common_section() {
+  static const SectionSchema s{"probes.NAME",
+                               "One table per probe (a measurement of the trained model, run after training), named by "
+                               "the probe; other keys are its parameters.",
+                               {bool_param("enabled", true, "Run this probe (variants can switch it off).")},
+                               "probe"};
+  return s;
+}
+
 std::vector<const SectionSchema*> all_sections() {
   return {&study_section(),  &model_section(),    &energy_section(),
           &backbone_section(), &memory_section(), &solver_section(),
           &backward_section(), &train_section(),  &objective_section(),
-          &optimization_common_section()};
+          &optimization_common_section(), &probe_common_section()};
 }
 
 }  // namespace mhd

@@ -109,6 +109,7 @@ RunSummary run_study(const Study& study, PluginRegistry& registry, const RunOpti
     MetricSink sink;
     sink.metric = [&](std::int64_t step, const std::string& name, double value) { db->add_metric(id, step, name, value); };
     sink.trace = [&](const TracePoint& point) { db->add_trace(id, point); };
+    sink.point = [&](const ProbePoint& point) { db->add_point(id, point); };
     sink.flush = [&] { db->flush(); };
 
     const auto start = std::chrono::steady_clock::now();

@@ -80,6 +80,22 @@ CREATE TABLE IF NOT EXISTS traces(
 CREATE INDEX IF NOT EXISTS traces_by_trial ON traces(trial_id, step);
 )sql";
 
+// Probes' chart data (probe.h). Created by every writable open, so results files written before
+// probes existed gain the table when a run writes to them again; readers of such files see no
+// points.
+constexpr const char* kProbeSchemaSql = R"sql(
+CREATE TABLE IF NOT EXISTS probe_points(
+  trial_id INTEGER NOT NULL REFERENCES trials(id) ON DELETE CASCADE,
+  probe TEXT NOT NULL,
+  name TEXT NOT NULL,
+  i INTEGER NOT NULL,
+  j INTEGER NOT NULL,
+  x REAL,
+  y REAL,
+  value REAL);
+CREATE INDEX IF NOT EXISTS probe_points_by_trial ON probe_points(trial_id, probe, name, i, j);
+)sql";
+
 // "2024-05-01T12:34:56.789Z"
 std::string utc_now() {
   timespec ts{};
@@ -279,6 +295,7 @@ struct ResultsDb::Impl {
   bool read_only = false;
   std::vector<PendingMetric> metrics;
   std::vector<PendingTrace> traces;
+  std::vector<std::pair<std::int64_t, ProbePoint>> points;  // (trial_id, point)
 
   ~Impl() {
     if (db != nullptr) sqlite3_close_v2(db);
@@ -288,14 +305,14 @@ struct ResultsDb::Impl {
     if (read_only) throw Error(path + ": opened read-only; cannot write results");
   }
 
-  std::size_t buffered() const { return metrics.size() + traces.size(); }
+  std::size_t buffered() const { return metrics.size() + traces.size() + points.size(); }
 
   void flush_if_writable() {
     if (!read_only) flush();
   }
 
   void flush() {
-    if (metrics.empty() && traces.empty()) return;
+    if (metrics.empty() && traces.empty() && points.empty()) return;
     Transaction tx(db, path);
     if (!metrics.empty()) {
       Statement insert(db, path, "INSERT INTO metrics(trial_id, step, name, value) VALUES (?, ?, ?, ?)");
@@ -320,10 +337,20 @@ struct ResultsDb::Impl {
         insert.reset();
       }
     }
+    if (!points.empty()) {
+      Statement insert(db, path,
+                       "INSERT INTO probe_points(trial_id, probe, name, i, j, x, y, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+      for (const auto& [trial_id, p] : points) {
+        insert.bind(1, trial_id).bind(2, p.probe).bind(3, p.name).bind(4, p.i).bind(5, p.j);
+        insert.bind(6, p.x).bind(7, p.y).bind(8, p.value).run();
+        insert.reset();
+      }
+    }
     tx.commit();
     // Cleared only after the commit: a failed flush keeps the rows for the next attempt.
     metrics.clear();
     traces.clear();
+    points.clear();
   }
 
   bool has_table(const char* name) const {
@@ -367,6 +394,7 @@ struct ResultsDb::Impl {
       insert.reset();
       insert.bind(1, "schema_version").bind(2, std::to_string(kSchemaVersion)).run();
     }
+    if (has_table("meta")) exec(db, path, kProbeSchemaSql);  // a foreign file was refused above
     tx.commit();
   }
 
@@ -524,7 +552,8 @@ void ResultsDb::reset_trial(std::int64_t trial_id) {
   impl_->require_writable();
   impl_->flush();
   Transaction tx(impl_->db, path_);
-  for (const char* sql : {"DELETE FROM metrics WHERE trial_id = ?", "DELETE FROM traces WHERE trial_id = ?"}) {
+  for (const char* sql : {"DELETE FROM metrics WHERE trial_id = ?", "DELETE FROM traces WHERE trial_id = ?",
+                          "DELETE FROM probe_points WHERE trial_id = ?"}) {
     Statement s(impl_->db, path_, sql);
     s.bind(1, trial_id).run();
   }
@@ -554,6 +583,12 @@ void ResultsDb::add_metric(std::int64_t trial_id, std::int64_t step, const std::
 void ResultsDb::add_trace(std::int64_t trial_id, const TracePoint& point) {
   impl_->require_writable();
   impl_->traces.push_back({trial_id, point});
+  if (impl_->buffered() >= kFlushThreshold) impl_->flush();
+}
+
+void ResultsDb::add_point(std::int64_t trial_id, const ProbePoint& point) {
+  impl_->require_writable();
+  impl_->points.emplace_back(trial_id, point);
   if (impl_->buffered() >= kFlushThreshold) impl_->flush();
 }
 
@@ -660,6 +695,40 @@ std::vector<TracePoint> ResultsDb::traces(std::int64_t trial_id) const {
     p.abs_residual = s.real(3);
     p.rel_residual = s.real(4);
     p.energy = s.real(5);
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> ResultsDb::probe_series(std::int64_t trial_id) const {
+  impl_->flush_if_writable();
+  std::vector<std::pair<std::string, std::string>> out;
+  if (!impl_->has_table("probe_points")) return out;  // a file written before probes existed
+  Statement s(impl_->db, path_,
+              "SELECT DISTINCT probe, name FROM probe_points WHERE trial_id = ? ORDER BY probe, name");
+  s.bind(1, trial_id);
+  while (s.step()) out.emplace_back(s.text(0), s.text(1));
+  return out;
+}
+
+std::vector<ProbePoint> ResultsDb::probe_points(std::int64_t trial_id, const std::string& probe,
+                                                const std::string& name) const {
+  impl_->flush_if_writable();
+  std::vector<ProbePoint> out;
+  if (!impl_->has_table("probe_points")) return out;
+  Statement s(impl_->db, path_,
+              "SELECT i, j, x, y, value FROM probe_points WHERE trial_id = ? AND probe = ? AND name = ? "
+              "ORDER BY i, j, rowid");
+  s.bind(1, trial_id).bind(2, probe).bind(3, name);
+  while (s.step()) {
+    ProbePoint p;
+    p.probe = probe;
+    p.name = name;
+    p.i = s.integer(0);
+    p.j = s.integer(1);
+    p.x = s.real(2);
+    p.y = s.real(3);
+    p.value = s.real(4);
     out.push_back(std::move(p));
   }
   return out;

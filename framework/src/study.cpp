@@ -20,6 +20,7 @@
 #include "mhd/config_schema.h"
 #include "mhd/error.h"
 #include "mhd/plugin.h"
+#include "mhd/probe.h"
 #include "mhd/registry.h"
 #include "mhd/task.h"
 #include "study_format.h"
@@ -119,7 +120,12 @@ struct RawConfig {
   std::map<std::string, RawTable> tables;  // by dotted section name, "train.objective" included
   std::vector<std::string> optimization_order;  // file order, base first
   std::map<std::string, RawTable> optimizations;
+  std::vector<std::string> probe_order;  // [probes.NAME], file order, base first
+  std::map<std::string, RawTable> probes;
 };
+
+// Sections made of one named table per plugin or probe: [optimizations.NAME], [probes.NAME].
+bool is_named_section(const std::string& section) { return section == "optimizations" || section == "probes"; }
 
 // More trials than this in one study is almost certainly a mistake in [sweep].
 constexpr std::size_t kMaxTrials = 100000;
@@ -127,7 +133,8 @@ constexpr std::size_t kMaxTrials = 100000;
 // The tables a variant or a sweep may change, in file order ([study] applies to the whole study).
 const std::vector<std::string>& config_sections() {
   static const std::vector<std::string> names = {"task",   "model",    "energy", "backbone",     "memory",
-                                                  "solver", "backward", "train",  "optimizations"};
+                                                  "solver", "backward", "train",  "optimizations",
+                                                  "probes"};
   return names;
 }
 
@@ -324,8 +331,8 @@ class StudyParser {
 
   // Copies a section's keys into `config` at `layer`, replacing what lower layers wrote.
   void overlay_section(RawConfig& config, const std::string& section, const toml::table& table, Layer layer) const {
-    if (section == "optimizations") {
-      overlay_optimizations(config, table, layer);
+    if (is_named_section(section)) {
+      overlay_named_tables(config, section, table, layer);
       return;
     }
     RawTable& raw = config.tables[section];
@@ -352,8 +359,10 @@ class StudyParser {
     raw.written = true;
   }
 
-  void overlay_optimizations(RawConfig& config, const toml::table& table, Layer layer) const {
-    // toml++ tables are sorted by key; the run order of optimizations is the file's order.
+  // [optimizations.NAME] or [probes.NAME] tables (`section`) at `layer`.
+  void overlay_named_tables(RawConfig& config, const std::string& section, const toml::table& table,
+                            Layer layer) const {
+    // toml++ tables are sorted by key; the run order of optimizations and probes is the file's order.
     std::vector<std::pair<const toml::key*, const toml::node*>> entries;
     for (const auto& [key, node] : table) entries.emplace_back(&key, &node);
     std::sort(entries.begin(), entries.end(),
@@ -362,19 +371,20 @@ class StudyParser {
       const std::string name(key->str());
       const toml::table* options = node->as_table();
       if (options == nullptr) {
-        fail(*node, "optimizations." + name + ": expected a table, e.g. [optimizations." + name + "] or " + name +
+        fail(*node, section + "." + name + ": expected a table, e.g. [" + section + "." + name + "] or " + name +
                         " = { enabled = true }, got " + describe(*node));
       }
-      RawTable& raw = optimization_table(config, name, pos_of(key->source()));
+      RawTable& raw = named_table(config, section, name, pos_of(key->source()));
       for (const auto& [k, v] : *options) raw.keys[std::string(k.str())] = Entry{&v, layer};
     }
   }
 
-  static RawTable& optimization_table(RawConfig& config, const std::string& name, Pos pos) {
-    auto [it, inserted] = config.optimizations.try_emplace(name);
+  static RawTable& named_table(RawConfig& config, const std::string& section, const std::string& name, Pos pos) {
+    const bool probe = section == "probes";
+    auto [it, inserted] = (probe ? config.probes : config.optimizations).try_emplace(name);
     if (inserted) {
       it->second.pos = pos;
-      config.optimization_order.push_back(name);
+      (probe ? config.probe_order : config.optimization_order).push_back(name);
     }
     return it->second;
   }
@@ -534,6 +544,7 @@ class StudyParser {
                                 context)
                       .framework;
     c.optimizations = resolve_optimizations(raw, context);
+    c.probes = resolve_probes(raw, context);
     return c;
   }
 
@@ -565,6 +576,25 @@ class StudyParser {
       PluginChoice plugin{name, "optimization plugin '" + name + "'", &loaded.manifest->params, Layer::Base};
       ResolvedTable resolved = resolve_table(table, "optimizations." + name, optimization_common_section().keys,
                                              &plugin, {}, context);
+      if (resolved.framework.flag("enabled")) out.push_back(ComponentConfig{name, std::move(resolved.plugin)});
+    }
+    return out;
+  }
+
+  // Enabled [probes.NAME] in file order, each validated against its probe's schema.
+  std::vector<ComponentConfig> resolve_probes(const RawConfig& raw, const std::string& context) const {
+    std::vector<ComponentConfig> out;
+    for (const auto& name : raw.probe_order) {
+      const RawTable& table = raw.probes.at(name);
+      const ProbeDefinition* definition = nullptr;
+      try {
+        definition = &probe_definition(name);
+      } catch (const Error& e) {
+        fail(table.pos, "probes." + name + ": " + e.what() + context);
+      }
+      PluginChoice probe{name, "probe '" + name + "'", &definition->schema, Layer::Base};
+      ResolvedTable resolved =
+          resolve_table(table, "probes." + name, probe_common_section().keys, &probe, {}, context);
       if (resolved.framework.flag("enabled")) out.push_back(ComponentConfig{name, std::move(resolved.plugin)});
     }
     return out;
@@ -703,9 +733,12 @@ class StudyParser {
       else if (auto hint = closest_name(section, config_sections())) msg += "; did you mean '" + *hint + "'?";
       fail(axis.pos, msg + " (sweepable: " + join(config_sections()) + ")");
     }
-    const bool three_part = section == "optimizations" || (section == "train" && parts[1] == "objective");
+    const bool three_part = is_named_section(section) || (section == "train" && parts[1] == "objective");
     if (section == "optimizations" && parts.size() != 3) {
       fail(axis.pos, bad + "expected optimizations.NAME.key, e.g. \"optimizations.contractive.factor\"");
+    }
+    if (section == "probes" && parts.size() != 3) {
+      fail(axis.pos, bad + "expected probes.NAME.key, e.g. \"probes.convergence.samples\"");
     }
     if (section == "train" && parts[1] == "objective" && parts.size() != 3) {
       fail(axis.pos, bad + "expected train.objective.key, e.g. \"train.objective.energy\"");
@@ -728,8 +761,8 @@ class StudyParser {
   static void apply_axis(RawConfig& config, const SweepAxis& axis, const toml::node& value) {
     const auto& p = axis.parts;
     const Entry entry{&value, Layer::Sweep};
-    if (p[0] == "optimizations") {
-      optimization_table(config, p[1], axis.pos).keys[p[2]] = entry;
+    if (is_named_section(p[0])) {
+      named_table(config, p[0], p[1], axis.pos).keys[p[2]] = entry;
     } else if (p.size() == 3) {
       config.tables["train.objective"].keys[p[2]] = entry;
     } else {
@@ -822,8 +855,8 @@ class StudyParser {
       const ComponentConfig& component = section == "backbone" ? c.backbone : section == "memory" ? c.memory : c.solver;
       if (key == "plugin") return component.plugin;
       params = section == "solver" && c.solve.has(key) ? &c.solve : &component.params;
-    } else if (section == "optimizations") {
-      for (const auto& o : c.optimizations)
+    } else if (section == "optimizations" || section == "probes") {
+      for (const auto& o : section == "probes" ? c.probes : c.optimizations)
         if (o.plugin == p[1]) params = &o.params;
     }
     if (params != nullptr && params->has(key)) return params->values().at(key);

@@ -128,6 +128,15 @@ std::string TrialConfig::to_json() const {
       {"objective", params_json(objective)},
       {"optimizations", optimization_list},
   };
+  // Written only when a probe is enabled, so configurations without probes keep the JSON and hash
+  // they had before probes existed (results files stay resumable).
+  if (!probes.empty()) {
+    json probe_list = json::array();
+    for (const auto& p : probes) probe_list.push_back(component_json(p));
+    json with_probes = j;
+    with_probes["probes"] = probe_list;
+    return with_probes.dump();
+  }
   return j.dump();
 }
 
@@ -199,6 +208,10 @@ TrialConfig TrialConfig::from_json(const std::string& text) {
   const json& optimization_list = field(j, "optimizations");
   if (!optimization_list.is_array()) bad_config("'optimizations' is not an array");
   for (const json& o : optimization_list) c.optimizations.push_back(component_from_json(o, "optimizations"));
+  if (auto it = j.find("probes"); it != j.end()) {  // absent: no probes (see to_json)
+    if (!it->is_array()) bad_config("'probes' is not an array");
+    for (const json& p : *it) c.probes.push_back(component_from_json(p, "probes"));
+  }
   return c;
 }
 

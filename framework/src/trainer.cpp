@@ -16,6 +16,7 @@
 #include "mhd/memory.h"
 #include "mhd/model.h"
 #include "mhd/optimization.h"
+#include "mhd/probe.h"
 #include "mhd/study.h"
 #include "mhd/task.h"
 
@@ -69,7 +70,7 @@ bool finite(const at::Tensor& t) { return !t.defined() || at::isfinite(t).all().
 class TrialTrainer {
  public:
   TrialTrainer(const TrialConfig& config, PluginRegistry& registry, const MetricSink& sink)
-      : config_(config), sink_(sink), device_(resolve_device(config.run.text("device"))) {
+      : config_(config), registry_(registry), sink_(sink), device_(resolve_device(config.run.text("device"))) {
     torch::manual_seed(static_cast<std::uint64_t>(config.seed));
     task_ = make_task(config.task_kind, config.task, static_cast<std::uint64_t>(config.seed));
     model_ = std::make_shared<UnifiedModel>(config, registry, task_->vocab_size());
@@ -104,7 +105,23 @@ class TrialTrainer {
       if (on_progress && (eval_now || (log_every > 0 && step % log_every == 0))) on_progress(progress);
     }
     if (steps == 0) evaluate(0);
+    run_trial_probes(steps);
     return result_;
+  }
+
+  // --- probes (probe.h, issue 3): measurements of the trained model after the last step ---
+  // Their metrics go through emit() so they are also among the TrainResult's final metrics; a
+  // probe that throws fails the trial ("probe NAME: message").
+  void run_trial_probes(std::int64_t step) {
+    if (config_.probes.empty()) return;
+    MetricSink probe_sink = sink_;
+    probe_sink.metric = [this](std::int64_t s, const std::string& name, double value) { emit(s, name, value); };
+    try {
+      run_probes(config_, registry_, *model_, *task_, device_, probe_sink, step);
+    } catch (const std::exception& e) {
+      result_.status = TrialStatus::Failed;
+      result_.error = e.what();
+    }
   }
 
  private:
@@ -272,6 +289,7 @@ class TrialTrainer {
   }
 
   const TrialConfig& config_;
+  PluginRegistry& registry_;  // for probes
   const MetricSink& sink_;
   torch::Device device_;
   std::unique_ptr<Task> task_;

@@ -31,6 +31,8 @@ const SectionSchema& train_section();     // [train] scalars; `objective` is its
 const SectionSchema& objective_section(); // [train.objective]
 // Keys every [optimizations.NAME] table has besides the plugin's own (enabled).
 const SectionSchema& optimization_common_section();
+// Keys every [probes.NAME] table has besides the probe's own (enabled); probes are in probe.h.
+const SectionSchema& probe_common_section();
 
 // Every table above in file order, for validation and for docs.
 std::vector<const SectionSchema*> all_sections();

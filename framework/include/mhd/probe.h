@@ -54,6 +54,13 @@ std::vector<const ProbeDefinition*> probe_definitions();
 // Throws mhd::Error listing the known probes (with a "did you mean").
 const ProbeDefinition& probe_definition(const std::string& name);
 
+// Runs the trial's enabled probes (config.probes, in file order) on the trained model: each sees
+// the model in eval mode under a NoGradGuard (a probe may enable gradients locally) and writes
+// metrics at `step` and points through `sink`. A probe that throws fails the trial: the error is
+// rethrown as mhd::Error "probe NAME: message".
+void run_probes(const TrialConfig& config, PluginRegistry& registry, UnifiedModel& model, Task& task,
+                c10::Device device, const MetricSink& sink, std::int64_t step);
+
 namespace detail {
 bool register_probe(ProbeDefinition definition);
 }  // namespace detail
@@ -61,5 +68,6 @@ bool register_probe(ProbeDefinition definition);
 }  // namespace mhd
 
 // In a probe's source file: MHD_REGISTER_PROBE(convergence, []{ return ProbeDefinition{...}; })
-#define MHD_REGISTER_PROBE(NAME, DEFINITION_FN) \
-  static const bool mhd_probe_registered_##NAME = ::mhd::detail::register_probe((DEFINITION_FN)())
+// (variadic: the lambda's commas are not macro argument separators).
+#define MHD_REGISTER_PROBE(NAME, ...) \
+  static const bool mhd_probe_registered_##NAME = ::mhd::detail::register_probe((__VA_ARGS__)())

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace mhd {
@@ -94,15 +95,17 @@ class ResultsDb {
   void mark_running(std::int64_t trial_id);
   // `status` must be done, failed or diverged; flushes the trial's buffered rows first.
   void finish_trial(std::int64_t trial_id, TrialStatus status, const std::string& error, double wall_s);
-  // Back to pending with its metrics and traces deleted, so `mhd run --resume` can run a failed or
+  // Back to pending with its metrics, traces and probe points deleted, so `mhd run --resume` can run a failed or
   // interrupted trial again. mark_running() refuses a finished trial that was not reset.
   void reset_trial(std::int64_t trial_id);
   void set_param_count(std::int64_t trial_id, std::int64_t count);
   // Buffered; written by flush() in one transaction.
   void add_metric(std::int64_t trial_id, std::int64_t step, const std::string& name, double value);
   void add_trace(std::int64_t trial_id, const TracePoint& point);
+  // A probe's chart point (table probe_points), buffered with metrics and traces.
+  void add_point(std::int64_t trial_id, const ProbePoint& point);
   void flush();
-  // Rows added but not yet written (metrics + traces).
+  // Rows added but not yet written (metrics + traces + probe points).
   std::size_t buffered_rows() const;
 
   // --- reading -------------------------------------------------------------------------
@@ -115,6 +118,10 @@ class ResultsDb {
   // The last recorded value of every metric of a trial.
   std::map<std::string, double> final_metrics(std::int64_t trial_id) const;
   std::vector<TracePoint> traces(std::int64_t trial_id) const;
+  // The (probe, name) series a trial's probes stored, sorted; empty for a file without probes.
+  std::vector<std::pair<std::string, std::string>> probe_series(std::int64_t trial_id) const;
+  // One series' points ordered by (i, j, insertion); x, y, value NaN where stored as NULL.
+  std::vector<ProbePoint> probe_points(std::int64_t trial_id, const std::string& probe, const std::string& name) const;
   // Reads see every row added so far (a writable database flushes before reading).
 
   // --- health --------------------------------------------------------------------------

@@ -40,6 +40,7 @@ struct TrialConfig {
   Params train;                     // [train]
   Params objective;                 // [train.objective]
   std::vector<ComponentConfig> optimizations;  // enabled [optimizations.NAME], in file order
+  std::vector<ComponentConfig> probes;  // enabled [probes.NAME] (plugin = probe name), in file order
 
   // Canonical JSON (sorted keys), identical for identical configurations.
   std::string to_json() const;

@@ -1,0 +1,51 @@
+// A memory whose patterns sit in one bank X: [M, D] filled by queue replacement (oldest slot first):
+// the part that bank-based memories (dense_am; the same scheme as hopfield) share. The bank is the
+// buffer or parameter "patterns"; the count of patterns ever written is the int64 buffer
+// "write_count", so a checkpoint restores the queue position too.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+#include <boost/config.hpp>
+
+#include "mhd/memory.h"
+
+namespace mhd {
+
+class BOOST_SYMBOL_VISIBLE PatternBankMemory : public Memory {
+ public:
+  // Stores the newest min(N, M) rows of patterns ([N, D]) at slots k mod M (k = patterns written
+  // before). Outside autograd.
+  std::int64_t write(const torch::Tensor& patterns) override;
+  // Largest cosine similarity of each query to a slot (an all-zero slot counts 0): [B, D] -> [B].
+  torch::Tensor max_similarity(const torch::Tensor& query) override;
+  std::int64_t size() const override { return patterns_.size(0); }
+
+  // Module::to(dtype) casts every buffer, the write counter included (a float16 count is exact only
+  // up to 2048): cast, then restore the counter as an exact int64 on the bank's device.
+  using torch::nn::Module::to;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+
+ protected:
+  // name: the plugin's name for error messages; bank: [M, D] initial patterns.
+  PatternBankMemory(std::string name, const at::Tensor& bank, bool learnable);
+
+  // Throws mhd::Error "NAME: OP expects queries of shape [B, D], got ..." unless query is [..., D].
+  void check_query(const at::Tensor& query, const char* op) const;
+  const at::Tensor& bank() const { return patterns_; }  // X: [M, D]
+  std::int64_t written() const;                          // patterns written so far (not capped)
+  std::int64_t stored() const;                           // min(written, M)
+
+ private:
+  void restore_count(std::int64_t count);
+
+  std::string name_;
+  std::int64_t dim_;
+  at::Tensor patterns_;     // X: [M, D]
+  at::Tensor write_count_;  // scalar int64
+};
+
+}  // namespace mhd

@@ -1,0 +1,1 @@
+mhd_add_test(NAME test_probes SOURCES test_probes.cpp PLUGINS mamba hopfield fixed_point anderson contractive)
