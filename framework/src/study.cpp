@@ -525,6 +525,7 @@ class StudyParser {
     const PluginChoice kind = choose_task_kind(table("task"), context);
     c.task_kind = kind.name;
     c.task = resolve_table(table("task"), "task", {string_param("kind", "", "")}, &kind, {}, context).plugin;
+    resolve_task_file(c.task, table("task"), context);
 
     c.model = resolve_table(table("model"), "model", model_section().keys, nullptr, {}, context).framework;
     c.energy = resolve_table(table("energy"), "energy", energy_section().keys, nullptr, {}, context).framework;
@@ -546,6 +547,24 @@ class StudyParser {
     c.optimizations = resolve_optimizations(raw, context);
     c.probes = resolve_probes(raw, context);
     return c;
+  }
+
+  // A task's data file (task.path, e.g. lm_bytes's text) is relative to the study file's folder,
+  // like plugin_path, and must exist before anything runs. Stored resolved, so a trial's
+  // configuration alone finds it.
+  void resolve_task_file(Params& task, const RawTable& raw, const std::string& context) const {
+    if (!task.has("path") || task.text("path").empty()) return;
+    fs::path file(task.text("path"));
+    if (file.is_relative()) file = fs::path(path_).parent_path() / file;
+    file = file.lexically_normal();
+    std::error_code ec;
+    if (!fs::is_regular_file(file, ec)) {
+      const std::string msg = "task.path: \"" + task.text("path") + "\" is not a file (looked for " + file.string() + ")";
+      auto entry = raw.keys.find("path");
+      if (entry != raw.keys.end()) fail(*entry->second.node, msg + context);
+      fail(raw.pos, msg + context);
+    }
+    task.set("path", file.string());
   }
 
   // (framework keys, plugin) of a [backbone]/[memory]/[solver] table.

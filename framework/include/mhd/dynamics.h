@@ -83,6 +83,9 @@ class UnifiedDynamics : public torch::nn::Module {
 
   const DynamicsOptions& options() const { return options_; }
   Memory* memory() const { return memory_.get(); }
+  // The dynamics' backbone block; prepare(X) is its state after X, which recurrent decoding
+  // (UnifiedModel::step) advances one position at a time instead.
+  Backbone& block() { return *block_; }
 
  private:
   torch::Tensor memory_energy_gradient(const torch::Tensor& z);  // [B, D]

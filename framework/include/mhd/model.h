@@ -36,6 +36,20 @@ struct ModelOutput {
   std::int64_t memory_writes = -1;  // patterns written by novelty-gated writes (-1: writes off)
 };
 
+// Recurrent decoding (generate.h): everything the model keeps about a prefix, O(1) in its length.
+struct DecodeState {
+  std::vector<RecurrentState> layers;  // each context layer's backbone state
+  RecurrentState dynamics;             // the dynamics' block after the prefix: the solve's context
+  torch::Tensor z_star;                // [B, D] the last position's equilibrium (undefined before any)
+  std::int64_t position = 0;           // tokens consumed
+};
+
+struct DecodeStep {
+  torch::Tensor logits;  // [B, V] for the token after the one consumed
+  SolverInfo info;       // the forward solve of this position (empty without deq)
+  bool warm_started = false;
+};
+
 class UnifiedModel : public torch::nn::Module {
  public:
   UnifiedModel(const TrialConfig& config, PluginRegistry& registry, std::int64_t vocab_size);
@@ -54,6 +68,14 @@ class UnifiedModel : public torch::nn::Module {
   std::int64_t parameter_count() const;
   // Forgets the previous equilibria (a new sequence of streams starts).
   void reset_warm_start();
+
+  // Recurrent decoding, defined in generate.cpp. The state before any token, for B streams.
+  DecodeState initial_decode_state(std::int64_t batch);
+  // Consumes tokens: [B] (one per stream) and returns the logits for the next position, equal to
+  // forward(prefix + tokens).logits[:, -1] when the solve converges: each context layer and the
+  // dynamics' block take one recurrent step, then z* is re-solved against the new context, from the
+  // previous position's z* when `warm_start` (DESIGN.md §4), else from z0 = X_t. No autograd.
+  DecodeStep step(const torch::Tensor& tokens, DecodeState& state, bool warm_start = true);
 
  private:
   std::int64_t write_novel_patterns(const torch::Tensor& z_star);
