@@ -118,6 +118,33 @@ const SectionSchema& train_section() {
           int_param("eval_batches", 4, "Held-out batches per evaluation.", 1, 100000),
           int_param("log_every", 10, "Print progress every N steps; 0 prints only trial summaries.", 0, 100000000),
           int_param("trace_every", 1, "Store the solver's residual trace every N steps; 0 never.", 0, 100000000),
+          int_param("warmup_steps", 0,
+                    "Curriculum: learning-rate warm-up, lr * s / warmup_steps at step s until it reaches lr; 0 off.", 0,
+                    100000000),
+          int_param("schedule_steps", 0,
+                    "Curriculum: the forward solve's max_iter and tol move from max_iter_start / tol_start at step 1 "
+                    "to the [solver] values at this step (max_iter linearly, tol geometrically); 0 off.",
+                    0, 100000000),
+          int_param("max_iter_start", 0, "Curriculum: max_iter of the forward solve at step 1; 0 = solver.max_iter.", 0,
+                    100000),
+          float_param("tol_start", 0.0, "Curriculum: tol of the forward solve at step 1; 0 = solver.tol.", 0.0, 1.0),
+          int_param("memory_enable_step", 0,
+                    "Curriculum: the memory branch (retrieval and writes) is off before this step and on from it; "
+                    "0 or 1: on from the start. Needs model.use_memory.",
+                    0, 100000000),
+          int_param("validate_every", 0,
+                    "Validate every N steps on held-out batches (apart from the evaluation's): val_loss, "
+                    "val_accuracy, val_convergence_rate, val_iters_mean/median/max; 0 off.",
+                    0, 100000000),
+          int_param("validate_batches", 4, "Held-out batches (one forward solve each) per validation.", 1, 100000),
+          int_param("checkpoint_every", 0,
+                    "Write a checkpoint (model, optimizer, memory bank, step) every N steps when the runner gives "
+                    "the trial a checkpoint path; 0 off.",
+                    0, 100000000),
+          int_param("continual_tasks", 0,
+                    "Continual learning: K >= 2 trains K parts of the task (disjoint vocabulary slices) in sequence, "
+                    "steps / K steps each, and evaluates every part after each: accuracy matrix and forgetting; 0 off.",
+                    0, 1000),
       },
       ""};
   return s;
@@ -132,7 +159,12 @@ const SectionSchema& objective_section() {
           float_param("task", 1.0, "Weight of the task loss (cross-entropy on labelled positions).", 0.0, 1e6),
           float_param("energy", 0.0, "Weight of the mean final energy.", 0.0, 1e6),
           float_param("convergence", 0.0, "Weight of iterations / max_iter (logged; it carries no gradient).", 0.0, 1e6),
-          float_param("stability", 0.0, "Weight of relu(L_est - contraction_target), L_est a finite-difference Lipschitz estimate at z*.", 0.0, 1e6),
+          float_param("stability", 0.0, "Weight of relu(L_est - contraction_target), L_est a Lipschitz estimate of f at z* (see lipschitz).", 0.0, 1e6),
+          choice_param("lipschitz", "finite_difference", {"finite_difference", "power_iteration"},
+                       "L_est of the stability term: finite_difference ||f(z*+d) - f(z*)|| / ||d|| for a random d "
+                       "(a lower bound), or power_iteration: the spectral norm ||J_f(z*)||_2, whose gradient is taken "
+                       "through u^T J v at the converged singular vectors u, v."),
+          int_param("lipschitz_iterations", 10, "Power iterations for lipschitz = \"power_iteration\".", 1, 1000),
           float_param("contraction_target", 0.9, "Lipschitz level above which the stability term acts.", 0.0, 100.0),
           float_param("jacobian", 0.0, "Weight of the Jacobian regulariser ||J_f(z*)||_F^2 / D, a one-sample Hutchinson estimate.", 0.0, 1e6),
       },

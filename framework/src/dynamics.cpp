@@ -40,7 +40,7 @@ torch::Tensor UnifiedDynamics::linear(const std::string& name, const torch::nn::
 }
 
 torch::Tensor UnifiedDynamics::memory_energy(const torch::Tensor& z) {
-  return options_.use_memory ? memory_->energy(query(z)) : at::zeros({z.size(0)}, z.options());
+  return retrieving() ? memory_->energy(query(z)) : at::zeros({z.size(0)}, z.options());
 }
 
 torch::Tensor UnifiedDynamics::memory_energy_gradient(const torch::Tensor& z) {
@@ -66,7 +66,7 @@ DynamicsComponents UnifiedDynamics::components(const torch::Tensor& z, const Rec
   // iterates to infinity. tanh bounds the input with Lipschitz constant 1; LayerNorm, the other
   // candidate, is scale-invariant and amplifies small states (measured: solves stopped converging).
   c.mamba = block_->step(at::tanh(z), context).first;  // u: [B, D]
-  c.memory = options_.use_memory ? memory_->retrieve(query(z)) : at::zeros_like(z);  // r: [B, D]
+  c.memory = retrieving() ? memory_->retrieve(query(z)) : at::zeros_like(z);  // r: [B, D]
   auto gate_in = at::cat({c.mamba, c.memory}, 1);  // [B, 2D]
   auto pre = linear("W_g", W_g_, gate_in);
   c.gate = options_.gate == "sigmoid" ? at::sigmoid(pre) : at::tanh(pre);

@@ -112,7 +112,7 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe) {
     for (const auto& opt : optimizations_) opt->on_equilibrium(f, out.z_star.detach(), out.z0.detach());
   }
   if (warm_start_) previous = out.z_star.detach();
-  if (memory_writes_ && is_training()) out.memory_writes = write_novel_patterns(out.z_star.detach());
+  if (memory_writes_ && memory_enabled_ && is_training()) out.memory_writes = write_novel_patterns(out.z_star.detach());
   if (energy_on_) out.energy = dynamics_->energy(out.z_star, out.context);
   auto combined = X + out.z_star.unsqueeze(1);  // z* broadcast over L: [B, L, D]
   out.logits = head_->forward(head_norm_->forward(combined));
@@ -128,6 +128,11 @@ std::int64_t UnifiedModel::write_novel_patterns(const torch::Tensor& z_star) {
   auto novel = memory.max_similarity(queries).lt(write_threshold_);  // [B]
   auto chosen = queries.index({novel});                              // [N, D]
   return chosen.size(0) > 0 ? memory.write(chosen) : 0;
+}
+
+void UnifiedModel::set_memory_enabled(bool on) {
+  memory_enabled_ = on;
+  if (dynamics_) dynamics_->set_retrieval(on);
 }
 
 void UnifiedModel::reset_warm_start() {

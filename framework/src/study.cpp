@@ -23,6 +23,7 @@
 #include "mhd/probe.h"
 #include "mhd/registry.h"
 #include "mhd/task.h"
+#include "mhd/trainer.h"
 #include "study_format.h"
 
 namespace fs = std::filesystem;
@@ -546,6 +547,11 @@ class StudyParser {
                       .framework;
     c.optimizations = resolve_optimizations(raw, context);
     c.probes = resolve_probes(raw, context);
+    try {
+      check_training_config(c);  // [train] keys that depend on each other or on other tables
+    } catch (const Error& e) {
+      fail(table("train").pos, e.what() + context);
+    }
     return c;
   }
 

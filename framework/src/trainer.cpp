@@ -1,8 +1,14 @@
 #include "mhd/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <limits>
+#include <optional>
+#include <sstream>
 
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
@@ -11,6 +17,7 @@
 #include <torch/optim/adamw.h>
 #include <torch/utils.h>
 
+#include "mhd/checkpoint.h"
 #include "mhd/error.h"
 #include "mhd/jacobian.h"
 #include "mhd/memory.h"
@@ -67,10 +74,83 @@ at::Tensor finite_difference_lipschitz(const TensorMap& f, const at::Tensor& z_s
 
 bool finite(const at::Tensor& t) { return !t.defined() || at::isfinite(t).all().item<bool>(); }
 
+// torch's generator for training step s: SplitMix64 of (seed, s), so the random draws of step s
+// (stability probes, Hutchinson vectors, ...) do not depend on the steps before it (exact resume).
+std::uint64_t step_seed(std::int64_t seed, std::int64_t step) {
+  std::uint64_t x = static_cast<std::uint64_t>(seed) * 0xD1B54A32D192ED03ull + static_cast<std::uint64_t>(step) +
+                    0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// Held-out batches of validation are eval_batch indices from here on, apart from the evaluation's
+// (0 .. eval_batches - 1).
+constexpr std::int64_t kValidationIndex = 1000000;
+
+// What the trainer keeps beside a checkpoint (TrainOptions): counters that metrics depend on and
+// the continual accuracy matrix so far. One record per line, "step converged skipped rows K a00 a01 ...".
+struct TrainerState {
+  std::int64_t step = 0, converged_solves = 0, skipped_in_a_row = 0;
+  std::vector<std::vector<double>> accuracy_matrix;  // rows so far, each K entries
+
+  std::string record() const {
+    std::ostringstream out;
+    out.precision(17);
+    out << step << ' ' << converged_solves << ' ' << skipped_in_a_row << ' ' << accuracy_matrix.size() << ' '
+        << (accuracy_matrix.empty() ? 0 : accuracy_matrix[0].size());
+    for (const auto& row : accuracy_matrix)
+      for (double a : row) out << ' ' << a;
+    return out.str();
+  }
+
+  static std::optional<TrainerState> parse(const std::string& line) {
+    std::istringstream in(line);
+    TrainerState s;
+    std::size_t rows = 0, cols = 0;
+    if (!(in >> s.step >> s.converged_solves >> s.skipped_in_a_row >> rows >> cols)) return std::nullopt;
+    s.accuracy_matrix.assign(rows, std::vector<double>(cols));
+    for (auto& row : s.accuracy_matrix)
+      for (double& a : row)
+        if (!(in >> a)) return std::nullopt;
+    return s;
+  }
+};
+
+std::string trainer_state_path(const std::string& checkpoint_path) { return checkpoint_path + ".trainer"; }
+
+// The record of `step` from the file beside the checkpoint; mhd::Error when there is none.
+TrainerState read_trainer_state(const std::string& checkpoint_path, std::int64_t step) {
+  const std::string path = trainer_state_path(checkpoint_path);
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line))
+    if (auto s = TrainerState::parse(line); s && s->step == step) return *s;
+  throw Error(path + ": no trainer state for the checkpoint's step " + std::to_string(step) +
+              " (the file is missing or from another run); delete the checkpoint to start the trial afresh");
+}
+
+// Writes `previous` and `current` records (temporary file renamed over the old one).
+void write_trainer_state(const std::string& checkpoint_path, const std::string& previous, const std::string& current) {
+  const std::string path = trainer_state_path(checkpoint_path);
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    if (!previous.empty()) out << previous << '\n';
+    out << current << '\n';
+    if (!out) throw Error("cannot write " + tmp);
+  }
+  std::filesystem::rename(tmp, path);
+}
+
 class TrialTrainer {
  public:
-  TrialTrainer(const TrialConfig& config, PluginRegistry& registry, const MetricSink& sink)
-      : config_(config), registry_(registry), sink_(sink), device_(resolve_device(config.run.text("device"))) {
+  TrialTrainer(const TrialConfig& config, PluginRegistry& registry, const MetricSink& sink,
+               const TrainOptions& options = {})
+      : config_(config), registry_(registry), sink_(sink), options_(options),
+        device_(resolve_device(config.run.text("device"))) {
+    check_training_config(config);
+    continual_tasks_ = config.train.integer("continual_tasks");
     torch::manual_seed(static_cast<std::uint64_t>(config.seed));
     task_ = make_task(config.task_kind, config.task, static_cast<std::uint64_t>(config.seed));
     model_ = std::make_shared<UnifiedModel>(config, registry, task_->vocab_size());
@@ -85,23 +165,32 @@ class TrialTrainer {
     const std::int64_t steps = t.integer("steps");
     const std::int64_t eval_every = t.integer("eval_every");
     const std::int64_t log_every = t.integer("log_every");
+    const std::int64_t validate_every = t.integer("validate_every");
+    const std::int64_t checkpoint_every = t.integer("checkpoint_every");
+    if (continual_tasks_ > 0) task_->select_part(0, continual_tasks_);
     result_.parameter_count = model_->parameter_count();
     result_.chance_accuracy = task_->chance_accuracy();
     emit(0, "parameter_count", static_cast<double>(result_.parameter_count));
     emit(0, "chance_accuracy", result_.chance_accuracy);
+    const std::int64_t first_step = resume() + 1;
 
     TrainProgress progress;
     progress.steps = steps;
     const auto start = Clock::now();
-    for (std::int64_t step = 1; step <= steps; ++step) {
+    for (std::int64_t step = first_step; step <= steps; ++step) {
+      begin_step(step);
       if (!train_step(step, progress)) return result_;
       const bool eval_now = step == steps || (eval_every > 0 && step % eval_every == 0);
       if (eval_now) {
         progress.accuracy = evaluate(step);
         if (sink_.flush) sink_.flush();
       }
+      if (validate_every > 0 && step % validate_every == 0) validate(step);
+      if (continual_tasks_ > 0 && step == phase_end(phase_of(step))) evaluate_every_part(step);
+      if (checkpoint_every > 0 && step % checkpoint_every == 0 && !options_.checkpoint_path.empty())
+        write_checkpoint(step);
       progress.step = step;
-      progress.seconds_per_step = seconds_since(start) / static_cast<double>(step);
+      progress.seconds_per_step = seconds_since(start) / static_cast<double>(step - first_step + 1);
       if (on_progress && (eval_now || (log_every > 0 && step % log_every == 0))) on_progress(progress);
     }
     if (steps == 0) evaluate(0);
@@ -147,7 +236,7 @@ class TrialTrainer {
   }
 
   // The seeds' objective: task + energy * mean E(z*) + convergence * iterations / max_iter
-  // + stability * relu(L_fd - contraction_target) + jacobian * ||J_f(z*)||_F^2 / D; each weighted
+  // + stability * relu(L_est - contraction_target) + jacobian * ||J_f(z*)||_F^2 / D; each weighted
   // term is logged as objective_<name> (only the terms whose weight is not zero).
   at::Tensor objective(std::int64_t step, const ModelOutput& out, const TaskScore& task) {
     const auto& w = config_.objective;
@@ -168,8 +257,12 @@ class TrialTrainer {
     add("convergence", at::scalar_tensor(convergence, loss.options()));
     const TensorMap f = model_->dynamics().solver_map(out.context);
     if (w.real("stability") != 0) {
-      auto lipschitz = finite_difference_lipschitz(f, out.z_star).mean();
-      emit(step, "lipschitz_fd", lipschitz.item<double>());
+      // power_iteration: ||J_f(z*)||_2 with its gradient through u^T J v (jacobian.h); the finite
+      // difference only bounds it from below along one random direction.
+      const bool power = w.text("lipschitz") == "power_iteration";
+      auto lipschitz = power ? jacobian_spectral_norm_trainable(f, out.z_star.detach(), w.integer("lipschitz_iterations")).mean()
+                             : finite_difference_lipschitz(f, out.z_star).mean();
+      emit(step, power ? "lipschitz_power" : "lipschitz_fd", lipschitz.item<double>());
       add("stability", at::relu(lipschitz - w.real("contraction_target")));
     }
     if (w.real("jacobian") != 0) {
@@ -265,6 +358,7 @@ class TrialTrainer {
   double evaluate(std::int64_t step) {
     model_->eval();
     torch::NoGradGuard no_grad;
+    TargetLimits target(*model_, config_);
     const std::int64_t batches = config_.train.integer("eval_batches");
     double loss = 0, accuracy = 0, iters = 0;
     for (std::int64_t i = 0; i < batches; ++i) {
@@ -275,7 +369,7 @@ class TrialTrainer {
       accuracy += s.accuracy;
       iters += static_cast<double>(out.forward_info.iterations);
       if (i == 0 && model_->deq_enabled()) {
-        if (auto* memory = model_->dynamics().memory())
+        if (auto* memory = model_->dynamics().memory(); memory && model_->dynamics().retrieving())
           for (const auto& [name, value] : memory->stats(model_->dynamics().query(out.z_star))) emit(step, "memory_" + name, value);
         for (const auto& opt : model_->optimizations())
           for (const auto& [name, value] : opt->metrics()) emit(step, name, value);
@@ -288,9 +382,147 @@ class TrialTrainer {
     return accuracy / n;
   }
 
+  // --- curriculum, validation, continual learning, checkpoints (issue 3 "Training") ---
+
+  // Evaluation and validation solve with the [solver] limits, whatever the curriculum's are now:
+  // they measure the model as it will be used. Restores the training limits when it goes.
+  struct TargetLimits {
+    TargetLimits(UnifiedModel& model, const TrialConfig& config) : model_(model), saved_(model.forward_limits()) {
+      model.set_forward_limits({config.solve.integer("max_iter"), config.solve.real("tol")});
+    }
+    ~TargetLimits() { model_.set_forward_limits(saved_); }
+    UnifiedModel& model_;
+    SolveLimits saved_;
+  };
+
+  // Everything random or scheduled at step s is set from (seed, s) alone, so a trial resumed at s
+  // draws what an uninterrupted one would.
+  void begin_step(std::int64_t step) {
+    torch::manual_seed(step_seed(config_.seed, step));
+    if (continual_tasks_ > 0) task_->select_part(phase_of(step), continual_tasks_);
+    task_->seek(step);
+    const CurriculumValues c = curriculum_at(config_, step);
+    for (auto& group : optimizer_->param_groups())
+      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(c.lr);
+    emit(step, "lr", c.lr);
+    if (!model_->deq_enabled()) return;
+    model_->set_forward_limits({c.max_iter, c.tol});
+    emit(step, "solver_max_iter", static_cast<double>(c.max_iter));
+    emit(step, "solver_tol", c.tol);
+    if (model_->dynamics().memory() == nullptr) return;
+    model_->set_memory_enabled(c.memory_enabled);
+    emit(step, "memory_enabled", c.memory_enabled ? 1.0 : 0.0);
+  }
+
+  // The seeds' validation: held-out batches, one forward solve each; the share of solves that
+  // reached tol and the distribution of their iterations.
+  void validate(std::int64_t step) {
+    model_->eval();
+    torch::NoGradGuard no_grad;
+    TargetLimits target(*model_, config_);
+    const std::int64_t batches = config_.train.integer("validate_batches");
+    double loss = 0, accuracy = 0, converged = 0;
+    std::vector<double> iterations;
+    for (std::int64_t i = 0; i < batches; ++i) {
+      Batch batch = task_->eval_batch(config_.train.integer("batch"), kValidationIndex + i);
+      ModelOutput out = model_->forward(batch.inputs.to(device_));
+      TaskScore s = score(out.logits, batch.targets.to(device_));
+      loss += s.loss.item<double>();
+      accuracy += s.accuracy;
+      converged += out.forward_info.converged ? 1 : 0;
+      iterations.push_back(static_cast<double>(out.forward_info.iterations));
+    }
+    const double n = static_cast<double>(batches);
+    emit(step, "val_loss", loss / n);
+    emit(step, "val_accuracy", accuracy / n);
+    if (!model_->deq_enabled()) return;
+    const IterationStats stats = iteration_stats(iterations);
+    emit(step, "val_convergence_rate", converged / n);
+    emit(step, "val_iters_mean", stats.mean);
+    emit(step, "val_iters_median", stats.median);
+    emit(step, "val_iters_max", stats.max);
+  }
+
+  // Continual learning: part k is trained during steps (k * P, (k + 1) * P] with P = steps / K,
+  // the last part also taking the remainder.
+  std::int64_t phase_of(std::int64_t step) const {
+    const std::int64_t per = config_.train.integer("steps") / continual_tasks_;
+    return std::min(continual_tasks_ - 1, (step - 1) / per);
+  }
+  std::int64_t phase_end(std::int64_t phase) const {
+    return phase == continual_tasks_ - 1 ? config_.train.integer("steps")
+                                          : (phase + 1) * (config_.train.integer("steps") / continual_tasks_);
+  }
+
+  // After part i: accuracy on every part j on held-out batches -> A[i][j], stored as the probe
+  // "continual" points and as metrics continual_acc_task<j>; after the last, the forgetting.
+  void evaluate_every_part(std::int64_t step) {
+    const std::int64_t i = phase_of(step);
+    std::vector<double> row;
+    {
+      model_->eval();
+      torch::NoGradGuard no_grad;
+      TargetLimits target(*model_, config_);
+      const std::int64_t batches = config_.train.integer("eval_batches");
+      for (std::int64_t j = 0; j < continual_tasks_; ++j) {
+        task_->select_part(j, continual_tasks_);
+        double accuracy = 0;
+        for (std::int64_t b = 0; b < batches; ++b) {
+          Batch batch = task_->eval_batch(config_.train.integer("batch"), b);
+          accuracy += score(model_->forward(batch.inputs.to(device_)).logits, batch.targets.to(device_)).accuracy;
+        }
+        row.push_back(accuracy / static_cast<double>(batches));
+      }
+      task_->select_part(i, continual_tasks_);
+    }
+    accuracy_matrix_.push_back(row);
+    for (std::int64_t j = 0; j < continual_tasks_; ++j) {
+      emit(step, "continual_acc_task" + std::to_string(j), row[j]);
+      if (sink_.point) sink_.point({"continual", "accuracy_matrix", i, j, std::nan(""), std::nan(""), row[j]});
+    }
+    if (i == continual_tasks_ - 1 && static_cast<std::int64_t>(accuracy_matrix_.size()) == continual_tasks_) {
+      emit(step, "continual_forgetting", average_forgetting(accuracy_matrix_));
+      emit(step, "continual_avg_accuracy", average_final_accuracy(accuracy_matrix_));
+    }
+    if (sink_.flush) sink_.flush();
+  }
+
+  TrainerState trainer_state(std::int64_t step) const {
+    return {step, converged_solves_, skipped_in_a_row_, accuracy_matrix_};
+  }
+
+  // The trainer's record first, then the checkpoint: a kill between the two leaves the previous
+  // checkpoint, whose record is kept as the file's first line.
+  void write_checkpoint(std::int64_t step) {
+    const std::string record = trainer_state(step).record();
+    write_trainer_state(options_.checkpoint_path, last_state_record_, record);
+    save_checkpoint(options_.checkpoint_path, config_, step, *model_, optimizer_.get());
+    last_state_record_ = record;
+    emit(step, "checkpoint_step", static_cast<double>(step));
+  }
+
+  // With TrainOptions::resume and an existing checkpoint: restores it and returns its step (0 otherwise).
+  std::int64_t resume() {
+    if (!options_.resume || options_.checkpoint_path.empty() || !std::filesystem::exists(options_.checkpoint_path))
+      return 0;
+    const std::int64_t step = load_checkpoint(options_.checkpoint_path, *model_, optimizer_.get(), &config_);
+    const TrainerState state = read_trainer_state(options_.checkpoint_path, step);
+    converged_solves_ = state.converged_solves;
+    skipped_in_a_row_ = static_cast<int>(state.skipped_in_a_row);
+    accuracy_matrix_ = state.accuracy_matrix;
+    last_state_record_ = state.record();
+    result_.resumed_from_step = step;
+    emit(step, "resumed_from_step", static_cast<double>(step));
+    return step;
+  }
+
   const TrialConfig& config_;
   PluginRegistry& registry_;  // for probes
   const MetricSink& sink_;
+  TrainOptions options_;
+  std::int64_t continual_tasks_ = 0;
+  std::vector<std::vector<double>> accuracy_matrix_;  // continual: A[i][j] rows so far
+  std::string last_state_record_;                    // the trainer record of the last checkpoint
   torch::Device device_;
   std::unique_ptr<Task> task_;
   std::shared_ptr<UnifiedModel> model_;
@@ -304,9 +536,83 @@ class TrialTrainer {
 }  // namespace
 
 TrainResult train_trial(const TrialConfig& config, PluginRegistry& registry, const MetricSink& sink,
-                        const std::function<void(const TrainProgress&)>& on_progress) {
-  TrialTrainer trainer(config, registry, sink);
+                        const std::function<void(const TrainProgress&)>& on_progress, const TrainOptions& options) {
+  TrialTrainer trainer(config, registry, sink, options);
   return trainer.run(on_progress);
+}
+
+void check_training_config(const TrialConfig& config) {
+  const auto& t = config.train;
+  const bool memory = config.model.flag("deq") && config.model.flag("use_memory");
+  if (t.integer("memory_enable_step") > 1 && !memory)
+    throw Error("train.memory_enable_step = " + std::to_string(t.integer("memory_enable_step")) +
+                " needs the memory branch (model.deq = true and model.use_memory = true)");
+  if (t.integer("memory_enable_step") > t.integer("steps"))
+    throw Error("train.memory_enable_step = " + std::to_string(t.integer("memory_enable_step")) +
+                " is after the last step (train.steps = " + std::to_string(t.integer("steps")) + ")");
+  const bool schedule_keys = t.integer("max_iter_start") > 0 || t.real("tol_start") > 0;
+  if (schedule_keys && t.integer("schedule_steps") == 0)
+    throw Error("train.max_iter_start / train.tol_start need train.schedule_steps > 0 (the steps over which they move "
+                "to the [solver] values)");
+  const std::int64_t K = t.integer("continual_tasks");
+  if (K == 1) throw Error("train.continual_tasks = 1: use 0 (off) or at least 2 tasks in sequence");
+  if (K >= 2 && t.integer("steps") < K)
+    throw Error("train.continual_tasks = " + std::to_string(K) + " needs train.steps >= " + std::to_string(K) +
+                " (got " + std::to_string(t.integer("steps")) + ")");
+  if (K >= 2) make_task(config.task_kind, config.task, 0)->select_part(K - 1, K);  // the task can be split so
+}
+
+CurriculumValues curriculum_at(const TrialConfig& config, std::int64_t step) {
+  const auto& t = config.train;
+  CurriculumValues c;
+  const std::int64_t warmup = t.integer("warmup_steps");
+  c.lr = t.real("lr") * (warmup > 0 ? std::min(1.0, static_cast<double>(step) / static_cast<double>(warmup)) : 1.0);
+  const std::int64_t max_iter = config.solve.integer("max_iter");
+  const double tol = config.solve.real("tol");
+  const std::int64_t over = t.integer("schedule_steps");
+  // Progress through the schedule: 0 at step 1, 1 at step schedule_steps and after.
+  const double frac = over <= 1 ? 1.0 : std::clamp(static_cast<double>(step - 1) / static_cast<double>(over - 1), 0.0, 1.0);
+  const double iter0 = t.integer("max_iter_start") > 0 ? static_cast<double>(t.integer("max_iter_start")) : max_iter;
+  c.max_iter = static_cast<std::int64_t>(std::lround(iter0 + frac * (static_cast<double>(max_iter) - iter0)));
+  const double tol0 = t.real("tol_start") > 0 ? t.real("tol_start") : tol;
+  // Tolerances span decades: interpolate their logarithm (linearly when one of them is 0).
+  c.tol = tol0 > 0 && tol > 0 ? std::exp(std::log(tol0) + frac * (std::log(tol) - std::log(tol0)))
+                              : tol0 + frac * (tol - tol0);
+  if (frac == 1.0) c.tol = tol;  // exactly the [solver] value, not exp(log(tol))
+  c.memory_enabled = step >= t.integer("memory_enable_step");
+  return c;
+}
+
+IterationStats iteration_stats(std::vector<double> iterations) {
+  IterationStats s;
+  if (iterations.empty()) return s;
+  std::sort(iterations.begin(), iterations.end());
+  const std::size_t n = iterations.size();
+  double sum = 0;
+  for (double x : iterations) sum += x;
+  s.mean = sum / static_cast<double>(n);
+  s.median = n % 2 == 1 ? iterations[n / 2] : 0.5 * (iterations[n / 2 - 1] + iterations[n / 2]);
+  s.max = iterations.back();
+  return s;
+}
+
+double average_forgetting(const std::vector<std::vector<double>>& A) {
+  const std::size_t K = A.size();
+  if (K < 2) return 0.0;
+  double total = 0;
+  for (std::size_t j = 0; j + 1 < K; ++j) {
+    double best = A[0][j];
+    for (std::size_t i = 1; i + 1 < K; ++i) best = std::max(best, A[i][j]);
+    total += best - A[K - 1][j];
+  }
+  return total / static_cast<double>(K - 1);
+}
+
+double average_final_accuracy(const std::vector<std::vector<double>>& A) {
+  if (A.empty() || A.back().empty()) return 0.0;
+  double total = 0;
+  for (double a : A.back()) total += a;
+  return total / static_cast<double>(A.back().size());
 }
 
 }  // namespace mhd

@@ -87,11 +87,18 @@ class UnifiedDynamics : public torch::nn::Module {
   // (UnifiedModel::step) advances one position at a time instead.
   Backbone& block() { return *block_; }
 
+  // The curriculum's memory switch ([train] memory_enable_step): while off, f runs without
+  // retrieval (r = 0) and E_mem = 0, as with use_memory = false, but the memory stays in the model.
+  void set_retrieval(bool on) { retrieval_on_ = on; }
+  // Whether f retrieves from the memory now (use_memory and the switch).
+  bool retrieving() const { return options_.use_memory && retrieval_on_; }
+
  private:
   torch::Tensor memory_energy_gradient(const torch::Tensor& z);  // [B, D]
   torch::Tensor linear(const std::string& name, const torch::nn::Linear& layer, const torch::Tensor& x);
 
   DynamicsOptions options_;
+  bool retrieval_on_ = true;
   std::shared_ptr<Backbone> block_;
   std::shared_ptr<Memory> memory_;
   std::vector<std::shared_ptr<Optimization>> optimizations_;

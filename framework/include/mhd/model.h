@@ -65,6 +65,11 @@ class UnifiedModel : public torch::nn::Module {
   UnifiedDynamics& dynamics() { return *dynamics_; }
   const std::vector<std::shared_ptr<Optimization>>& optimizations() const { return optimizations_; }
   SolveLimits forward_limits() const { return forward_limits_; }
+  // The curriculum's knobs (trainer): the forward solve's limits, and the memory branch (retrieval
+  // and novelty-gated writes) on or off; a model without memory ignores set_memory_enabled.
+  void set_forward_limits(const SolveLimits& limits) { forward_limits_ = limits; }
+  void set_memory_enabled(bool on);
+  bool memory_enabled() const { return memory_enabled_; }
   std::int64_t parameter_count() const;
   // Forgets the previous equilibria (a new sequence of streams starts).
   void reset_warm_start();
@@ -88,6 +93,7 @@ class UnifiedModel : public torch::nn::Module {
   SolveLimits forward_limits_, backward_limits_;
   bool warm_start_ = false;
   bool memory_writes_ = false;
+  bool memory_enabled_ = true;
   double write_threshold_ = 0.7;
   torch::Tensor last_train_z_, last_eval_z_;  // previous equilibria per stream, detached
   std::shared_ptr<Solver> solver_, backward_solver_;

@@ -10,6 +10,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "mhd/error.h"
 #include "mhd/params.h"
 
 namespace mhd {
@@ -27,11 +28,23 @@ class Task {
   virtual ~Task() = default;
   // A fresh training batch; the stream is determined by the seed the task was made with.
   virtual Batch train_batch(std::int64_t batch_size) = 0;
+  // Makes the next train_batch the one of training step `step` (1, 2, ...), a function of the
+  // seed and the step alone, so a trial resumed from a checkpoint sees exactly the batches an
+  // uninterrupted one would (issue 5, exact resume). The trainer calls it before every step.
+  virtual void seek(std::int64_t step) = 0;
+  // Continual learning ([train] continual_tasks): restricts every later batch (training and
+  // held-out) to part `index` of `count` disjoint parts of the task, so parts trained in sequence
+  // are different tasks; select_part(0, 1) is the whole task. Throws mhd::Error when the task
+  // cannot be split that way (the default: it has no parts).
+  virtual void select_part(std::int64_t index, std::int64_t count) {
+    if (index == 0 && count == 1) return;
+    throw Error("train.continual_tasks = " + std::to_string(count) + ": this task kind cannot be split into parts");
+  }
   // Held-out batch number `index` (0, 1, ...): the same for every call and every trial with the
   // same task parameters, drawn from a stream the training batches never use.
   virtual Batch eval_batch(std::int64_t batch_size, std::int64_t index) = 0;
   virtual std::int64_t vocab_size() const = 0;
-  // Accuracy of guessing uniformly among the labels the task can ask for.
+  // Accuracy of guessing uniformly among the labels the task can ask for (in the selected part).
   virtual double chance_accuracy() const = 0;
 };
 

@@ -1,0 +1,372 @@
+// The training loop (issue 3 "Training"): curriculum schedules, the memory switch, validation,
+// the Lipschitz term by power iteration, exact resume from a checkpoint, continual learning.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <stdexcept>
+
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+
+#include "mhd/error.h"
+#include "mhd/jacobian.h"
+#include "mhd/memory.h"
+#include "mhd/model.h"
+#include "mhd/study.h"
+#include "mhd/task.h"
+#include "mhd/trainer.h"
+#include "test_plugins_loaded.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+const char* kStudy = R"(
+[study]
+name = "trainer_test"
+threads = 1
+[task]
+kind = "associative_recall"
+vocab_size = 32
+num_pairs = 2
+seq_len = 8
+[model]
+d_model = 8
+n_layers = 1
+[backbone]
+plugin = "mamba"
+d_state = 4
+[memory]
+plugin = "hopfield"
+size = 8
+[solver]
+plugin = "anderson"
+max_iter = 20
+tol = 1e-4
+)";
+
+// `train` is the body of [train]; `model` more [model] keys; `tables` more tables before [train].
+mhd::TrialConfig config(const std::string& train, const std::string& model = "", const std::string& tables = "") {
+  std::string text = std::string(kStudy) + tables + "\n[train]\nbatch = 4\nlog_every = 0\n" + train;
+  text.insert(text.find("n_layers = 1\n") + 13, model);
+  return mhd::parse_study(text, "trainer_test.toml", registry_with_all_plugins()).trials.front();
+}
+
+// Every metric of a trial: name -> step -> value.
+using Metrics = std::map<std::string, std::map<std::int64_t, double>>;
+
+struct TrialRun {
+  Metrics metrics;
+  std::vector<mhd::ProbePoint> points;
+  mhd::TrainResult result;
+};
+
+TrialRun train(const mhd::TrialConfig& c, const mhd::TrainOptions& options = {},
+          const std::function<void(const mhd::TrainProgress&)>& on_progress = nullptr) {
+  TrialRun run;
+  mhd::MetricSink sink;
+  sink.metric = [&](std::int64_t step, const std::string& name, double value) { run.metrics[name][step] = value; };
+  sink.point = [&](const mhd::ProbePoint& p) { run.points.push_back(p); };
+  run.result = mhd::train_trial(c, registry_with_all_plugins(), sink, on_progress, options);
+  return run;
+}
+
+std::string study_error(const std::string& train, const std::string& model = "") {
+  try {
+    config(train, model);
+  } catch (const mhd::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// --- curriculum ------------------------------------------------------------------------------
+
+TEST(Curriculum, SchedulesGiveTheExpectedValues) {
+  const auto c = config(
+      "lr = 1e-3\nwarmup_steps = 4\nschedule_steps = 5\nmax_iter_start = 4\ntol_start = 1e-2\nmemory_enable_step = 3\n"
+      "steps = 10\n");
+  auto at = [&](std::int64_t s) { return mhd::curriculum_at(c, s); };
+  EXPECT_DOUBLE_EQ(at(1).lr, 2.5e-4);
+  EXPECT_DOUBLE_EQ(at(3).lr, 7.5e-4);
+  EXPECT_DOUBLE_EQ(at(4).lr, 1e-3);
+  EXPECT_DOUBLE_EQ(at(9).lr, 1e-3);
+  EXPECT_EQ(at(1).max_iter, 4);
+  EXPECT_EQ(at(3).max_iter, 12);  // halfway from 4 to 20
+  EXPECT_EQ(at(5).max_iter, 20);
+  EXPECT_EQ(at(8).max_iter, 20);
+  EXPECT_DOUBLE_EQ(at(1).tol, 1e-2);
+  EXPECT_NEAR(at(3).tol, 1e-3, 1e-15);  // halfway in log from 1e-2 to 1e-4
+  EXPECT_DOUBLE_EQ(at(5).tol, 1e-4);
+  EXPECT_FALSE(at(1).memory_enabled);
+  EXPECT_FALSE(at(2).memory_enabled);
+  EXPECT_TRUE(at(3).memory_enabled);
+
+  const auto none = config("lr = 1e-3\nsteps = 10\n");
+  EXPECT_DOUBLE_EQ(mhd::curriculum_at(none, 1).lr, 1e-3);
+  EXPECT_EQ(mhd::curriculum_at(none, 1).max_iter, 20);
+  EXPECT_DOUBLE_EQ(mhd::curriculum_at(none, 1).tol, 1e-4);
+  EXPECT_TRUE(mhd::curriculum_at(none, 1).memory_enabled);
+}
+
+TEST(Curriculum, ScheduledValuesAreLoggedAndUsed) {
+  const auto c = config("steps = 4\neval_every = 0\nwarmup_steps = 2\nschedule_steps = 4\nmax_iter_start = 2\n"
+                        "tol_start = 1e-12\n");
+  const TrialRun run = train(c);
+  ASSERT_EQ(run.result.status, mhd::TrialStatus::Done) << run.result.error;
+  EXPECT_DOUBLE_EQ(run.metrics.at("lr").at(1), 5e-4);
+  EXPECT_DOUBLE_EQ(run.metrics.at("lr").at(2), 1e-3);
+  EXPECT_EQ(run.metrics.at("solver_max_iter").at(1), 2);
+  EXPECT_EQ(run.metrics.at("solver_max_iter").at(4), 20);
+  // tol 1e-12 cannot be reached in 2 iterations: the solve used the scheduled limit.
+  EXPECT_EQ(run.metrics.at("solver_iters").at(1), 2);
+  EXPECT_DOUBLE_EQ(run.metrics.at("solver_tol").at(4), 1e-4);
+}
+
+TEST(Curriculum, MemoryBranchIsOffBeforeTheEnableStep) {
+  const auto c = config("steps = 4\neval_every = 1\nmemory_enable_step = 3\n");
+  const TrialRun run = train(c);
+  ASSERT_EQ(run.result.status, mhd::TrialStatus::Done) << run.result.error;
+  const auto& enabled = run.metrics.at("memory_enabled");
+  EXPECT_EQ(enabled.at(1), 0);
+  EXPECT_EQ(enabled.at(2), 0);
+  EXPECT_EQ(enabled.at(3), 1);
+  // E_mem is exactly 0 without retrieval and the memory's statistics are not logged.
+  EXPECT_EQ(run.metrics.at("energy_memory").at(1), 0.0);
+  EXPECT_EQ(run.metrics.at("energy_memory").at(2), 0.0);
+  EXPECT_NE(run.metrics.at("energy_memory").at(3), 0.0);
+  bool stats_before = false, stats_after = false;
+  for (const auto& [name, series] : run.metrics) {
+    if (name.rfind("memory_", 0) != 0 || name == "memory_enabled") continue;
+    stats_before |= series.count(1) + series.count(2) > 0;
+    stats_after |= series.count(3) > 0;
+  }
+  EXPECT_FALSE(stats_before);
+  EXPECT_TRUE(stats_after) << "the memory plugin reports statistics once retrieval is on";
+}
+
+TEST(Curriculum, WithoutRetrievalTheOutputIgnoresTheMemory) {
+  const auto c = config("steps = 1\n");
+  torch::manual_seed(3);
+  mhd::UnifiedModel model(c, registry_with_all_plugins(), 32);
+  model.eval();
+  torch::NoGradGuard no_grad;
+  auto tokens = at::randint(32, {3, 8}, at::kLong);
+  auto perturb_memory = [&] {
+    for (auto& p : model.dynamics().memory()->parameters()) p.add_(at::randn_like(p));
+    for (auto& b : model.dynamics().memory()->buffers())
+      if (b.is_floating_point()) b.add_(at::randn_like(b));
+  };
+  model.set_memory_enabled(false);
+  auto before = model.forward(tokens).logits;
+  perturb_memory();
+  EXPECT_TRUE(at::allclose(model.forward(tokens).logits, before, 0, 0)) << "retrieval off: the memory contributes nothing";
+  model.set_memory_enabled(true);
+  before = model.forward(tokens).logits;
+  perturb_memory();
+  EXPECT_FALSE(at::allclose(model.forward(tokens).logits, before)) << "retrieval on: the memory matters";
+}
+
+// --- validation ------------------------------------------------------------------------------
+
+TEST(Validation, IterationStatisticsMatchAHandCount) {
+  const auto even = mhd::iteration_stats({5, 1, 3, 9});
+  EXPECT_DOUBLE_EQ(even.mean, 4.5);
+  EXPECT_DOUBLE_EQ(even.median, 4.0);
+  EXPECT_DOUBLE_EQ(even.max, 9.0);
+  const auto odd = mhd::iteration_stats({7, 2, 3});
+  EXPECT_DOUBLE_EQ(odd.median, 3.0);
+  EXPECT_DOUBLE_EQ(odd.mean, 4.0);
+}
+
+TEST(Validation, EveryNStepsWithConvergenceAndIterations) {
+  // tol 1e-12 in 3 iterations: no solve converges and each takes exactly 3 iterations.
+  auto c = config("steps = 4\neval_every = 0\nvalidate_every = 2\nvalidate_batches = 3\n");
+  c.solve.set("max_iter", std::int64_t{3});
+  c.solve.set("tol", 1e-12);
+  const TrialRun run = train(c);
+  ASSERT_EQ(run.result.status, mhd::TrialStatus::Done) << run.result.error;
+  for (const char* name : {"val_loss", "val_accuracy", "val_convergence_rate", "val_iters_mean", "val_iters_median",
+                           "val_iters_max"}) {
+    ASSERT_TRUE(run.metrics.count(name)) << name;
+    EXPECT_EQ(run.metrics.at(name).size(), 2u) << name;
+    EXPECT_TRUE(run.metrics.at(name).count(2) && run.metrics.at(name).count(4)) << name;
+  }
+  EXPECT_EQ(run.metrics.at("val_convergence_rate").at(4), 0.0);
+  EXPECT_EQ(run.metrics.at("val_iters_mean").at(4), 3.0);
+  EXPECT_EQ(run.metrics.at("val_iters_median").at(4), 3.0);
+  EXPECT_EQ(run.metrics.at("val_iters_max").at(4), 3.0);
+
+  // A loose tolerance: every validation solve converges.
+  c.solve.set("max_iter", std::int64_t{50});
+  c.solve.set("tol", 0.5);
+  const TrialRun loose = train(c);
+  EXPECT_EQ(loose.metrics.at("val_convergence_rate").at(4), 1.0);
+  EXPECT_LE(loose.metrics.at("val_iters_max").at(4), 50.0);
+}
+
+// --- stability term --------------------------------------------------------------------------
+
+TEST(Stability, PowerIterationSpectralNormHasTheSingularVectorGradient) {
+  // f(z) = W z: ||J||_2 = sigma_max(W), d sigma / dW = u v^T (top singular vectors).
+  torch::manual_seed(1);
+  auto W = at::randn({5, 5}, at::kDouble).requires_grad_(true);
+  mhd::TensorMap f = [&](const at::Tensor& z) { return at::matmul(z, W.t()); };
+  auto z = at::randn({1, 5}, at::kDouble);
+  auto sigma = mhd::jacobian_spectral_norm_trainable(f, z, 200);
+  auto svd = at::linalg_svd(W.detach(), false);
+  const double expected = std::get<1>(svd)[0].item<double>();
+  EXPECT_NEAR(sigma.item<double>(), expected, 1e-8);
+  sigma.sum().backward();
+  auto u = std::get<0>(svd).select(1, 0), v = std::get<2>(svd).select(0, 0);
+  auto grad = at::outer(u, v);
+  // Singular vectors are defined up to a common sign; u v^T is not.
+  EXPECT_TRUE(at::allclose(W.grad(), grad, 1e-6, 1e-6)) << W.grad() << "\n" << grad;
+}
+
+TEST(Stability, PowerIterationEstimateIsLoggedAndTrains) {
+  const auto c = config("steps = 2\neval_every = 0\nobjective = { stability = 1.0, contraction_target = 0.0, "
+                        "lipschitz = \"power_iteration\", lipschitz_iterations = 5 }\n");
+  const TrialRun run = train(c);
+  ASSERT_EQ(run.result.status, mhd::TrialStatus::Done) << run.result.error;
+  ASSERT_TRUE(run.metrics.count("lipschitz_power"));
+  EXPECT_FALSE(run.metrics.count("lipschitz_fd"));
+  EXPECT_GT(run.metrics.at("lipschitz_power").at(1), 0.0);
+  // contraction_target 0: the term is the estimate itself.
+  EXPECT_NEAR(run.metrics.at("objective_stability").at(1), run.metrics.at("lipschitz_power").at(1), 1e-6);
+}
+
+// --- exact resume ----------------------------------------------------------------------------
+
+struct Interrupted : std::runtime_error {
+  Interrupted() : std::runtime_error("interrupted") {}
+};
+
+TEST(Resume, ResumedMetricsEqualAnUninterruptedRun) {
+  const auto dir = fs::temp_directory_path() / ("mhd_trainer_resume_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  // The stability and Jacobian terms draw from torch's generator; the memory bank is trained; the
+  // curriculum's values depend on the step alone.
+  const auto c = config("steps = 6\neval_every = 2\ncheckpoint_every = 3\nwarmup_steps = 2\nvalidate_every = 3\n"
+                        "schedule_steps = 5\nmax_iter_start = 3\nmemory_enable_step = 5\n"
+                        "objective = { stability = 0.1, jacobian = 0.01 }\n");
+  mhd::TrainOptions uninterrupted{(dir / "a.ckpt").string(), false};
+  const TrialRun full = train(c, uninterrupted);
+  ASSERT_EQ(full.result.status, mhd::TrialStatus::Done) << full.result.error;
+
+  mhd::TrainOptions options{(dir / "b.ckpt").string(), true};
+  EXPECT_THROW(train(c, options,
+                     [](const mhd::TrainProgress& p) {
+                       if (p.step == 4) throw Interrupted();  // killed after step 4, its checkpoint is step 3's
+                     }),
+               Interrupted);
+  EXPECT_TRUE(fs::exists(dir / "b.ckpt.trainer"));
+  const TrialRun resumed = train(c, options);
+  ASSERT_EQ(resumed.result.status, mhd::TrialStatus::Done) << resumed.result.error;
+  EXPECT_EQ(resumed.result.resumed_from_step, 3);
+  EXPECT_EQ(resumed.metrics.at("resumed_from_step").at(3), 3.0);
+
+  int compared = 0;
+  for (const auto& [name, series] : full.metrics) {
+    if (name == "step_ms" || name == "solver_ms" || name == "resumed_from_step") continue;  // wall time differs
+    for (const auto& [step, value] : series) {
+      if (step < 4) continue;
+      ASSERT_TRUE(resumed.metrics.count(name) && resumed.metrics.at(name).count(step)) << name << " at " << step;
+      EXPECT_EQ(resumed.metrics.at(name).at(step), value) << name << " at step " << step;
+      ++compared;
+    }
+  }
+  EXPECT_GT(compared, 40);
+  for (const auto& [name, series] : resumed.metrics)
+    for (const auto& [step, value] : series)
+      EXPECT_TRUE(step == 0 || step >= 3) << name << " at step " << step << " logged again after resuming";
+  fs::remove_all(dir);
+}
+
+TEST(Resume, TaskBatchesAreAFunctionOfSeedAndStep) {
+  auto params = mhd::Params::defaults(mhd::task_schema("associative_recall"));
+  auto a = mhd::make_task("associative_recall", params, 4);
+  auto b = mhd::make_task("associative_recall", params, 4);
+  a->seek(1);
+  a->train_batch(8);
+  a->seek(5);
+  b->seek(5);
+  EXPECT_TRUE(a->train_batch(8).inputs.equal(b->train_batch(8).inputs));
+  b->seek(6);
+  a->seek(5);
+  EXPECT_FALSE(a->train_batch(8).inputs.equal(b->train_batch(8).inputs));
+}
+
+// --- continual learning ----------------------------------------------------------------------
+
+TEST(Continual, ForgettingOfAKnownMatrix) {
+  const std::vector<std::vector<double>> A{{0.9, 0.1, 0.2}, {0.5, 0.8, 0.1}, {0.3, 0.6, 0.7}};
+  // j = 0: max(0.9, 0.5) - 0.3 = 0.6; j = 1: max(0.1, 0.8) - 0.6 = 0.2; mean 0.4.
+  EXPECT_NEAR(mhd::average_forgetting(A), 0.4, 1e-12);
+  EXPECT_NEAR(mhd::average_final_accuracy(A), (0.3 + 0.6 + 0.7) / 3, 1e-12);
+  EXPECT_EQ(mhd::average_forgetting({{0.5}}), 0.0);
+}
+
+TEST(Continual, TaskPartsAreDisjointVocabularySlices) {
+  auto params = mhd::Params::defaults(mhd::task_schema("associative_recall"));  // V = 64, 4 pairs
+  auto task = mhd::make_task("associative_recall", params, 0);
+  task->select_part(1, 3);  // keys: 31 / 3 = 10 per part -> [11, 21); values: 32 / 3 = 10 -> [42, 52)
+  EXPECT_DOUBLE_EQ(task->chance_accuracy(), 0.1);
+  for (const auto& batch : {task->train_batch(16), task->eval_batch(16, 0)}) {
+    auto context = batch.inputs.slice(1, 0, 8);
+    auto keys = context.slice(1, 0, 8, 2), values = context.slice(1, 1, 8, 2);
+    EXPECT_GE(keys.min().item<std::int64_t>(), 11);
+    EXPECT_LT(keys.max().item<std::int64_t>(), 21);
+    EXPECT_GE(values.min().item<std::int64_t>(), 42);
+    EXPECT_LT(values.max().item<std::int64_t>(), 52);
+  }
+  EXPECT_THROW(task->select_part(0, 9), mhd::Error);  // 3 keys per part < 4 pairs
+}
+
+TEST(Continual, AccuracyMatrixAndForgettingFromATrial) {
+  const auto c = config("steps = 6\neval_every = 0\neval_batches = 2\ncontinual_tasks = 3\n");
+  const TrialRun run = train(c);
+  ASSERT_EQ(run.result.status, mhd::TrialStatus::Done) << run.result.error;
+  std::vector<std::vector<double>> A(3, std::vector<double>(3, -1));
+  std::set<std::pair<std::int64_t, std::int64_t>> cells;
+  for (const auto& p : run.points) {
+    if (p.probe != "continual") continue;
+    EXPECT_EQ(p.name, "accuracy_matrix");
+    ASSERT_TRUE(p.i >= 0 && p.i < 3 && p.j >= 0 && p.j < 3);
+    EXPECT_TRUE(cells.emplace(p.i, p.j).second) << "one entry per cell";
+    A[p.i][p.j] = p.value;
+  }
+  EXPECT_EQ(cells.size(), 9u);
+  // Rows after steps 2, 4, 6; the column series are the same numbers.
+  for (std::int64_t j = 0; j < 3; ++j)
+    for (std::int64_t i = 0; i < 3; ++i)
+      EXPECT_EQ(run.metrics.at("continual_acc_task" + std::to_string(j)).at(2 * (i + 1)), A[i][j]);
+  EXPECT_DOUBLE_EQ(run.metrics.at("continual_forgetting").at(6), mhd::average_forgetting(A));
+  EXPECT_DOUBLE_EQ(run.metrics.at("continual_avg_accuracy").at(6), mhd::average_final_accuracy(A));
+}
+
+// --- configuration errors --------------------------------------------------------------------
+
+TEST(TrainKeys, BadKeysAreOneLineErrors) {
+  auto one_line = [](const std::string& message, const std::string& must_contain) {
+    EXPECT_NE(message.find(must_contain), std::string::npos) << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+  };
+  one_line(study_error("memory_enable_step = 2\nsteps = 5\n", "use_memory = false\n"),
+           "train.memory_enable_step = 2 needs the memory branch");
+  one_line(study_error("memory_enable_step = 20\nsteps = 5\n"), "is after the last step");
+  one_line(study_error("continual_tasks = 1\n"), "train.continual_tasks = 1");
+  one_line(study_error("continual_tasks = 20\n"), "train.continual_tasks = 20 leaves");
+  one_line(study_error("tol_start = 1e-2\n"), "need train.schedule_steps > 0");
+  one_line(study_error("warmup_step = 3\n"), "warmup_steps");  // did you mean
+  one_line(study_error("validate_every = -1\n"), "train.validate_every");
+  one_line(study_error("objective = { lipschitz = \"power\" }\n"), "train.objective.lipschitz");
+}
+
+}  // namespace
