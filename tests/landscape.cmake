@@ -1,2 +1,4 @@
-# The energy-landscape probe (issue 3, brief 001 §6.2): its mathematics on known problems.
-mhd_add_test(NAME test_landscape SOURCES test_landscape.cpp)
+# The energy-landscape probe (issue 3, brief 001 §6.2): its mathematics on known problems, and the
+# probe on a small unified model.
+mhd_add_test(NAME test_landscape SOURCES test_landscape.cpp
+             PLUGINS mamba hopfield fixed_point anderson contractive)

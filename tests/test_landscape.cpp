@@ -1,16 +1,27 @@
 // The energy-landscape mathematics (mhd/landscape.h) on problems with known answers: quadratic
-// energies of known spectrum, a map with two known attractors, trajectories along a line.
+// energies of known spectrum, a map with two known attractors, trajectories along a line; then the
+// `landscape` probe on a small unified model, checked against the model's own equilibrium.
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include "mhd/dynamics.h"
 #include "mhd/error.h"
 #include "mhd/landscape.h"
+#include "mhd/model.h"
+#include "mhd/probe.h"
+#include "mhd/results.h"
+#include "mhd/study.h"
+#include "mhd/task.h"
+#include "mhd/trainer.h"
+#include "test_plugins_loaded.h"
 
 namespace {
 
@@ -244,6 +255,169 @@ TEST(Errors, BadInputsGiveOneLineErrors) {
   EXPECT_NE(messages[1].find("extent"), std::string::npos) << messages[1];
   EXPECT_NE(messages[4].find("memory_pca: direction 1 is linearly dependent"), std::string::npos) << messages[4];
   EXPECT_NE(messages[6].find("[2]"), std::string::npos) << messages[6];
+}
+
+}  // namespace
+
+// ---- the probe on a small (untrained) unified model, through the registry ---------------------
+
+namespace {
+
+const char* kProbeStudy = R"(
+[study]
+name = "landscape_test"
+[task]
+kind = "associative_recall"
+vocab_size = 16
+num_pairs = 2
+seq_len = 8
+[model]
+d_model = 16
+n_layers = 1
+residual = false
+[backbone]
+plugin = "mamba"
+d_state = 4
+expand = 2
+[memory]
+plugin = "hopfield"
+size = 8
+beta = 1.0
+[solver]
+plugin = "anderson"
+max_iter = 60
+tol = 1e-6
+[train]
+steps = 1
+)";
+
+const char* kProbeTable = R"(
+[probes.landscape]
+grid = 5
+extent = 0.5
+trajectories = 3
+max_iter = 300
+tol = 1e-6
+hvp_iterations = 16
+descent_steps = 100
+sample = 1
+)";
+
+struct Recorded {
+  std::map<std::string, double> metrics;
+  std::map<std::string, std::vector<mhd::ProbePoint>> points;
+};
+
+mhd::TrialConfig probe_config(const std::string& table) {
+  auto study = mhd::parse_study(std::string(kProbeStudy) + table, "landscape_test.toml", registry_with_all_plugins());
+  return study.trials.front();
+}
+
+Recorded run_probe(const mhd::TrialConfig& config, mhd::UnifiedModel& model, mhd::Task& task) {
+  Recorded r;
+  mhd::MetricSink sink;
+  sink.metric = [&r](std::int64_t, const std::string& name, double value) { r.metrics[name] = value; };
+  sink.trace = [](const mhd::TracePoint&) {};
+  sink.point = [&r](const mhd::ProbePoint& p) { r.points[p.name].push_back(p); };
+  mhd::run_probes(config, registry_with_all_plugins(), model, task, at::kCPU, sink, 0);
+  return r;
+}
+
+TEST(LandscapeProbe, SliceCentreBasinsAndCriticalPointsMatchTheModel) {
+  torch::manual_seed(0);
+  const mhd::TrialConfig config = probe_config(kProbeTable);
+  auto task = mhd::make_task(config.task_kind, config.task, 0);
+  mhd::UnifiedModel model(config, registry_with_all_plugins(), task->vocab_size());
+  const Recorded r = run_probe(config, model, *task);
+
+  // The model's own equilibrium of sample 1 of the first held-out batch, and its energy.
+  at::NoGradGuard no_grad;
+  const mhd::ModelOutput out = model.forward(task->eval_batch(2, 0).inputs);
+  const at::Tensor energy = model.dynamics().energy(out.z_star, out.context).total;  // [2]
+  const at::Tensor grad = model.dynamics().grad_energy(out.z_star, out.context);    // [2, D]
+
+  ASSERT_EQ(r.points.at("energy_slice").size(), 25u);
+  ASSERT_EQ(r.points.at("residual_slice").size(), 25u);
+  ASSERT_EQ(r.points.at("basins").size(), 25u);
+  const mhd::ProbePoint& centre = r.points.at("energy_slice")[2 * 5 + 2];
+  EXPECT_EQ(centre.i, 2);
+  EXPECT_EQ(centre.x, 0.0);
+  EXPECT_NEAR(centre.value, energy[1].item<double>(), 1e-5 * (1 + std::abs(centre.value)));
+  EXPECT_NEAR(r.metrics.at("landscape_energy_center"), centre.value, 1e-12);
+  // The slice's corners are extent ||z*|| away along both axes.
+  EXPECT_NEAR(r.points.at("energy_slice")[0].x, -0.5 * out.z_star[1].norm().item<double>(), 1e-5);
+  // The residual at the centre is the solve's: below tol relative to ||f(z*)|| ~ ||z*||.
+  EXPECT_LT(r.points.at("residual_slice")[12].value, 1e-4 * out.z_star[1].norm().item<double>());
+
+  // z* lies in its own basin (attractor 0), and the shares are shares.
+  EXPECT_EQ(r.points.at("basins")[12].value, 0.0);
+  EXPECT_GE(r.metrics.at("landscape_basins"), 1.0);
+  EXPECT_GT(r.metrics.at("landscape_basin_share"), 0.0);
+  EXPECT_LE(r.metrics.at("landscape_basin_share"), r.metrics.at("landscape_grid_converged_share"));
+
+  // Trajectories: 3 of them, each starting at iteration 0; the first ends at z*.
+  std::set<std::int64_t> starts;
+  for (const auto& p : r.points.at("trajectories"))
+    if (p.j == 0) starts.insert(p.i);
+  EXPECT_EQ(starts, (std::set<std::int64_t>{0, 1, 2}));
+  EXPECT_LT(r.metrics.at("landscape_trajectory_end_distance"), 1e-3);
+
+  // Critical point 0 is z*: its gradient norm is that of the model's energy there; its curvatures
+  // bound the Rayleigh quotient of a random direction.
+  const mhd::ProbePoint& zs = r.points.at("critical_points")[0];
+  EXPECT_EQ(zs.j, 0);
+  EXPECT_NEAR(zs.value, grad[1].norm().item<double>(), 1e-4 * (1 + zs.value));
+  EXPECT_LE(zs.x, zs.y);
+  const double counted = r.metrics.at("landscape_minima") + r.metrics.at("landscape_saddles") +
+                         r.metrics.at("landscape_maxima") + r.metrics.at("landscape_degenerate") +
+                         r.metrics.at("landscape_noncritical");
+  EXPECT_EQ(counted, static_cast<double>(r.points.at("critical_points").size()));
+  // Energy descent lowers the energy below z*'s (or leaves it where it is).
+  EXPECT_LE(r.metrics.at("landscape_descent_energy_min"), r.metrics.at("landscape_zstar_energy") + 1e-6);
+}
+
+TEST(LandscapeProbe, BadParametersGiveOneLineErrors) {
+  auto error_of_study = [](const std::string& table) -> std::string {
+    try {
+      const mhd::TrialConfig config = probe_config(table);
+      const auto& definition = mhd::probe_definition("landscape");
+      definition.make(config.probes.front().params);
+    } catch (const mhd::Error& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  const std::string even = error_of_study("[probes.landscape]\ngrid = 10\n");
+  EXPECT_NE(even.find("grid must be odd"), std::string::npos) << even;
+  const std::string range = error_of_study("[probes.landscape]\ngrid = 1\n");
+  EXPECT_NE(range.find("grid"), std::string::npos) << range;
+  const std::string choice = error_of_study("[probes.landscape]\ndirections = \"pca\"\n");
+  EXPECT_NE(choice.find("directions"), std::string::npos) << choice;
+  for (const auto& m : {even, range, choice}) {
+    EXPECT_NE(m, "(no error)");
+    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+  }
+  // memory_pca without a memory, and a model without the DEQ: said when the probe runs, with the way out.
+  for (const std::string& model_key : {"use_memory = false", "deq = false"}) {
+    std::string study = kProbeStudy;
+    study.replace(study.find("residual = false"), 16, "residual = false\n" + model_key);
+    const mhd::TrialConfig config =
+        mhd::parse_study(study + "[probes.landscape]\ngrid = 3\n", "landscape_test.toml", registry_with_all_plugins())
+            .trials.front();
+    auto task = mhd::make_task(config.task_kind, config.task, 0);
+    torch::manual_seed(0);
+    mhd::UnifiedModel model(config, registry_with_all_plugins(), task->vocab_size());
+    std::string message = "(no error)";
+    try {
+      run_probe(config, model, *task);
+    } catch (const mhd::Error& e) {
+      message = e.what();
+    }
+    EXPECT_EQ(message.rfind("probe landscape: ", 0), 0u) << message;
+    EXPECT_NE(message.find(model_key == "deq = false" ? "model.deq = false" : "\"random\""), std::string::npos)
+        << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+  }
 }
 
 }  // namespace
