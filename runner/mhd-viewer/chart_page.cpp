@@ -22,9 +22,11 @@ ChartPage* new_curves_page(QWidget* parent);
 ChartPage* new_ablation_page(QWidget* parent);
 ChartPage* new_scaling_page(QWidget* parent);
 ChartPage* new_traces_page(QWidget* parent);
+ChartPage* new_probes_page(QWidget* parent);
 
 std::vector<ChartPage*> make_chart_pages(QWidget* parent) {
-  return {new_curves_page(parent), new_ablation_page(parent), new_scaling_page(parent), new_traces_page(parent)};
+  return {new_curves_page(parent), new_ablation_page(parent), new_scaling_page(parent), new_traces_page(parent),
+          new_probes_page(parent)};
 }
 
 ChartPage::ChartPage(QWidget* parent) : QWidget(parent) {

@@ -306,4 +306,54 @@ std::vector<Trace> StudyQuery::traces(const std::string& phase, const std::vecto
   return out;
 }
 
+const char* to_string(ProbeShape shape) {
+  switch (shape) {
+    case ProbeShape::Curves: return "curves";
+    case ProbeShape::Grid: return "grid";
+    case ProbeShape::Paths: return "paths";
+  }
+  return "?";
+}
+
+ProbeShape probe_shape(const std::vector<ProbePoint>& points) {
+  auto same = [](double a, double b) { return (std::isnan(a) && std::isnan(b)) || a == b; };
+  const bool curves = std::all_of(points.begin(), points.end(), [&](const ProbePoint& p) {
+    return std::isnan(p.y) || same(p.y, p.value);
+  });
+  if (curves) return ProbeShape::Curves;
+  // A grid: every (i, j) of the rectangle present once, x a function of i and y of j.
+  std::map<std::int64_t, double> x_of_i, y_of_j;
+  std::set<std::pair<std::int64_t, std::int64_t>> cells;
+  for (const auto& p : points) {
+    if (!cells.insert({p.i, p.j}).second) return ProbeShape::Paths;
+    auto [xi, new_i] = x_of_i.emplace(p.i, p.x);
+    auto [yj, new_j] = y_of_j.emplace(p.j, p.y);
+    if ((!new_i && !same(xi->second, p.x)) || (!new_j && !same(yj->second, p.y))) return ProbeShape::Paths;
+  }
+  const bool rectangle = x_of_i.size() >= 2 && y_of_j.size() >= 2 && cells.size() == x_of_i.size() * y_of_j.size();
+  return rectangle ? ProbeShape::Grid : ProbeShape::Paths;
+}
+
+std::vector<std::pair<std::string, std::string>> StudyQuery::probe_series() const {
+  std::set<std::pair<std::string, std::string>> all;
+  for (const auto& t : trials_)
+    for (auto& s : db_->probe_series(t.row.id)) all.insert(std::move(s));
+  return {all.begin(), all.end()};
+}
+
+std::vector<const Trial*> StudyQuery::probe_trials(const std::string& probe, const std::string& name) const {
+  std::vector<const Trial*> out;
+  const auto wanted = std::make_pair(probe, name);
+  for (const auto& t : trials_) {
+    const auto series = db_->probe_series(t.row.id);
+    if (std::find(series.begin(), series.end(), wanted) != series.end()) out.push_back(&t);
+  }
+  return out;
+}
+
+std::vector<ProbePoint> StudyQuery::probe_points(std::int64_t trial_id, const std::string& probe,
+                                                 const std::string& name) const {
+  return db_->probe_points(trial_id, probe, name);
+}
+
 }  // namespace mhd::viewer

@@ -55,6 +55,16 @@ struct Trace {
   std::vector<double> iteration, residual;
 };
 
+// A probe's stored series (probe.h, table probe_points), as the viewer draws it.
+enum class ProbeShape {
+  Curves,  // y == value (or y NaN): value against x (x NaN: against j), one line per i
+  Grid,    // a full i x j rectangle whose x depends on i alone and y on j alone: a heatmap of value
+  Paths,   // anything else: the points (x, y) in order of j, one path per i (e.g. trajectories in a plane)
+};
+const char* to_string(ProbeShape shape);
+// How to draw `points` (see ProbeShape); Curves for an empty list.
+ProbeShape probe_shape(const std::vector<ProbePoint>& points);
+
 // Exponential moving average as TensorBoard smooths: s[0] = v[0], s[i] = w s[i-1] + (1-w) v[i];
 // w in [0, 1), 0 leaves the values as they are. Non-finite values are passed through unsmoothed.
 std::vector<double> ema(const std::vector<double>& values, double weight);
@@ -109,6 +119,13 @@ class StudyQuery {
   // `steps` (empty: each trial's last traced step), one trace per trial and step.
   std::vector<Trace> traces(const std::string& phase, const std::vector<std::int64_t>& steps,
                             bool relative = true) const;
+
+  // Probes' chart data: the (probe, name) series any trial of the study stored, sorted.
+  std::vector<std::pair<std::string, std::string>> probe_series() const;
+  // The trials (in trial order) that stored the series.
+  std::vector<const Trial*> probe_trials(const std::string& probe, const std::string& name) const;
+  // One trial's points of the series, ordered by (i, j).
+  std::vector<ProbePoint> probe_points(std::int64_t trial_id, const std::string& probe, const std::string& name) const;
 
  private:
   StudyQuery() = default;
