@@ -145,6 +145,10 @@ const SectionSchema& train_section() {
                     "Continual learning: K >= 2 trains K parts of the task (disjoint vocabulary slices) in sequence, "
                     "steps / K steps each, and evaluates every part after each: accuracy matrix and forgetting; 0 off.",
                     0, 1000),
+          // Data parallel (data_parallel.h): K processes, each on batch / K rows of the same global batch.
+          int_param("world_size", 1, "Processes that train this trial data-parallel (gradients averaged with c10d: Gloo on CPU); 1 is off. `batch` must be divisible by it.", 1, 1024),
+          string_param("rendezvous", "", "Where the ranks meet: \"tcp://HOST:PORT\" (rank 0 serves) or \"file:///PATH\"; empty: a file store in a fresh temporary folder."),
+          float_param("rendezvous_timeout", 60.0, "Seconds a rank waits for the others to join before the trial fails.", 0.1, 86400.0),
       },
       ""};
   return s;

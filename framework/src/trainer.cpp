@@ -18,6 +18,7 @@
 #include <torch/utils.h>
 
 #include "mhd/checkpoint.h"
+#include "mhd/data_parallel.h"
 #include "mhd/error.h"
 #include "mhd/jacobian.h"
 #include "mhd/memory.h"
@@ -145,9 +146,9 @@ void write_trainer_state(const std::string& checkpoint_path, const std::string& 
 
 class TrialTrainer {
  public:
-  TrialTrainer(const TrialConfig& config, PluginRegistry& registry, const MetricSink& sink,
+  TrialTrainer(const TrialConfig& config, PluginRegistry& registry, const MetricSink& sink, DataParallel* dp = nullptr,
                const TrainOptions& options = {})
-      : config_(config), registry_(registry), sink_(sink), options_(options),
+      : dp_(dp), config_(config), registry_(registry), sink_(sink), options_(options),
         device_(resolve_device(config.run.text("device"))) {
     check_training_config(config);
     continual_tasks_ = config.train.integer("continual_tasks");
@@ -155,6 +156,7 @@ class TrialTrainer {
     task_ = make_task(config.task_kind, config.task, static_cast<std::uint64_t>(config.seed));
     model_ = std::make_shared<UnifiedModel>(config, registry, task_->vocab_size());
     model_->to(device_);
+    if (dp_) broadcast_initial_state();  // data parallel: every rank starts from rank 0's model
     const auto& t = config.train;
     optimizer_ = std::make_unique<torch::optim::AdamW>(
         model_->parameters(), torch::optim::AdamWOptions(t.real("lr")).weight_decay(t.real("weight_decay")));
@@ -179,20 +181,23 @@ class TrialTrainer {
     const auto start = Clock::now();
     for (std::int64_t step = first_step; step <= steps; ++step) {
       begin_step(step);
-      if (!train_step(step, progress)) return result_;
-      const bool eval_now = step == steps || (eval_every > 0 && step % eval_every == 0);
+      if (!(dp_ ? train_step_data_parallel(step, progress) : train_step(step, progress))) return result_;
+      const bool eval_now = (step == steps || (eval_every > 0 && step % eval_every == 0)) && !dp_follower();
       if (eval_now) {
         progress.accuracy = evaluate(step);
         if (sink_.flush) sink_.flush();
       }
-      if (validate_every > 0 && step % validate_every == 0) validate(step);
-      if (continual_tasks_ > 0 && step == phase_end(phase_of(step))) evaluate_every_part(step);
-      if (checkpoint_every > 0 && step % checkpoint_every == 0 && !options_.checkpoint_path.empty())
+      if (validate_every > 0 && step % validate_every == 0 && !dp_follower()) validate(step);
+      if (continual_tasks_ > 0 && step == phase_end(phase_of(step)) && !dp_follower()) evaluate_every_part(step);
+      if (checkpoint_every > 0 && step % checkpoint_every == 0 && !options_.checkpoint_path.empty() && !dp_follower())
         write_checkpoint(step);
       progress.step = step;
       progress.seconds_per_step = seconds_since(start) / static_cast<double>(step - first_step + 1);
       if (on_progress && (eval_now || (log_every > 0 && step % log_every == 0))) on_progress(progress);
     }
+    // Data parallel: the ranks' parameters must still be equal (0 up to the bits).
+    if (dp_) emit(steps, "dp_param_drift", dp_->max_difference_from_rank0(model_->parameters()));
+    if (dp_follower()) return result_;  // data parallel: rank 0 evaluates, probes and reports
     if (steps == 0) evaluate(0);
     run_trial_probes(steps);
     return result_;
@@ -215,6 +220,7 @@ class TrialTrainer {
 
  private:
   void emit(std::int64_t step, const std::string& name, double value) {
+    if (dp_step_metrics_) return dp_step_metrics_->push_back({step, name, value});  // averaged at step end
     result_.first_metrics.emplace(name, value);
     result_.final_metrics[name] = value;
     if (sink_.metric) sink_.metric(step, name, value);
@@ -277,18 +283,22 @@ class TrialTrainer {
     const auto step_start = Clock::now();
     model_->train();
     Batch batch = task_->train_batch(config_.train.integer("batch"));
+    if (dp_) batch = {dp_->slice_rows(batch.inputs), dp_->slice_rows(batch.targets)};  // this rank's rows
     auto inputs = batch.inputs.to(device_);
     auto targets = batch.targets.to(device_);
 
     ModelOutput out = model_->forward(inputs);
     TaskScore task = score(out.logits, targets);
+    // Data parallel: this slice's mean becomes its share of the global batch's mean (exact average).
+    if (dp_) task.loss = task.loss * dp_->mean_share((targets != kIgnoreIndex).sum().item<double>());
     at::Tensor loss = objective(step, out, task);
-    if (!finite(loss) || !finite(out.z_star)) {
+    if (any_rank(!finite(loss) || !finite(out.z_star))) {
       diverge(step, !finite(out.z_star) ? "the equilibrium z*" : "the loss");
       return false;
     }
     optimizer_->zero_grad();
     loss.backward();
+    if (dp_) dp_->average_gradients(model_->parameters());  // = the global batch's gradient
     // A non-finite gradient (e.g. a backward solve that blew up on one batch) skips the update, as
     // mixed-precision loss scaling does; only a run of them in a row counts as divergence.
     const double clip = config_.train.real("grad_clip");
@@ -516,6 +526,40 @@ class TrialTrainer {
     return step;
   }
 
+  // --- data parallel (data_parallel.h; nullptr when train.world_size is 1) ---
+  bool dp_follower() const { return dp_ && dp_->rank() > 0; }
+  bool any_rank(bool flag) { return dp_ ? dp_->any(flag) : flag; }  // every rank takes the same branch
+
+  void broadcast_initial_state() {
+    auto state = model_->parameters();
+    for (const auto& buffer : model_->buffers()) state.push_back(buffer);
+    dp_->broadcast_from_rank0(state);
+  }
+
+  // One step whose metrics are means over the ranks (loss and task_loss: exactly the global batch's).
+  bool train_step_data_parallel(std::int64_t step, TrainProgress& progress) {
+    dp_step_metrics_.emplace();
+    const bool ok = train_step(step, progress);
+    auto pending = std::move(*dp_step_metrics_);
+    dp_step_metrics_.reset();
+    std::vector<double> values;
+    for (const auto& m : pending) values.push_back(m.value);
+    dp_->mean_over_ranks(values);  // left as this rank's values if the ranks logged different metrics
+    for (std::size_t i = 0; i < pending.size(); ++i) {
+      emit(pending[i].step, pending[i].name, values[i]);
+      if (pending[i].name == "loss") progress.loss = values[i];
+    }
+    return ok;
+  }
+
+  struct PendingMetric {
+    std::int64_t step;
+    std::string name;
+    double value;
+  };
+  DataParallel* dp_ = nullptr;
+  std::optional<std::vector<PendingMetric>> dp_step_metrics_;
+
   const TrialConfig& config_;
   PluginRegistry& registry_;  // for probes
   const MetricSink& sink_;
@@ -537,8 +581,18 @@ class TrialTrainer {
 
 TrainResult train_trial(const TrialConfig& config, PluginRegistry& registry, const MetricSink& sink,
                         const std::function<void(const TrainProgress&)>& on_progress, const TrainOptions& options) {
-  TrialTrainer trainer(config, registry, sink, options);
-  return trainer.run(on_progress);
+  // Data parallel (train.world_size > 1): join the trial's group; rank 0 starts the other ranks.
+  auto group = join_trial_group(config, registry, resolve_device(config.run.text("device")));
+  TrialTrainer trainer(config, registry, sink, group ? &group->dp() : nullptr, options);
+  TrainResult result = trainer.run(on_progress);
+  if (group) {
+    const std::string why = group->finish();
+    if (!why.empty() && result.status == TrialStatus::Done) {
+      result.status = TrialStatus::Failed;
+      result.error = why;
+    }
+  }
+  return result;
 }
 
 void check_training_config(const TrialConfig& config) {
@@ -560,6 +614,7 @@ void check_training_config(const TrialConfig& config) {
     throw Error("train.continual_tasks = " + std::to_string(K) + " needs train.steps >= " + std::to_string(K) +
                 " (got " + std::to_string(t.integer("steps")) + ")");
   if (K >= 2) make_task(config.task_kind, config.task, 0)->select_part(K - 1, K);  // the task can be split so
+  check_data_parallel_config(config);  // batch divisible by world_size, ... (data_parallel.h)
 }
 
 CurriculumValues curriculum_at(const TrialConfig& config, std::int64_t step) {

@@ -4,8 +4,11 @@
 #include <CLI/CLI.hpp>
 
 #include "commands.h"
+#include "mhd/data_parallel.h"
 
 int main(int argc, char** argv) {
+  // Hidden: ranks 1..K-1 of a data-parallel trial (train.world_size = K), started by rank 0.
+  if (const int code = mhd::data_parallel_worker_main(argc, argv); code >= 0) return code;
   CLI::App app{"mhd: plugin-based experiments with the Unified Mamba-Hopfield-DEQ model"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "mhd 0.1.0");
