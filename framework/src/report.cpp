@@ -235,7 +235,15 @@ std::string format_report(const ResultsDb& db, const ReportOptions& options) {
     return csv_report(groups, metrics);
   }
   const auto columns = options.metrics.empty() ? default_columns(known) : check_requested(options.metrics, known, db.path());
-  return text_report(*study, groups, columns, known);
+  std::string text = text_report(*study, groups, columns, known);
+  // What `mhd run --resume` and `--shard` did to this study, so the table is read for what it is.
+  std::int64_t changed = 0;
+  for (const TrialRow& trial : db.trials(study->id)) changed += trial.config_changes > 0 ? 1 : 0;
+  if (changed > 0) {
+    text += std::to_string(changed) + " trial(s) re-run because their configuration changed (mhd run --resume)\n";
+  }
+  if (!study->shard.empty()) text += "shard " + study->shard + " of the study's trials (combine shards with mhd merge)\n";
+  return text;
 }
 
 }  // namespace mhd

@@ -5,6 +5,7 @@
 // prepared statements, never pasted into SQL.
 #include "mhd/results.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include <limits>
 #include <unistd.h>
 
+#include <ATen/Parallel.h>
 #include <sqlite3.h>
 #include <torch/version.h>
 
@@ -95,6 +97,38 @@ CREATE TABLE IF NOT EXISTS probe_points(
   value REAL);
 CREATE INDEX IF NOT EXISTS probe_points_by_trial ON probe_points(trial_id, probe, name, i, j);
 )sql";
+
+// Columns added after the first schema (issue 5: resume, --jobs, shards), by ALTER TABLE on every
+// writable open, so older results files gain them when a run writes to them again. Readers of a
+// file without them see the defaults.
+struct AddedColumn {
+  const char* table;
+  const char* name;
+  const char* declaration;
+};
+constexpr AddedColumn kAddedColumns[] = {
+    {"studies", "interop_threads", "INTEGER NOT NULL DEFAULT 0"},
+    {"studies", "jobs", "INTEGER NOT NULL DEFAULT 1"},
+    {"studies", "shard", "TEXT NOT NULL DEFAULT ''"},
+    {"studies", "expansion_hash", "TEXT NOT NULL DEFAULT ''"},
+    {"trials", "threads", "INTEGER NOT NULL DEFAULT 0"},
+    {"trials", "config_changes", "INTEGER NOT NULL DEFAULT 0"},
+};
+
+// FNV-1a over the (index, config hash) list: two runs of one study expand to the same trials
+// exactly when these agree (what `mhd merge` checks across shards).
+std::string expansion_hash(const Study& study) {
+  std::uint64_t h = 14695981039346656037ULL;
+  for (std::size_t i = 0; i < study.trials.size(); ++i) {
+    for (const unsigned char c : std::to_string(i) + ":" + study.trials[i].hash() + ";") {
+      h ^= c;
+      h *= 1099511628211ULL;
+    }
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
 
 // "2024-05-01T12:34:56.789Z"
 std::string utc_now() {
@@ -225,12 +259,34 @@ StudyRow read_study_row(const Statement& s) {
   r.host = s.text(8);
   r.device = s.text(9);
   r.threads = s.integer(10);
+  r.interop_threads = s.integer(11);
+  r.jobs = s.integer(12);
+  r.shard = s.text(13);
+  r.expansion_hash = s.text(14);
   return r;
 }
 
-constexpr const char* kStudyColumns =
-    "SELECT id, name, description, toml, started_at, finished_at, git_revision, torch_version, host, device, "
-    "threads FROM studies";
+TrialRow read_trial_row(const Statement& s) {
+  TrialRow r;
+  r.id = s.integer(0);
+  r.study_id = s.integer(1);
+  r.index = s.integer(2);
+  r.variant = s.text(3);
+  r.sweep = s.text(4);
+  r.sweep_json = s.text(5);
+  r.seed = s.integer(6);
+  r.config_json = s.text(7);
+  r.config_hash = s.text(8);
+  r.status = trial_status_from_string(s.text(9));
+  r.error = s.text(10);
+  r.param_count = s.integer(11);
+  r.started_at = s.text(12);
+  r.finished_at = s.text(13);
+  r.wall_s = s.real(14);
+  r.threads = s.integer(15);
+  r.config_changes = s.integer(16);
+  return r;
+}
 
 std::string run_command(const std::string& command) {
   FILE* pipe = popen(command.c_str(), "r");
@@ -284,6 +340,7 @@ RunEnvironment current_environment(const std::string& device, std::int64_t threa
   env.host = gethostname(host, sizeof host - 1) == 0 ? host : "unknown";
   env.device = device;
   env.threads = threads;
+  env.interop_threads = at::get_num_interop_threads();
   return env;
 }
 
@@ -296,6 +353,50 @@ struct ResultsDb::Impl {
   std::vector<PendingMetric> metrics;
   std::vector<PendingTrace> traces;
   std::vector<std::pair<std::int64_t, ProbePoint>> points;  // (trial_id, point)
+  bool has_added_columns = false;  // kAddedColumns exist (always, once a writer opened the file)
+
+  // "SELECT ... FROM studies" with the added columns, or their defaults for an older file.
+  std::string study_select() const {
+    return std::string("SELECT id, name, description, toml, started_at, finished_at, git_revision, torch_version, "
+                       "host, device, threads, ") +
+           (has_added_columns ? "interop_threads, jobs, shard, expansion_hash" : "0, 1, '', ''") + " FROM studies";
+  }
+  std::string trial_select() const {
+    return std::string("SELECT id, study_id, idx, variant, sweep, sweep_json, seed, config_json, config_hash, status, "
+                       "error, param_count, started_at, finished_at, wall_s, ") +
+           (has_added_columns ? "threads, config_changes" : "0, 0") + " FROM trials";
+  }
+
+  // Every table that holds rows of a trial (metrics, traces, probe_points and whatever a later
+  // schema adds): what resetting, truncating and merging a trial must cover.
+  std::vector<std::string> trial_tables() const {
+    Statement s(db, path,
+                "SELECT m.name FROM sqlite_master m, pragma_table_info(m.name) p WHERE m.type = 'table' AND "
+                "m.name != 'trials' AND p.name = 'trial_id' ORDER BY m.name");
+    std::vector<std::string> out;
+    while (s.step()) out.push_back(s.text(0));
+    return out;
+  }
+
+  // Deletes the trial's rows in every trial table; with `after_step`, only rows of later steps in
+  // tables that have a step column (the others, e.g. probe points written at the end, entirely).
+  // The caller holds the transaction.
+  void delete_trial_rows(std::int64_t trial_id, std::optional<std::int64_t> after_step = std::nullopt) {
+    for (const auto& table : trial_tables()) {
+      const bool by_step = after_step && has_column(table.c_str(), "step");
+      const std::string sql = "DELETE FROM \"" + table + "\" WHERE trial_id = ?" + (by_step ? " AND step > ?" : "");
+      Statement s(db, path, sql.c_str());
+      s.bind(1, trial_id);
+      if (by_step) s.bind(2, *after_step);
+      s.run();
+    }
+  }
+
+  bool has_column(const char* table, const char* column) const {
+    Statement s(db, path, "SELECT 1 FROM pragma_table_info(?) WHERE name = ?");
+    s.bind(1, table).bind(2, column);
+    return s.step();
+  }
 
   ~Impl() {
     if (db != nullptr) sqlite3_close_v2(db);
@@ -395,6 +496,11 @@ struct ResultsDb::Impl {
       insert.bind(1, "schema_version").bind(2, std::to_string(kSchemaVersion)).run();
     }
     if (has_table("meta")) exec(db, path, kProbeSchemaSql);  // a foreign file was refused above
+    for (const auto& c : kAddedColumns) {
+      if (!has_column(c.table, c.name)) {
+        exec(db, path, (std::string("ALTER TABLE ") + c.table + " ADD COLUMN " + c.name + " " + c.declaration).c_str());
+      }
+    }
     tx.commit();
   }
 
@@ -441,6 +547,7 @@ std::unique_ptr<ResultsDb> ResultsDb::open(const std::string& path, bool read_on
   if (read_only) {
     if (!has_meta) throw Error(path + ": not an mhd results file (no meta table)");
     impl.check_format();
+    impl.has_added_columns = impl.has_column("studies", "shard") && impl.has_column("trials", "config_changes");
     return out;
   }
   // Refuse a foreign database before the pragmas below change anything in it. (The schema and
@@ -456,6 +563,7 @@ std::unique_ptr<ResultsDb> ResultsDb::open(const std::string& path, bool read_on
   exec(impl.db, path, "PRAGMA foreign_keys=ON");
   impl.ensure_schema();
   impl.check_format();
+  impl.has_added_columns = true;
   return out;
 }
 
@@ -469,12 +577,12 @@ ResultsDb::~ResultsDb() {
   }
 }
 
-std::int64_t ResultsDb::begin_study(const Study& study, const RunEnvironment& env) {
+std::int64_t ResultsDb::begin_study(const Study& study, const RunEnvironment& env, const std::string& shard) {
   impl_->require_writable();
   Transaction tx(impl_->db, path_);
   Statement s(impl_->db, path_,
               "INSERT INTO studies(name, description, toml, started_at, git_revision, torch_version, host, device, "
-              "threads) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+              "threads, interop_threads, jobs, shard, expansion_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
   s.bind(1, study.name)
       .bind(2, study.description)
       .bind(3, study.toml_text)
@@ -484,10 +592,45 @@ std::int64_t ResultsDb::begin_study(const Study& study, const RunEnvironment& en
       .bind(7, env.host)
       .bind(8, env.device)
       .bind(9, env.threads)
+      .bind(10, env.interop_threads)
+      .bind(11, env.jobs)
+      .bind(12, shard)
+      .bind(13, expansion_hash(study))
       .run();
   const std::int64_t id = sqlite3_last_insert_rowid(impl_->db);
   tx.commit();
   return id;
+}
+
+std::optional<StudyRow> ResultsDb::find_study(const std::string& name, const std::string& shard) const {
+  Statement s(impl_->db, path_, (impl_->study_select() + " WHERE name = ? AND " +
+                                 (impl_->has_added_columns ? "shard" : "''") + " = ? ORDER BY id DESC LIMIT 1")
+                                    .c_str());
+  s.bind(1, name).bind(2, shard);
+  if (!s.step()) return std::nullopt;
+  return read_study_row(s);
+}
+
+void ResultsDb::resume_study(std::int64_t study_id, const Study& study, const RunEnvironment& env) {
+  impl_->require_writable();
+  Transaction tx(impl_->db, path_);
+  Statement s(impl_->db, path_,
+              "UPDATE studies SET description = ?, toml = ?, finished_at = NULL, git_revision = ?, torch_version = ?, "
+              "host = ?, device = ?, threads = ?, interop_threads = ?, jobs = ?, expansion_hash = ? WHERE id = ?");
+  s.bind(1, study.description)
+      .bind(2, study.toml_text)
+      .bind(3, env.git_revision)
+      .bind(4, env.torch_version)
+      .bind(5, env.host)
+      .bind(6, env.device)
+      .bind(7, env.threads)
+      .bind(8, env.interop_threads)
+      .bind(9, env.jobs)
+      .bind(10, expansion_hash(study))
+      .bind(11, study_id)
+      .run();
+  if (sqlite3_changes(impl_->db) == 0) throw Error(path_ + ": no study with id " + std::to_string(study_id));
+  tx.commit();
 }
 
 void ResultsDb::finish_study(std::int64_t study_id) {
@@ -552,16 +695,113 @@ void ResultsDb::reset_trial(std::int64_t trial_id) {
   impl_->require_writable();
   impl_->flush();
   Transaction tx(impl_->db, path_);
-  for (const char* sql : {"DELETE FROM metrics WHERE trial_id = ?", "DELETE FROM traces WHERE trial_id = ?",
-                          "DELETE FROM probe_points WHERE trial_id = ?"}) {
-    Statement s(impl_->db, path_, sql);
-    s.bind(1, trial_id).run();
-  }
+  impl_->delete_trial_rows(trial_id);  // metrics, traces, probe points: every table with a trial_id
   Statement s(impl_->db, path_,
               "UPDATE trials SET status = 'pending', error = '', param_count = 0, started_at = NULL, "
               "finished_at = NULL, wall_s = 0 WHERE id = ?");
   s.bind(1, trial_id).run();
   if (sqlite3_changes(impl_->db) == 0) throw Error(path_ + ": no trial with id " + std::to_string(trial_id));
+  tx.commit();
+}
+
+Reconciliation ResultsDb::reconcile_trials(std::int64_t study_id,
+                                           const std::vector<std::pair<std::int64_t, const TrialConfig*>>& trials,
+                                           std::int64_t all_indices_count) {
+  impl_->require_writable();
+  impl_->flush();
+  Reconciliation out;
+  Transaction tx(impl_->db, path_);
+  std::map<std::int64_t, TrialRow> existing;
+  {
+    Statement s(impl_->db, path_, (impl_->trial_select() + " WHERE study_id = ?").c_str());
+    s.bind(1, study_id);
+    while (s.step()) {
+      TrialRow r = read_trial_row(s);
+      existing.emplace(r.index, std::move(r));
+    }
+  }
+  auto to_pending = [&](std::int64_t id, bool changed) {
+    impl_->delete_trial_rows(id);
+    const std::string sql = std::string(
+                                "UPDATE trials SET status = 'pending', error = '', param_count = 0, started_at = NULL, "
+                                "finished_at = NULL, wall_s = 0, threads = 0") +
+                            (changed ? ", config_changes = config_changes + 1" : "") + " WHERE id = ?";
+    Statement s(impl_->db, path_, sql.c_str());
+    s.bind(1, id).run();
+  };
+  for (const auto& [index, config] : trials) {
+    const auto found = existing.find(index);
+    if (found == existing.end()) {
+      Statement s(impl_->db, path_,
+                  "INSERT INTO trials(study_id, idx, variant, sweep, sweep_json, seed, config_json, config_hash) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+      s.bind(1, study_id).bind(2, index).bind(3, config->variant).bind(4, config->sweep_label());
+      s.bind(5, config->sweep_json()).bind(6, config->seed).bind(7, config->to_json()).bind(8, config->hash()).run();
+      out.trial_ids.push_back(sqlite3_last_insert_rowid(impl_->db));
+      out.added.push_back(config->label());
+      continue;
+    }
+    const TrialRow& row = found->second;
+    out.trial_ids.push_back(row.id);
+    if (row.config_hash != config->hash()) {
+      to_pending(row.id, /*changed=*/true);
+      Statement s(impl_->db, path_,
+                  "UPDATE trials SET variant = ?, sweep = ?, sweep_json = ?, seed = ?, config_json = ?, config_hash = ? "
+                  "WHERE id = ?");
+      s.bind(1, config->variant).bind(2, config->sweep_label()).bind(3, config->sweep_json()).bind(4, config->seed);
+      s.bind(5, config->to_json()).bind(6, config->hash()).bind(7, row.id).run();
+      out.changed.push_back(config->label());
+    } else if (row.status == TrialStatus::Done || row.status == TrialStatus::Diverged) {
+      out.kept.push_back(config->label());
+    } else if (row.status == TrialStatus::Pending && row.started_at.empty()) {
+      // never started: nothing to reset
+    } else {
+      // Interrupted (running: its runner was killed; pending: released on SIGINT) or failed. Its
+      // rows stay when it continues from a checkpoint; the caller truncates or resets then.
+      Statement s(impl_->db, path_, "UPDATE trials SET status = 'pending', finished_at = NULL WHERE id = ?");
+      s.bind(1, row.id).run();
+      out.restarted.push_back(config->label());
+    }
+  }
+  if (all_indices_count >= 0) {
+    for (const auto& [index, row] : existing) {
+      if (index < all_indices_count) continue;
+      impl_->delete_trial_rows(row.id);
+      Statement s(impl_->db, path_, "DELETE FROM trials WHERE id = ?");
+      s.bind(1, row.id).run();
+      out.removed.push_back(row.variant + (row.sweep.empty() ? "" : " " + row.sweep) + " seed=" + std::to_string(row.seed));
+    }
+  }
+  tx.commit();
+  return out;
+}
+
+bool ResultsDb::claim_trial(std::int64_t trial_id, std::int64_t threads) {
+  impl_->require_writable();
+  Transaction tx(impl_->db, path_);
+  Statement s(impl_->db, path_,
+              "UPDATE trials SET status = 'running', started_at = ?, finished_at = NULL, error = '', threads = ? "
+              "WHERE id = ? AND status = 'pending'");
+  s.bind(1, utc_now()).bind(2, threads).bind(3, trial_id).run();
+  const bool claimed = sqlite3_changes(impl_->db) > 0;
+  tx.commit();
+  return claimed;
+}
+
+void ResultsDb::release_trial(std::int64_t trial_id) {
+  impl_->require_writable();
+  impl_->flush();
+  Transaction tx(impl_->db, path_);
+  Statement s(impl_->db, path_, "UPDATE trials SET status = 'pending' WHERE id = ? AND status = 'running'");
+  s.bind(1, trial_id).run();
+  tx.commit();
+}
+
+void ResultsDb::truncate_trial(std::int64_t trial_id, std::int64_t step) {
+  impl_->require_writable();
+  impl_->flush();
+  Transaction tx(impl_->db, path_);
+  impl_->delete_trial_rows(trial_id, step);
   tx.commit();
 }
 
@@ -602,51 +842,39 @@ std::size_t ResultsDb::buffered_rows() const { return impl_->buffered(); }
 // what it wrote without remembering to flush.
 
 std::optional<StudyRow> ResultsDb::latest_study() const {
-  Statement s(impl_->db, path_, (std::string(kStudyColumns) + " ORDER BY id DESC LIMIT 1").c_str());
+  Statement s(impl_->db, path_, (impl_->study_select() + " ORDER BY id DESC LIMIT 1").c_str());
   if (!s.step()) return std::nullopt;
   return read_study_row(s);
 }
 
 std::optional<StudyRow> ResultsDb::study(std::int64_t study_id) const {
-  Statement s(impl_->db, path_, (std::string(kStudyColumns) + " WHERE id = ?").c_str());
+  Statement s(impl_->db, path_, (impl_->study_select() + " WHERE id = ?").c_str());
   s.bind(1, study_id);
   if (!s.step()) return std::nullopt;
   return read_study_row(s);
 }
 
 std::vector<StudyRow> ResultsDb::studies() const {
-  Statement s(impl_->db, path_, (std::string(kStudyColumns) + " ORDER BY id").c_str());
+  Statement s(impl_->db, path_, (impl_->study_select() + " ORDER BY id").c_str());
   std::vector<StudyRow> out;
   while (s.step()) out.push_back(read_study_row(s));
   return out;
 }
 
+
 std::vector<TrialRow> ResultsDb::trials(std::int64_t study_id) const {
-  Statement s(impl_->db, path_,
-              "SELECT id, study_id, idx, variant, sweep, sweep_json, seed, config_json, config_hash, status, error, "
-              "param_count, started_at, finished_at, wall_s FROM trials WHERE study_id = ? ORDER BY idx");
+  Statement s(impl_->db, path_, (impl_->trial_select() + " WHERE study_id = ? ORDER BY idx").c_str());
   s.bind(1, study_id);
   std::vector<TrialRow> out;
-  while (s.step()) {
-    TrialRow r;
-    r.id = s.integer(0);
-    r.study_id = s.integer(1);
-    r.index = s.integer(2);
-    r.variant = s.text(3);
-    r.sweep = s.text(4);
-    r.sweep_json = s.text(5);
-    r.seed = s.integer(6);
-    r.config_json = s.text(7);
-    r.config_hash = s.text(8);
-    r.status = trial_status_from_string(s.text(9));
-    r.error = s.text(10);
-    r.param_count = s.integer(11);
-    r.started_at = s.text(12);
-    r.finished_at = s.text(13);
-    r.wall_s = s.real(14);
-    out.push_back(std::move(r));
-  }
+  while (s.step()) out.push_back(read_trial_row(s));
   return out;
+}
+
+std::optional<TrialRow> ResultsDb::trial(std::int64_t trial_id) const {
+  Statement s(impl_->db, path_, (impl_->trial_select() + " WHERE id = ?").c_str());
+  s.bind(1, trial_id);
+  if (!s.step()) return std::nullopt;
+  return read_trial_row(s);
 }
 
 std::vector<std::string> ResultsDb::metric_names(std::int64_t study_id) const {
@@ -732,6 +960,178 @@ std::vector<ProbePoint> ResultsDb::probe_points(std::int64_t trial_id, const std
     out.push_back(std::move(p));
   }
   return out;
+}
+
+namespace {
+
+struct MergeInput {
+  std::string path;
+  StudyRow study;
+  std::vector<TrialRow> trials;
+};
+
+std::string trial_label(const TrialRow& t) {
+  return t.variant + (t.sweep.empty() ? "" : " " + t.sweep) + " seed=" + std::to_string(t.seed);
+}
+
+// Inputs must be shards of one study: same name, same TOML, same expansion, no trial twice.
+void check_merge_inputs(const std::vector<MergeInput>& inputs) {
+  const MergeInput& first = inputs.front();
+  std::map<std::int64_t, const MergeInput*> owner;  // trial index -> input holding it
+  for (const auto& in : inputs) {
+    if (in.study.name != first.study.name) {
+      throw Error(in.path + ": study '" + in.study.name + "' is not study '" + first.study.name + "' of " +
+                  first.path + "; refusing to merge different studies");
+    }
+    if (in.study.toml != first.study.toml) {
+      throw Error(in.path + ": study '" + in.study.name + "' was run from another study file (TOML) than " +
+                  first.path + "; refusing to merge");
+    }
+    if (!in.study.expansion_hash.empty() && !first.study.expansion_hash.empty() &&
+        in.study.expansion_hash != first.study.expansion_hash) {
+      throw Error(in.path + ": study '" + in.study.name + "' expands to other trials than in " + first.path +
+                  " (plugins or defaults changed?); refusing to merge");
+    }
+    for (const auto& t : in.trials) {
+      const auto [it, fresh] = owner.emplace(t.index, &in);
+      if (!fresh) {
+        throw Error(in.path + ": trial #" + std::to_string(t.index + 1) + " (" + trial_label(t) + ") is also in " +
+                    it->second->path + "; each shard once");
+      }
+    }
+  }
+}
+
+// Column names of `table` in schema `schema` ("main", "src").
+std::vector<std::string> table_columns(sqlite3* db, const std::string& path, const std::string& schema,
+                                       const std::string& table) {
+  Statement s(db, path, "SELECT name FROM pragma_table_info(?, ?) ORDER BY cid");
+  s.bind(1, table).bind(2, schema);
+  std::vector<std::string> out;
+  while (s.step()) out.push_back(s.text(0));
+  return out;
+}
+
+std::string quoted(const std::string& name) { return "\"" + name + "\""; }
+
+}  // namespace
+
+MergeSummary ResultsDb::merge(const std::string& output, const std::vector<std::string>& inputs) {
+  if (inputs.empty()) throw Error("mhd merge: no input files given");
+  std::vector<MergeInput> in;
+  for (const auto& path : inputs) {
+    if (std::filesystem::absolute(path) == std::filesystem::absolute(output))
+      throw Error(path + ": is also the output; merge into a new file");
+    auto db = open(path, /*read_only=*/true);
+    auto study = db->latest_study();
+    if (!study) throw Error(path + ": no study recorded; nothing to merge");
+    in.push_back({path, *study, db->trials(study->id)});
+  }
+  check_merge_inputs(in);
+
+  MergeSummary summary;
+  summary.study = in.front().study.name;
+  // Shards of an I/N split that are not among the inputs (reported, not refused: a partial merge
+  // is useful while the last shards still run).
+  if (const auto& shard = in.front().study.shard; !shard.empty()) {
+    const std::int64_t n = std::stoll(shard.substr(shard.find('/') + 1));
+    for (std::int64_t i = 1; i <= n; ++i) {
+      const std::string name = std::to_string(i) + "/" + std::to_string(n);
+      if (std::none_of(in.begin(), in.end(), [&](const MergeInput& m) { return m.study.shard == name; }))
+        summary.missing_shards.push_back(name);
+    }
+  }
+
+  auto out = open(output);
+  if (out->latest_study()) throw Error(output + ": already holds a study; merge into a new file");
+  sqlite3* db = out->impl_->db;
+  const StudyRow& s0 = in.front().study;
+  for (const auto& m : in) {
+    {
+      Statement attach(db, output, "ATTACH DATABASE ? AS src");
+      attach.bind(1, m.path).run();
+    }
+    struct Detach {
+      sqlite3* db;
+      ~Detach() { sqlite3_exec(db, "DETACH DATABASE src", nullptr, nullptr, nullptr); }
+    } detach{db};
+    Transaction tx(db, output);
+    std::int64_t study_id = 0;
+    {
+      Statement find(db, output, "SELECT id FROM studies ORDER BY id LIMIT 1");
+      if (find.step()) study_id = find.integer(0);
+    }
+    if (study_id == 0) {
+      // The merged study: the first shard's row, the whole study (no shard), started at the
+      // earliest shard's start.
+      std::string started = s0.started_at;
+      for (const auto& other : in) started = std::min(started, other.study.started_at);
+      Statement insert(db, output,
+                       "INSERT INTO studies(name, description, toml, started_at, git_revision, torch_version, host, "
+                       "device, threads, interop_threads, jobs, shard, expansion_hash) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?)");
+      insert.bind(1, s0.name).bind(2, s0.description).bind(3, s0.toml).bind(4, started).bind(5, s0.git_revision);
+      insert.bind(6, s0.torch_version).bind(7, s0.host).bind(8, s0.device).bind(9, s0.threads);
+      insert.bind(10, s0.interop_threads).bind(11, s0.jobs).bind(12, s0.expansion_hash).run();
+      study_id = sqlite3_last_insert_rowid(db);
+    }
+    // Trials: every column both files have, the study id replaced; old -> new ids in a temp table.
+    exec(db, output, "CREATE TEMP TABLE IF NOT EXISTS merge_ids(old INTEGER PRIMARY KEY, new INTEGER NOT NULL)");
+    exec(db, output, "DELETE FROM temp.merge_ids");
+    std::string columns;
+    const auto src_trial_columns = table_columns(db, output, "src", "trials");
+    for (const auto& c : table_columns(db, output, "main", "trials")) {
+      if (c == "id" || c == "study_id") continue;
+      if (std::find(src_trial_columns.begin(), src_trial_columns.end(), c) != src_trial_columns.end())
+        columns += ", " + quoted(c);
+    }
+    for (const auto& t : m.trials) {
+      Statement copy(db, output,
+                     ("INSERT INTO main.trials(study_id" + columns + ") SELECT ?" + columns +
+                      " FROM src.trials WHERE id = ?")
+                         .c_str());
+      copy.bind(1, study_id).bind(2, t.id).run();
+      Statement map(db, output, "INSERT INTO temp.merge_ids(old, new) VALUES (?, ?)");
+      map.bind(1, t.id).bind(2, static_cast<std::int64_t>(sqlite3_last_insert_rowid(db))).run();
+    }
+    // Every table of the input that holds trial rows, created in the output when this build's
+    // schema lacks it.
+    std::vector<std::pair<std::string, std::string>> tables;  // name, CREATE statement
+    {
+      Statement list(db, output,
+                     "SELECT m.name, m.sql FROM src.sqlite_master m, pragma_table_info(m.name, 'src') p "
+                     "WHERE m.type = 'table' AND m.name != 'trials' AND p.name = 'trial_id' ORDER BY m.name");
+      while (list.step()) tables.emplace_back(list.text(0), list.text(1));
+    }
+    for (const auto& [table, create] : tables) {
+      if (table_columns(db, output, "main", table).empty()) exec(db, output, create.c_str());
+      const auto src_columns = table_columns(db, output, "src", table);
+      std::string names, values;
+      for (const auto& c : table_columns(db, output, "main", table)) {
+        if (std::find(src_columns.begin(), src_columns.end(), c) == src_columns.end()) continue;
+        names += (names.empty() ? "" : ", ") + quoted(c);
+        values += (values.empty() ? "" : ", ") + (c == "trial_id" ? std::string("ids.new") : "s." + quoted(c));
+      }
+      exec(db, output,
+           ("INSERT INTO main." + quoted(table) + "(" + names + ") SELECT " + values + " FROM src." + quoted(table) +
+            " s JOIN temp.merge_ids ids ON ids.old = s.trial_id ORDER BY s.rowid")
+               .c_str());
+    }
+    tx.commit();
+    summary.trials += static_cast<std::int64_t>(m.trials.size());
+  }
+  // Finished when every shard finished and none is missing.
+  const bool finished = summary.missing_shards.empty() &&
+                        std::all_of(in.begin(), in.end(), [](const MergeInput& m) { return !m.study.finished_at.empty(); });
+  if (finished) {
+    std::string last;
+    for (const auto& m : in) last = std::max(last, m.study.finished_at);
+    Transaction tx(db, output);
+    Statement s(db, output, "UPDATE studies SET finished_at = ?");
+    s.bind(1, last).run();
+    tx.commit();
+  }
+  return summary;
 }
 
 std::string ResultsDb::journal_mode() const {

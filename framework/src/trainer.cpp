@@ -504,11 +504,14 @@ class TrialTrainer {
   // The trainer's record first, then the checkpoint: a kill between the two leaves the previous
   // checkpoint, whose record is kept as the file's first line.
   void write_checkpoint(std::int64_t step) {
+    // The results rows up to this step are persisted before the checkpoint exists: a run continued
+    // from it (mhd run --resume deletes the rows after its step) then lacks none of the steps it covers.
+    emit(step, "checkpoint_step", static_cast<double>(step));
+    if (sink_.flush) sink_.flush();
     const std::string record = trainer_state(step).record();
     write_trainer_state(options_.checkpoint_path, last_state_record_, record);
     save_checkpoint(options_.checkpoint_path, config_, step, *model_, optimizer_.get());
     last_state_record_ = record;
-    emit(step, "checkpoint_step", static_cast<double>(step));
   }
 
   // With TrainOptions::resume and an existing checkpoint: restores it and returns its step (0 otherwise).

@@ -1,5 +1,6 @@
 #include "commands.h"
 
+#include <filesystem>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
@@ -64,13 +65,95 @@ void print_plugin(const LoadedPlugin& plugin) {
 
 }  // namespace
 
+// This executable, to start trial processes (`mhd run-trial`) with.
+std::string self_executable() {
+  std::error_code ec;
+  const auto path = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) throw Error("cannot find the mhd executable (/proc/self/exe): " + ec.message() + "; use --in-process");
+  return path.string();
+}
+
+std::string shell_word(const std::string& s) {
+  if (!s.empty() && s.find_first_of(" \t'\"$`\\*?;&|<>()") == std::string::npos) return s;
+  std::string out = "'";
+  for (const char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+// The exact command that continues an interrupted run.
+std::string resume_command(const RunArgs& args) {
+  std::string cmd = "mhd run " + shell_word(args.study) + " --resume";
+  if (!args.output.empty()) cmd += " --out " + shell_word(args.output);
+  if (!args.device.empty()) cmd += " --device " + args.device;
+  if (!args.only.empty()) cmd += " --only " + shell_word(args.only);
+  if (args.jobs != 1) cmd += " --jobs " + std::to_string(args.jobs);
+  if (!args.shard.empty()) cmd += " --shard " + args.shard;
+  if (args.in_process) cmd += " --in-process";
+  return cmd;
+}
+
 int run(const RunArgs& args) {
   return guarded([&] {
     auto& registry = discovered_plugins();
     Study study = load_study(args.study, registry);
     RunOptions options{args.output, args.device, args.only};
+    options.resume = args.resume;
+    options.jobs = args.jobs;
+    if (!args.shard.empty()) {
+      std::tie(options.shard_index, options.shard_count) = parse_shard(args.shard);
+      if (options.output.empty()) options.output = shard_output_path(study.output, options.shard_index, options.shard_count);
+    }
+    if (args.in_process && args.jobs > 1) throw Error("--in-process runs one trial at a time; drop --jobs or --in-process");
+    if (!args.in_process) options.worker_executable = self_executable();
+    install_stop_on_sigint();
     RunSummary summary = run_study(study, registry, options, std::cout);
+    if (summary.interrupted) {
+      std::cout << "stopped by SIGINT; finished trials are kept. Resume with:\n  " << resume_command(args) << std::endl;
+      return kExitInterrupted;
+    }
     return summary.failed > 0 ? kExitTrialsFailed : kExitOk;
+  });
+}
+
+int run_trial(const WorkerCliArgs& args) {
+  return guarded([&] {
+    auto& registry = discovered_plugins();
+    for (const auto& dir : args.plugin_path) registry.scan_directory(dir);
+    WorkerArgs worker{args.results, args.trial_id, args.threads, args.device, args.prefix, args.plugin_path};
+    return run_trial_worker(worker, registry, std::cout);
+  });
+}
+
+int merge(const std::string& output, const std::vector<std::string>& inputs) {
+  return guarded([&] {
+    const MergeSummary summary = ResultsDb::merge(output, inputs);
+    std::cout << "merged " << inputs.size() << " file(s) of study '" << summary.study << "': " << summary.trials
+              << " trial(s) -> " << output << std::endl;
+    if (!summary.missing_shards.empty()) {
+      std::cout << "warning: shard(s) not among the inputs:";
+      for (const auto& s : summary.missing_shards) std::cout << " " << s;
+      std::cout << " (the merged study is incomplete)" << std::endl;
+    }
+    return kExitOk;
+  });
+}
+
+int slurm(const SlurmArgs& args) {
+  return guarded([&] {
+    Study study = load_study(args.study, discovered_plugins());
+    SlurmOptions options;
+    options.study_path = args.study;
+    options.mhd_executable = self_executable();
+    options.out_dir = args.out_dir.empty() ? "slurm/" + study.name : args.out_dir;
+    options.shards = args.shards;
+    options.partition = args.partition;
+    options.time = args.time;
+    const auto files = write_slurm_scripts(study, options);
+    std::cout << "study '" << study.name << "': " << study.trials.size() << " trial(s) in " << args.shards
+              << " shard(s). Wrote:\n";
+    for (const auto& f : files) std::cout << "  " << f << "\n";
+    std::cout << "Submit with: bash " << shell_word(files.back()) << std::endl;
+    return kExitOk;
   });
 }
 

@@ -19,6 +19,38 @@ int main(int argc, char** argv) {
   run->add_option("--out", run_args.output, "Results file (default: the study's output)");
   run->add_option("--device", run_args.device, "Device for every trial")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   run->add_option("--only", run_args.only, "Run only this variant");
+  run->add_flag("--resume", run_args.resume,
+                "Continue the study in the results file: keep finished trials, restart interrupted ones, "
+                "re-run trials whose configuration changed");
+  run->add_option("--jobs,-j", run_args.jobs, "Trials run in parallel (cores split between them)")
+      ->check(CLI::Range(1, 1024));
+  run->add_option("--shard", run_args.shard, "Run shard I of N (1-based): trials with index % N == I-1");
+  run->add_flag("--in-process", run_args.in_process, "Train trials in this process (no crash isolation)");
+
+  // Hidden: one trial in a child process of `mhd run` (crash isolation).
+  mhd::cli::WorkerCliArgs worker_args;
+  auto* run_trial = app.add_subcommand("run-trial", "");
+  run_trial->group("");
+  run_trial->add_option("--results", worker_args.results)->required();
+  run_trial->add_option("--trial-id", worker_args.trial_id)->required();
+  run_trial->add_option("--threads", worker_args.threads);
+  run_trial->add_option("--device", worker_args.device);
+  run_trial->add_option("--prefix", worker_args.prefix);
+  run_trial->add_option("--plugin-path", worker_args.plugin_path);
+
+  std::string merge_output;
+  std::vector<std::string> merge_inputs;
+  auto* merge = app.add_subcommand("merge", "Combine the results files of a study's shards (mhd run --shard) into one");
+  merge->add_option("output", merge_output, "Merged results file (new)")->required();
+  merge->add_option("inputs", merge_inputs, "Shard results files")->required();
+
+  mhd::cli::SlurmArgs slurm_args;
+  auto* slurm = app.add_subcommand("slurm", "Write Slurm scripts: a job array of shards, then a dependent merge");
+  slurm->add_option("study", slurm_args.study, "Study file (TOML)")->required();
+  slurm->add_option("--shards", slurm_args.shards, "Number of shards (array tasks)")->required()->check(CLI::Range(1, 100000));
+  slurm->add_option("--out", slurm_args.out_dir, "Directory for the scripts and results (default slurm/NAME)");
+  slurm->add_option("--partition", slurm_args.partition, "#SBATCH --partition");
+  slurm->add_option("--time", slurm_args.time, "#SBATCH --time, e.g. 04:00:00");
 
   std::string study_path;
   auto* validate = app.add_subcommand("validate", "Parse, validate and expand a study without running it");
@@ -45,6 +77,9 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : mhd::cli::kExitBadInput;
   }
   if (*run) return mhd::cli::run(run_args);
+  if (*run_trial) return mhd::cli::run_trial(worker_args);
+  if (*merge) return mhd::cli::merge(merge_output, merge_inputs);
+  if (*slurm) return mhd::cli::slurm(slurm_args);
   if (*validate) return mhd::cli::validate(study_path);
   if (*plan) return mhd::cli::plan(study_path);
   if (*plugins) return mhd::cli::plugins(kind);

@@ -25,14 +25,20 @@ struct RunEnvironment {
   std::string torch_version;
   std::string host;
   std::string device;
-  std::int64_t threads = 0;
+  std::int64_t threads = 0;          // intra-op threads of each trial
+  std::int64_t interop_threads = 0;  // LibTorch inter-op pool of each trial
+  std::int64_t jobs = 1;             // trials run in parallel (mhd run --jobs)
 };
+// Fills git revision, LibTorch version, host and the inter-op thread count; jobs = 1.
 RunEnvironment current_environment(const std::string& device, std::int64_t threads);
 
 struct StudyRow {
   std::int64_t id = 0;
   std::string name, description, toml, started_at, finished_at, git_revision, torch_version, host, device;
   std::int64_t threads = 0;
+  std::int64_t interop_threads = 0, jobs = 1;
+  std::string shard;           // "I/N" for `mhd run --shard I/N`, "" for the whole study
+  std::string expansion_hash;  // digest of every trial's (index, config hash): equal studies expand equally
 };
 
 struct TrialRow {
@@ -50,6 +56,18 @@ struct TrialRow {
   std::int64_t param_count = 0;
   std::string started_at, finished_at;
   double wall_s = 0.0;
+  std::int64_t threads = 0;         // intra-op threads it ran with (0: not recorded)
+  std::int64_t config_changes = 0;  // times `mhd run --resume` re-ran it because its configuration changed
+};
+
+// What ResultsDb::reconcile_trials did with a resumed study's trials.
+struct Reconciliation {
+  std::vector<std::int64_t> trial_ids;  // parallel to the trials given
+  std::vector<std::string> kept;        // labels: finished before, unchanged (not re-run)
+  std::vector<std::string> restarted;   // unchanged but unfinished (pending, running or failed)
+  std::vector<std::string> changed;     // configuration changed: reset, to run again
+  std::vector<std::string> added;       // new in the study file
+  std::vector<std::string> removed;     // no longer in the study file: deleted with their rows
 };
 
 struct MetricPoint {
@@ -76,11 +94,24 @@ struct ProbePoint {
   double x = 0.0, y = 0.0, value = 0.0;
 };
 
+// What `mhd merge` combined.
+struct MergeSummary {
+  std::string study;
+  std::int64_t trials = 0;
+  std::vector<std::string> missing_shards;  // "2/3" for each shard of an I/N split not among the inputs
+};
+
 class ResultsDb {
  public:
   // Opens (creating the schema when writable and new). Read-only opening of a file that is not a
   // results file throws mhd::Error saying so. Sets WAL mode and a busy timeout.
   static std::unique_ptr<ResultsDb> open(const std::string& path, bool read_only = false);
+  // `mhd merge OUTPUT INPUT...`: the latest study of each input (the shards of one study, from
+  // `mhd run --shard I/N`) combined into one study row of `output`, a new results file, with every
+  // trial and all its rows (every table with a trial_id: metrics, traces, probe points ...).
+  // Throws mhd::Error naming the input when the inputs disagree on the study's name, TOML text or
+  // trial expansion, when a trial index comes twice, or when `output` already holds a study.
+  static MergeSummary merge(const std::string& output, const std::vector<std::string>& inputs);
   ~ResultsDb();
   ResultsDb(const ResultsDb&) = delete;
   ResultsDb& operator=(const ResultsDb&) = delete;
@@ -88,7 +119,28 @@ class ResultsDb {
   const std::string& path() const { return path_; }
 
   // --- writing -------------------------------------------------------------------------
-  std::int64_t begin_study(const Study& study, const RunEnvironment& env);
+  // `shard` is "I/N" when the run covers one shard of the trials ("" for all of them).
+  std::int64_t begin_study(const Study& study, const RunEnvironment& env, const std::string& shard = "");
+  // The newest study row named `name` with that shard, for `mhd run --resume`.
+  std::optional<StudyRow> find_study(const std::string& name, const std::string& shard) const;
+  // A resumed run: new TOML text, expansion hash and environment, finished_at cleared.
+  void resume_study(std::int64_t study_id, const Study& study, const RunEnvironment& env);
+  // Matches `trials` (index in the study's expansion, configuration) with the study's rows by
+  // index: the same config hash keeps a row (done and diverged ones are not run again; pending,
+  // running and failed ones are reset to pending); another hash resets the row to the new
+  // configuration (config_changes + 1); a missing row is added. With `all_indices_count` >= 0,
+  // rows at an index >= it (trials no longer in the study) are deleted. One transaction.
+  Reconciliation reconcile_trials(std::int64_t study_id,
+                                  const std::vector<std::pair<std::int64_t, const TrialConfig*>>& trials,
+                                  std::int64_t all_indices_count);
+  // pending -> running with the thread count; false when the trial is not pending (another runner
+  // took it, or it finished).
+  bool claim_trial(std::int64_t trial_id, std::int64_t threads);
+  // running -> pending, its rows kept (an interrupted trial; resume resets or continues it).
+  void release_trial(std::int64_t trial_id);
+  // Deletes the trial's metrics, traces and probe points after `step` (resuming from a checkpoint
+  // written at that step).
+  void truncate_trial(std::int64_t trial_id, std::int64_t step);
   void finish_study(std::int64_t study_id);
   // Adds the trial as pending; returns its id.
   std::int64_t add_trial(std::int64_t study_id, std::int64_t index, const TrialConfig& config);
@@ -113,6 +165,7 @@ class ResultsDb {
   std::optional<StudyRow> study(std::int64_t study_id) const;
   std::vector<StudyRow> studies() const;
   std::vector<TrialRow> trials(std::int64_t study_id) const;
+  std::optional<TrialRow> trial(std::int64_t trial_id) const;
   std::vector<std::string> metric_names(std::int64_t study_id) const;
   std::vector<MetricPoint> metric_series(std::int64_t trial_id, const std::string& name) const;
   // The last recorded value of every metric of a trial.
