@@ -1,5 +1,8 @@
-// Anderson vs fixed point on contractive maps, B = 32, D = 256, to tol 1e-4 (worst sample's
-// relative residual), both plugins loaded through the registry as the host loads them.
+// Anderson, the hybrid solver's three modes and L-BFGS vs fixed point on contractive maps, B = 32,
+// D = 256, to tol 1e-4 (worst sample's relative residual), every plugin loaded through the registry as
+// the host loads it, with its default parameters. These problems have no energy, so the hybrid modes
+// run as they do without one: alternating = fixed-point iteration, simultaneous = descent on
+// ||z - f(z)||^2, cascade = fixed point for half the budget then L-BFGS on 1/2 ||z - f(z)||^2.
 //
 // Cases (the benchmark argument):
 //   0 gaussian       z -> z W^T + x,        W Gaussian scaled to ||W||_2 = 0.95 (non-normal; its
@@ -8,7 +11,8 @@
 //                                             the slowest modes contract by only 0.95 per step
 //   2 tanh_critical  z -> tanh(z W^T + x),  the near_critical W inside a DEQ-style tanh cell
 // Counters per solve: f_evals, iterations, converged (0/1), final_rel (worst sample), and for Anderson
-// its fallbacks. Time is wall time per solve, with one intra-op thread (see main).
+// its fallbacks; for the descent solvers vjp_evals (backward passes through f, one per f evaluation
+// of the residual objective), the line search's failures and the hybrid's stop_rule. Time is wall time per solve, with one intra-op thread (see main).
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -32,10 +36,19 @@ constexpr std::int64_t kMaxIter = 2000;
 
 const char* const kCaseNames[] = {"gaussian", "near_critical", "tanh_critical"};
 
-std::shared_ptr<mhd::Solver> make_solver(const std::string& name) {
+const char* plugin_file(const std::string& name) {
+  if (name == "anderson") return MHD_PLUGIN_ANDERSON;
+  if (name == "hybrid") return MHD_PLUGIN_HYBRID;
+  if (name == "lbfgs") return MHD_PLUGIN_LBFGS;
+  return MHD_PLUGIN_FIXED_POINT;
+}
+
+// `mode` is the hybrid solver's mode; empty for the other solvers.
+std::shared_ptr<mhd::Solver> make_solver(const std::string& name, const std::string& mode) {
   auto& reg = mhd::PluginRegistry::global();
-  reg.load_file(name == "anderson" ? MHD_PLUGIN_ANDERSON : MHD_PLUGIN_FIXED_POINT, mhd::PluginKind::Solver);
-  const auto params = mhd::Params::defaults(reg.require(mhd::PluginKind::Solver, name).manifest->params);
+  reg.load_file(plugin_file(name), mhd::PluginKind::Solver);
+  auto params = mhd::Params::defaults(reg.require(mhd::PluginKind::Solver, name).manifest->params);
+  if (!mode.empty()) params.set("mode", mode);
   return reg.make_solver(name, params);
 }
 
@@ -70,10 +83,10 @@ double extra(const mhd::SolverInfo& info, const std::string& key) {
   return 0.0;
 }
 
-void BM_Solve(benchmark::State& state, const std::string& solver_name) {
+void BM_Solve(benchmark::State& state, const std::string& solver_name, const std::string& mode = "") {
   const std::int64_t which = state.range(0);
   const mhd::FixedPointProblem problem = make_problem(which);
-  const auto solver = make_solver(solver_name);
+  const auto solver = make_solver(solver_name, mode);
   const at::Tensor z0 = at::zeros({kBatch, kDim});
   const mhd::SolveLimits limits{kMaxIter, kTol};
   at::NoGradGuard no_grad;
@@ -89,6 +102,11 @@ void BM_Solve(benchmark::State& state, const std::string& solver_name) {
   state.counters["converged"] = last.info.converged ? 1.0 : 0.0;
   state.counters["final_rel"] = last.info.rel_trace.back();
   if (solver_name == "anderson") state.counters["fallbacks"] = extra(last.info, "anderson_fallbacks");
+  if (solver_name == "hybrid" || solver_name == "lbfgs") {
+    state.counters["vjp_evals"] = extra(last.info, "vjp_evals");
+    state.counters["ls_failures"] = extra(last.info, "line_search_failures");
+  }
+  if (solver_name == "hybrid") state.counters["stop_rule"] = extra(last.info, "stop_rule");
 }
 
 BENCHMARK_CAPTURE(BM_Solve, fixed_point, std::string("fixed_point"))
@@ -96,6 +114,22 @@ BENCHMARK_CAPTURE(BM_Solve, fixed_point, std::string("fixed_point"))
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Solve, anderson, std::string("anderson"))
+    ->DenseRange(0, 2)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Solve, hybrid_alternating, std::string("hybrid"), std::string("alternating"))
+    ->DenseRange(0, 2)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Solve, hybrid_simultaneous, std::string("hybrid"), std::string("simultaneous"))
+    ->DenseRange(0, 2)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Solve, hybrid_cascade, std::string("hybrid"), std::string("cascade"))
+    ->DenseRange(0, 2)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Solve, lbfgs, std::string("lbfgs"))
     ->DenseRange(0, 2)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
