@@ -261,23 +261,19 @@ TEST(DenseAmPlugin, SharperSeparationConcentratesRetrieval) {
   const at::Tensor stored = at::randn({slots, dim}) / 8.0;
   const at::Tensor keep = at::rand({slots, dim}).gt(0.3);
   const at::Tensor queries = at::where(keep, stored, at::randn({slots, dim}) / 8.0);
-  auto top10 = [&](const Overrides& o) {
+  // A cosine-similarity memory holding `stored`, with the separation in `o`.
+  auto memory_with = [&](const Overrides& o) {
     Overrides all = o;
     all["size"] = slots;
     all["similarity"] = std::string("cosine");
     auto memory = make_memory(dim, all);
     memory->write(stored);
-    at::NoGradGuard no_grad;
-    return memory->stats(queries).at("top10_mass");
+    return memory;
   };
+  at::NoGradGuard no_grad;
+  auto top10 = [&](const Overrides& o) { return memory_with(o)->stats(queries).at("top10_mass"); };
   auto own_cosine = [&](const Overrides& o) {
-    Overrides all = o;
-    all["size"] = slots;
-    all["similarity"] = std::string("cosine");
-    auto memory = make_memory(dim, all);
-    memory->write(stored);
-    at::NoGradGuard no_grad;
-    const at::Tensor r = memory->retrieve(queries);
+    const at::Tensor r = memory_with(o)->retrieve(queries);
     return at::cosine_similarity(r, stored, 1).mean().item<double>();
   };
   const double d2 = own_cosine({{"degree", std::int64_t{2}}}), d4 = own_cosine({{"degree", std::int64_t{4}}}),
