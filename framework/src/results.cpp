@@ -378,13 +378,16 @@ struct ResultsDb::Impl {
     return out;
   }
 
-  // Deletes the trial's rows in every trial table; with `after_step`, only rows of later steps in
-  // tables that have a step column (the others, e.g. probe points written at the end, entirely).
+  // Deletes the trial's rows in every trial table; with `after_step`, only rows of later steps
+  // and of step 0 in tables that have a step column (the others, e.g. probe points written at the end, entirely).
   // The caller holds the transaction.
   void delete_trial_rows(std::int64_t trial_id, std::optional<std::int64_t> after_step = std::nullopt) {
     for (const auto& table : trial_tables()) {
       const bool by_step = after_step && has_column(table.c_str(), "step");
-      const std::string sql = "DELETE FROM \"" + table + "\" WHERE trial_id = ?" + (by_step ? " AND step > ?" : "");
+      // Step 0 holds what a trainer writes when it starts (parameter count, chance accuracy): a
+      // trainer continuing from a checkpoint writes those again.
+      const std::string sql =
+          "DELETE FROM \"" + table + "\" WHERE trial_id = ?" + (by_step ? " AND (step > ? OR step = 0)" : "");
       Statement s(db, path, sql.c_str());
       s.bind(1, trial_id);
       if (by_step) s.bind(2, *after_step);

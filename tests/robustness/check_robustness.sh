@@ -172,7 +172,7 @@ cmp -s "$work/slow.metrics" "$work/slow_ref.metrics" && ok "killed + resumed == 
   || fail "resumed metrics differ" "$(diff "$work/slow.metrics" "$work/slow_ref.metrics" | head)"
 
 # --- 7. SIGINT: stops after the flush, says how to resume, exit 130 -------------------------------
-rm -f "$work/slow.sqlite"*
+rm -rf "$work/slow.sqlite"*
 "$mhd" run "$work/slow.toml" --jobs 2 > "$work/int.log" 2>&1 &
 runner=$!
 wait_for "$work/slow.sqlite" "SELECT count(*) FROM trials WHERE status = 'done'" 1

@@ -138,8 +138,8 @@ class ResultsDb {
   bool claim_trial(std::int64_t trial_id, std::int64_t threads);
   // running -> pending, its rows kept (an interrupted trial; resume resets or continues it).
   void release_trial(std::int64_t trial_id);
-  // Deletes the trial's metrics, traces and probe points after `step` (resuming from a checkpoint
-  // written at that step).
+  // Deletes the trial's metrics, traces and probe points after `step`, and those of step 0 (what a
+  // trainer writes again when it starts): for a trial continuing from a checkpoint of that step.
   void truncate_trial(std::int64_t trial_id, std::int64_t step);
   void finish_study(std::int64_t study_id);
   // Adds the trial as pending; returns its id.
