@@ -5,7 +5,10 @@
 #include <iostream>
 #include <sstream>
 
+#include "mhd/checkpoint.h"
 #include "mhd/error.h"
+#include "mhd/generate.h"
+#include "mhd/model.h"
 #include "mhd/pipeline.h"
 #include "mhd/plugin.h"
 #include "mhd/registry.h"
@@ -215,6 +218,64 @@ int report(const std::string& file, const std::vector<std::string>& metrics, boo
     options.metrics = metrics;
     options.csv = csv;
     std::cout << format_report(*db, options) << std::flush;
+    return kExitOk;
+  });
+}
+
+namespace {
+
+// An lm_bytes prompt is its bytes; any other task's is whitespace-separated ids below the vocabulary.
+std::vector<std::int64_t> prompt_tokens(const std::string& prompt, bool bytes, std::int64_t vocab) {
+  std::vector<std::int64_t> tokens;
+  if (bytes) {
+    for (unsigned char c : prompt) tokens.push_back(c);
+  } else {
+    std::istringstream in(prompt);
+    std::string word;
+    while (in >> word) {
+      std::size_t used = 0;
+      std::int64_t id = -1;
+      try {
+        id = std::stoll(word, &used);
+      } catch (const std::exception&) {
+      }
+      if (used != word.size() || id < 0 || id >= vocab)
+        throw Error("--prompt: \"" + word + "\" is not a token id in [0, " + std::to_string(vocab) +
+                    ") (this checkpoint's task is not lm_bytes, so the prompt is token ids)");
+      tokens.push_back(id);
+    }
+  }
+  if (tokens.empty()) throw Error("--prompt: empty; give at least one token");
+  return tokens;
+}
+
+}  // namespace
+
+int generate(const GenerateArgs& args) {
+  return guarded([&] {
+    auto loaded = load_model_from_checkpoint(args.checkpoint, discovered_plugins());
+    const bool bytes = loaded.config->task_kind == "lm_bytes";
+    const std::int64_t vocab = loaded.model->named_parameters()["embedding.weight"].size(0);
+    GenerationOptions options;
+    options.max_new_tokens = args.max_length;
+    options.sampling.temperature = args.temperature;
+    options.sampling.top_k = args.top_k;
+    options.sampling.top_p = args.top_p;
+    options.seed = args.seed;
+    options.warm_start = !args.cold;
+    const auto prompt = prompt_tokens(args.prompt, bytes, vocab);
+    const auto result = mhd::generate(*loaded.model, prompt, options);
+    if (bytes) {
+      for (std::int64_t t : result.tokens) std::cout << static_cast<char>(t);
+    } else {
+      for (std::size_t i = 0; i < result.tokens.size(); ++i) std::cout << (i ? " " : "") << result.tokens[i];
+    }
+    std::cout << std::endl;
+    std::cerr << "mhd generate: " << result.tokens.size() << " tokens after a " << prompt.size()
+              << "-token prompt; " << std::fixed << std::setprecision(1)
+              << result.tokens_per_second() << " positions/s; mean solver iterations per position "
+              << std::setprecision(2) << result.mean_iterations() << " (" << (args.cold ? "cold" : "warm")
+              << " start, " << result.unconverged << " unconverged)" << std::endl;
     return kExitOk;
   });
 }

@@ -70,6 +70,24 @@ int main(int argc, char** argv) {
   report->add_option("--metric", metrics, "Metric(s) to show (repeatable); default a standard set");
   report->add_flag("--csv", csv, "Comma-separated output for machines");
 
+  mhd::cli::GenerateArgs gen_args;
+  auto* generate = app.add_subcommand("generate", "Generate from a checkpoint with the recurrent decode");
+  generate->add_option("checkpoint", gen_args.checkpoint, "Checkpoint file (written by [train] checkpoint_every)")
+      ->required();
+  generate->add_option("--prompt", gen_args.prompt,
+                       "Prompt: text for an lm_bytes model, whitespace-separated token ids otherwise")
+      ->required();
+  generate->add_option("--max-length", gen_args.max_length, "Tokens to generate after the prompt")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{1000000}));
+  generate->add_option("--temperature", gen_args.temperature, "Softmax temperature; 0 is greedy")
+      ->check(CLI::Range(0.0, 1e6));
+  generate->add_option("--top-k", gen_args.top_k, "Sample among the k most likely tokens (0: all)")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{1} << 40));
+  generate->add_option("--top-p", gen_args.top_p, "Nucleus: the smallest set whose probability >= p (1: all)")
+      ->check(CLI::Range(1e-9, 1.0));
+  generate->add_option("--seed", gen_args.seed, "Sampling seed");
+  generate->add_flag("--cold", gen_args.cold, "Start every solve from z0 instead of the previous z*");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -84,5 +102,6 @@ int main(int argc, char** argv) {
   if (*plan) return mhd::cli::plan(study_path);
   if (*plugins) return mhd::cli::plugins(kind);
   if (*report) return mhd::cli::report(file, metrics, csv);
+  if (*generate) return mhd::cli::generate(gen_args);
   return mhd::cli::kExitBadInput;
 }
