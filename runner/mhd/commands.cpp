@@ -4,6 +4,7 @@
 #include <iomanip>
 #include <iostream>
 #include <sstream>
+#include <tuple>
 
 #include "mhd/checkpoint.h"
 #include "mhd/error.h"
