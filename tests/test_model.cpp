@@ -188,6 +188,8 @@ TEST(UnifiedModel, NoveltyGatedWritesStoreOnlyWhatTheMemoryLacks) {
   auto input = tokens(3, 8);
   auto first = model.forward(input);
   EXPECT_EQ(first.memory_writes, 3) << "a random bank holds nothing like the three queries";
+  EXPECT_EQ(model.commit_memory_writes(), 3);
+  EXPECT_EQ(model.commit_memory_writes(), 0) << "a commit writes once";
   {
     at::NoGradGuard no_grad;
     auto stored = model.dynamics().memory()->max_similarity(model.dynamics().query(first.z_star.detach()));

@@ -370,3 +370,18 @@ TEST(TrainKeys, BadKeysAreOneLineErrors) {
 }
 
 }  // namespace
+
+namespace {
+
+// Novelty-gated writes change the bank only after the step's backward pass has used it, so a
+// trial with writes trains (an in-place write before backward broke the implicit gradient).
+TEST(MemoryWrites, TrainingWithNoveltyGatedWritesCompletesAndFillsTheBank) {
+  auto run = train(config("steps = 3\neval_every = 0\n", "memory_writes = true\nwrite_threshold = 0.999\n"));
+  ASSERT_EQ(run.result.status, mhd::TrialStatus::Done) << run.result.error;
+  ASSERT_EQ(run.metrics.count("memory_writes"), 1u);
+  double written = 0;
+  for (const auto& [step, n] : run.metrics.at("memory_writes")) written += n;
+  EXPECT_GT(written, 0) << "a random bank holds nothing like the first queries";
+}
+
+}  // namespace

@@ -120,9 +120,10 @@ TEST_F(ViewerWindow, TreeTabsAndControls) {
 
   auto* tabs = w.findChild<QTabWidget*>();
   ASSERT_NE(tabs, nullptr);
-  ASSERT_EQ(tabs->count(), 4);
+  ASSERT_EQ(tabs->count(), 5);
   EXPECT_EQ(tabs->tabText(0), "Training curves");
   EXPECT_EQ(tabs->tabText(3), "Solver traces");
+  EXPECT_EQ(tabs->tabText(4), "Probes");
   QWidget* curves = tabs->widget(0);
   EXPECT_EQ(series_on(curves), 4) << "two variants: a band and a mean line each";
   for (auto* box : curves->findChildren<QCheckBox*>()) box->setChecked(true);  // log y

@@ -67,6 +67,7 @@ torch::Tensor UnifiedModel::context(const torch::Tensor& tokens) {
 }
 
 ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe) {
+  commit_memory_writes();  // a caller that did not commit after its last step
   ModelOutput out;
   auto X = context(tokens);  // [B, L, D]
   if (!deq_) {
@@ -112,22 +113,32 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe) {
     for (const auto& opt : optimizations_) opt->on_equilibrium(f, out.z_star.detach(), out.z0.detach());
   }
   if (warm_start_) previous = out.z_star.detach();
-  if (memory_writes_ && memory_enabled_ && is_training()) out.memory_writes = write_novel_patterns(out.z_star.detach());
+  if (memory_writes_ && memory_enabled_ && is_training()) out.memory_writes = stage_novel_patterns(out.z_star.detach());
   if (energy_on_) out.energy = dynamics_->energy(out.z_star, out.context);
   auto combined = X + out.z_star.unsqueeze(1);  // z* broadcast over L: [B, L, D]
   out.logits = head_->forward(head_norm_->forward(combined));
   return out;
 }
 
-std::int64_t UnifiedModel::write_novel_patterns(const torch::Tensor& z_star) {
+std::int64_t UnifiedModel::stage_novel_patterns(const torch::Tensor& z_star) {
   // The seeds' policy: store what the memory does not already hold. Queries W_q z* are stored, the
   // space retrieval compares against; outside autograd.
   torch::NoGradGuard no_grad;
   Memory& memory = *dynamics_->memory();
   auto queries = dynamics_->query(z_star);                           // [B, D]
   auto novel = memory.max_similarity(queries).lt(write_threshold_);  // [B]
-  auto chosen = queries.index({novel});                              // [N, D]
-  return chosen.size(0) > 0 ? memory.write(chosen) : 0;
+  pending_writes_ = queries.index({novel}).clone();                  // [N, D]
+  return pending_writes_.size(0);
+}
+
+std::int64_t UnifiedModel::commit_memory_writes() {
+  if (!pending_writes_.defined()) return 0;
+  // Applied only now because the step's graph (the implicit backward's f, the energy) still holds
+  // the bank: writing into it in place before backward would invalidate that graph.
+  torch::NoGradGuard no_grad;
+  auto patterns = std::move(pending_writes_);
+  pending_writes_ = torch::Tensor();
+  return patterns.size(0) > 0 ? dynamics_->memory()->write(patterns) : 0;
 }
 
 void UnifiedModel::set_memory_enabled(bool on) {

@@ -316,6 +316,7 @@ class TrialTrainer {
         return false;
       }
     }
+    model_->commit_memory_writes();  // after backward: the step's graph no longer needs the bank
 
     emit(step, "loss", loss.item<double>());
     emit(step, "task_loss", task.loss.item<double>());

@@ -71,6 +71,11 @@ class UnifiedModel : public torch::nn::Module {
   void set_memory_enabled(bool on);
   bool memory_enabled() const { return memory_enabled_; }
   std::int64_t parameter_count() const;
+  // Writes the novel patterns the last training forward chose (ModelOutput::memory_writes of them)
+  // into the memory. The trainer calls it after the optimizer step; forward() also commits what is
+  // still pending, so the bank never changes while a step's graph may still need it. Returns how
+  // many were written.
+  std::int64_t commit_memory_writes();
   // Forgets the previous equilibria (a new sequence of streams starts).
   void reset_warm_start();
 
@@ -83,7 +88,7 @@ class UnifiedModel : public torch::nn::Module {
   DecodeStep step(const torch::Tensor& tokens, DecodeState& state, bool warm_start = true);
 
  private:
-  std::int64_t write_novel_patterns(const torch::Tensor& z_star);
+  std::int64_t stage_novel_patterns(const torch::Tensor& z_star);
 
   bool deq_ = true;
   bool energy_on_ = true;
@@ -95,6 +100,7 @@ class UnifiedModel : public torch::nn::Module {
   bool memory_writes_ = false;
   bool memory_enabled_ = true;
   double write_threshold_ = 0.7;
+  torch::Tensor pending_writes_;  // [N, D] queries chosen by the last training forward, not yet written
   torch::Tensor last_train_z_, last_eval_z_;  // previous equilibria per stream, detached
   std::shared_ptr<Solver> solver_, backward_solver_;
   std::vector<std::shared_ptr<Optimization>> optimizations_;
