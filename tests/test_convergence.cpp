@@ -15,6 +15,7 @@
 #include "mhd/results.h"
 #include "mhd/study.h"
 #include "test_plugins_loaded.h"
+#include "tiny_study.h"
 
 namespace {
 
@@ -106,40 +107,13 @@ TEST(ConvergenceProbe, RunsOnATrainedModel) {
   const auto dir = std::filesystem::temp_directory_path() / ("mhd_convergence_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   const std::string out = (dir / "c.sqlite").string();
-  const auto study = mhd::parse_study(R"([study]
-name = "convergence_probe"
-output = ")" + out + R"("
-threads = 1
-[task]
-kind = "associative_recall"
-vocab_size = 16
-num_pairs = 2
-seq_len = 8
-[model]
-d_model = 16
-n_layers = 1
-[backbone]
-plugin = "mamba"
-d_state = 4
-[memory]
-plugin = "hopfield"
-size = 8
-[solver]
-plugin = "anderson"
-max_iter = 5
-[train]
-steps = 2
-batch = 4
-eval_every = 0
-eval_batches = 1
-log_every = 0
-[probes.convergence]
+  const auto study = mhd::parse_study(tiny_study("convergence_probe", out, R"([probes.convergence]
 batches = 2
 iterations = 6
 return_iterations = 6
 power_iterations = 5
 curves = 2
-)",
+)"),
                                       "convergence.toml", registry);
   std::ostringstream log;
   const auto summary = mhd::run_study(study, registry, {}, log);

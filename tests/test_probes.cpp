@@ -16,6 +16,7 @@
 #include "mhd/study.h"
 #include "mhd/trainer.h"
 #include "test_plugins_loaded.h"
+#include "tiny_study.h"
 
 namespace fs = std::filesystem;
 
@@ -60,36 +61,8 @@ fs::path fresh_dir(const std::string& name) {
   return dir;
 }
 
-// The tiny model of tests/data/studies/tiny_model.toml, trained for 2 steps, then `extra`.
-std::string tiny_study(const std::string& output, const std::string& extra) {
-  return R"([study]
-name = "probes"
-output = ")" + output + R"("
-threads = 1
-[task]
-kind = "associative_recall"
-vocab_size = 16
-num_pairs = 2
-seq_len = 8
-[model]
-d_model = 16
-n_layers = 1
-[backbone]
-plugin = "mamba"
-d_state = 4
-[memory]
-plugin = "hopfield"
-size = 8
-[solver]
-plugin = "anderson"
-max_iter = 5
-[train]
-steps = 2
-batch = 4
-eval_every = 0
-eval_batches = 1
-log_every = 0
-)" + extra;
+std::string probes_study(const std::string& output, const std::string& extra) {
+  return tiny_study("probes", output, extra);
 }
 
 mhd::Study parse(const std::string& text) { return mhd::parse_study(text, "probes.toml", registry()); }
@@ -123,7 +96,7 @@ TEST(ProbeRegistry, ListsAndFindsProbes) {
 }
 
 TEST(ProbeStudy, ParsesValidatesAndOverrides) {
-  const auto study = parse(tiny_study("x.sqlite", R"([probes.test_echo]
+  const auto study = parse(probes_study("x.sqlite", R"([probes.test_echo]
 scale = 3
 [[variant]]
 name = "off"
@@ -151,28 +124,28 @@ probes = { test_echo = { enabled = false } }
 
 TEST(ProbeStudy, UnknownProbeAndBadKeysPointAtTheFile) {
   // Line 28 is the first line after the tiny study's 27 lines.
-  const std::string unknown = parse_error(tiny_study("x.sqlite", "[probes.test_ecoh]\n"));
+  const std::string unknown = parse_error(probes_study("x.sqlite", "[probes.test_ecoh]\n"));
   EXPECT_NE(unknown.find("probes.toml:28:"), std::string::npos) << unknown;
   EXPECT_NE(unknown.find("unknown probe 'test_ecoh'; did you mean 'test_echo'?"), std::string::npos) << unknown;
 
-  const std::string key = parse_error(tiny_study("x.sqlite", "[probes.test_echo]\nscal = 2\n"));
+  const std::string key = parse_error(probes_study("x.sqlite", "[probes.test_echo]\nscal = 2\n"));
   EXPECT_NE(key.find("probes.toml:29:"), std::string::npos) << key;
   EXPECT_NE(key.find("unknown key 'probes.test_echo.scal' for probe 'test_echo'; did you mean 'scale'?"),
             std::string::npos)
       << key;
 
-  const std::string range = parse_error(tiny_study("x.sqlite", "[probes.test_echo]\nscale = 1000.0\n"));
+  const std::string range = parse_error(probes_study("x.sqlite", "[probes.test_echo]\nscale = 1000.0\n"));
   EXPECT_NE(range.find("probes.toml:29:"), std::string::npos) << range;
   EXPECT_NE(range.find("probes.test_echo.scale"), std::string::npos) << range;
 
-  const std::string sweep = parse_error(tiny_study("x.sqlite", "[sweep]\n\"probes.test_echo\" = [1]\n"));
+  const std::string sweep = parse_error(probes_study("x.sqlite", "[sweep]\n\"probes.test_echo\" = [1]\n"));
   EXPECT_NE(sweep.find("expected probes.NAME.key"), std::string::npos) << sweep;
 }
 
 TEST(ProbePoints, RoundTripThroughTheResultsFile) {
   const auto dir = fresh_dir("points");
   const std::string path = (dir / "points.sqlite").string();
-  const auto study = parse(tiny_study(path, ""));
+  const auto study = parse(probes_study(path, ""));
   std::int64_t trial = 0;
   {
     auto db = mhd::ResultsDb::open(path);
@@ -210,7 +183,7 @@ TEST(ProbePoints, RoundTripThroughTheResultsFile) {
 TEST(ProbeRun, RunsAfterTrainingAndItsNumbersLand) {
   const auto dir = fresh_dir("run");
   const std::string path = (dir / "run.sqlite").string();
-  const auto study = parse(tiny_study(path, R"([probes.test_echo]
+  const auto study = parse(probes_study(path, R"([probes.test_echo]
 scale = 2.0
 [[variant]]
 name = "failing"
