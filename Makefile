@@ -9,7 +9,7 @@ CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
 PACKAGES := build-essential cmake ninja-build git pkg-config \
   libtorch-dev libboost-dev libboost-filesystem-dev libtomlplusplus-dev libsqlite3-dev \
   libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev \
-  qt6-base-dev qt6-charts-dev libgloo-dev
+  qt6-base-dev qt6-charts-dev libqt6opengl6-dev libgloo-dev libopenblas0-openmp
 
 .PHONY: quickstart test build configure deps clean
 

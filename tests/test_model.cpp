@@ -11,6 +11,7 @@
 #include "mhd/registry.h"
 #include "test_plugins_loaded.h"
 #include "mhd/study.h"
+#include "mhd/task.h"
 
 namespace {
 
@@ -238,6 +239,54 @@ TEST(UnifiedModel, ImplicitGradientMatchesUnrolledBackprop) {
     const double scale = std::max(item.value().grad().norm().item<double>(), 1e-8);
     EXPECT_LT((ga - item.value().grad()).norm().item<double>() / scale, 1e-4) << item.key();
   }
+}
+
+}  // namespace
+
+namespace {
+
+// The head runs only where a target exists (UnifiedModel::forward's `scored` mask): the loss, the
+// accuracy and every gradient equal those of the full [B, L, V] logits with ignored positions.
+TEST(UnifiedModel, HeadAtTheLabelledPositionsGivesTheFullLossAccuracyAndGradients) {
+  const auto trial = config_with();
+  auto task = mhd::make_task(trial.task_kind, trial.task, 3);
+  const mhd::Batch batch = task->train_batch(5);
+  const auto labelled = batch.targets != mhd::kIgnoreIndex;  // [B, L]
+  ASSERT_GT(labelled.sum().item<std::int64_t>(), 0);
+  ASSERT_LT(labelled.sum().item<std::int64_t>(), labelled.numel()) << "the task must leave positions unscored";
+
+  torch::manual_seed(0);
+  mhd::UnifiedModel model(trial, registry(), task->vocab_size());
+  auto full = model.forward(batch.inputs);
+  ASSERT_EQ(full.logits.dim(), 3);
+  auto full_loss = at::cross_entropy_loss(full.logits.reshape({-1, full.logits.size(2)}), batch.targets.reshape({-1}),
+                                          {}, at::Reduction::Mean, mhd::kIgnoreIndex);
+  const auto full_right = (full.logits.argmax(2) == batch.targets).logical_and(labelled).sum().item<double>();
+  model.zero_grad();
+  full_loss.backward();
+  std::vector<at::Tensor> full_grads;
+  for (const auto& p : model.parameters()) full_grads.push_back(p.grad().defined() ? p.grad().clone() : at::Tensor());
+
+  auto scored = model.forward(batch.inputs, false, labelled);
+  ASSERT_EQ(scored.logits.dim(), 2);
+  EXPECT_EQ(scored.logits.size(0), labelled.sum().item<std::int64_t>());
+  const auto labels = batch.targets.masked_select(labelled);
+  auto scored_loss = at::cross_entropy_loss(scored.logits, labels);
+  const auto scored_right = (scored.logits.argmax(1) == labels).sum().item<double>();
+  model.zero_grad();
+  scored_loss.backward();
+
+  EXPECT_NEAR(scored_loss.item<double>(), full_loss.item<double>(), 1e-6);
+  EXPECT_EQ(scored_right, full_right);
+  std::size_t compared = 0;
+  const auto params = model.parameters();
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    ASSERT_EQ(params[i].grad().defined(), full_grads[i].defined());
+    if (!full_grads[i].defined()) continue;
+    EXPECT_LT((params[i].grad() - full_grads[i]).abs().max().item<double>(), 1e-6) << "parameter " << i;
+    ++compared;
+  }
+  EXPECT_GT(compared, params.size() / 2) << "most parameters must receive a gradient to compare";
 }
 
 }  // namespace

@@ -66,12 +66,20 @@ torch::Tensor UnifiedModel::context(const torch::Tensor& tokens) {
   return x;
 }
 
-ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe) {
+torch::Tensor UnifiedModel::head(const torch::Tensor& H, const torch::Tensor& scored) {
+  if (!scored.defined()) return head_->forward(head_norm_->forward(H));  // [B, L, V]
+  if (scored.sizes() != H.sizes().slice(0, 2))
+    throw Error("model: the scored mask must be [B, L] like the tokens");
+  auto rows = H.reshape({-1, H.size(2)}).index({scored.reshape({-1})});  // [N, D]
+  return head_->forward(head_norm_->forward(rows));                     // [N, V]
+}
+
+ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe, const torch::Tensor& scored) {
   commit_memory_writes();  // a caller that did not commit after its last step
   ModelOutput out;
   auto X = context(tokens);  // [B, L, D]
   if (!deq_) {
-    out.logits = head_->forward(head_norm_->forward(X));
+    out.logits = head(X, scored);
     return out;
   }
   out.z0 = X.select(1, X.size(1) - 1);  // [B, D]
@@ -116,7 +124,7 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe) {
   if (memory_writes_ && memory_enabled_ && is_training()) out.memory_writes = stage_novel_patterns(out.z_star.detach());
   if (energy_on_) out.energy = dynamics_->energy(out.z_star, out.context);
   auto combined = X + out.z_star.unsqueeze(1);  // z* broadcast over L: [B, L, D]
-  out.logits = head_->forward(head_norm_->forward(combined));
+  out.logits = head(combined, scored);
   return out;
 }
 

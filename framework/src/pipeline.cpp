@@ -28,6 +28,7 @@
 #include "mhd/error.h"
 #include "mhd/registry.h"
 #include "mhd/results.h"
+#include "mhd/runtime.h"
 #include "mhd/study.h"
 #include "mhd/trainer.h"
 
@@ -463,6 +464,8 @@ RunSummary run_study(const Study& study, PluginRegistry& registry, const RunOpti
     slots.push_back(std::move(slot));
   }
 
+  log << runtime_summary(resolved, static_cast<int>(threads));
+  if (const auto warning = reference_blas_warning(); !warning.empty()) log << warning << "\n";
   log << "study '" << study.name << "'" << (shard.empty() ? "" : " shard " + shard) << ": " << trials.size()
       << " trial(s), " << slots.size() << " to run"
       << (options.worker_executable.empty() ? "" : ", " + std::to_string(options.jobs) + " at a time") << ", "

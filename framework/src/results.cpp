@@ -4,6 +4,7 @@
 // flush(), so a killed run loses at most the rows since the last flush. Values are always bound to
 // prepared statements, never pasted into SQL.
 #include "mhd/results.h"
+#include "mhd/runtime.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -113,6 +114,8 @@ constexpr AddedColumn kAddedColumns[] = {
     {"studies", "expansion_hash", "TEXT NOT NULL DEFAULT ''"},
     {"trials", "threads", "INTEGER NOT NULL DEFAULT 0"},
     {"trials", "config_changes", "INTEGER NOT NULL DEFAULT 0"},
+    {"studies", "blas", "TEXT NOT NULL DEFAULT ''"},
+    {"studies", "cpu_features", "TEXT NOT NULL DEFAULT ''"},
 };
 
 // FNV-1a over the (index, config hash) list: two runs of one study expand to the same trials
@@ -263,6 +266,8 @@ StudyRow read_study_row(const Statement& s) {
   r.jobs = s.integer(12);
   r.shard = s.text(13);
   r.expansion_hash = s.text(14);
+  r.blas = s.text(15);
+  r.cpu_features = s.text(16);
   return r;
 }
 
@@ -341,6 +346,8 @@ RunEnvironment current_environment(const std::string& device, std::int64_t threa
   env.device = device;
   env.threads = threads;
   env.interop_threads = at::get_num_interop_threads();
+  env.blas = blas_info().name;
+  env.cpu_features = cpu_features();
   return env;
 }
 
@@ -354,12 +361,14 @@ struct ResultsDb::Impl {
   std::vector<PendingTrace> traces;
   std::vector<std::pair<std::int64_t, ProbePoint>> points;  // (trial_id, point)
   bool has_added_columns = false;  // kAddedColumns exist (always, once a writer opened the file)
+  bool has_runtime_columns = false;  // studies.blas and studies.cpu_features (added later still)
 
   // "SELECT ... FROM studies" with the added columns, or their defaults for an older file.
   std::string study_select() const {
     return std::string("SELECT id, name, description, toml, started_at, finished_at, git_revision, torch_version, "
                        "host, device, threads, ") +
-           (has_added_columns ? "interop_threads, jobs, shard, expansion_hash" : "0, 1, '', ''") + " FROM studies";
+           (has_added_columns ? "interop_threads, jobs, shard, expansion_hash" : "0, 1, '', ''") +
+           (has_runtime_columns ? ", blas, cpu_features" : ", '', ''") + " FROM studies";
   }
   std::string trial_select() const {
     return std::string("SELECT id, study_id, idx, variant, sweep, sweep_json, seed, config_json, config_hash, status, "
@@ -551,6 +560,7 @@ std::unique_ptr<ResultsDb> ResultsDb::open(const std::string& path, bool read_on
     if (!has_meta) throw Error(path + ": not an mhd results file (no meta table)");
     impl.check_format();
     impl.has_added_columns = impl.has_column("studies", "shard") && impl.has_column("trials", "config_changes");
+    impl.has_runtime_columns = impl.has_column("studies", "blas");
     return out;
   }
   // Refuse a foreign database before the pragmas below change anything in it. (The schema and
@@ -567,6 +577,7 @@ std::unique_ptr<ResultsDb> ResultsDb::open(const std::string& path, bool read_on
   impl.ensure_schema();
   impl.check_format();
   impl.has_added_columns = true;
+  impl.has_runtime_columns = true;
   return out;
 }
 
@@ -585,7 +596,8 @@ std::int64_t ResultsDb::begin_study(const Study& study, const RunEnvironment& en
   Transaction tx(impl_->db, path_);
   Statement s(impl_->db, path_,
               "INSERT INTO studies(name, description, toml, started_at, git_revision, torch_version, host, device, "
-              "threads, interop_threads, jobs, shard, expansion_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+              "threads, interop_threads, jobs, shard, expansion_hash, blas, cpu_features) "
+              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
   s.bind(1, study.name)
       .bind(2, study.description)
       .bind(3, study.toml_text)
@@ -599,6 +611,8 @@ std::int64_t ResultsDb::begin_study(const Study& study, const RunEnvironment& en
       .bind(11, env.jobs)
       .bind(12, shard)
       .bind(13, expansion_hash(study))
+      .bind(14, env.blas)
+      .bind(15, env.cpu_features)
       .run();
   const std::int64_t id = sqlite3_last_insert_rowid(impl_->db);
   tx.commit();
@@ -619,7 +633,8 @@ void ResultsDb::resume_study(std::int64_t study_id, const Study& study, const Ru
   Transaction tx(impl_->db, path_);
   Statement s(impl_->db, path_,
               "UPDATE studies SET description = ?, toml = ?, finished_at = NULL, git_revision = ?, torch_version = ?, "
-              "host = ?, device = ?, threads = ?, interop_threads = ?, jobs = ?, expansion_hash = ? WHERE id = ?");
+              "host = ?, device = ?, threads = ?, interop_threads = ?, jobs = ?, expansion_hash = ?, blas = ?, "
+              "cpu_features = ? WHERE id = ?");
   s.bind(1, study.description)
       .bind(2, study.toml_text)
       .bind(3, env.git_revision)
@@ -630,7 +645,9 @@ void ResultsDb::resume_study(std::int64_t study_id, const Study& study, const Ru
       .bind(8, env.interop_threads)
       .bind(9, env.jobs)
       .bind(10, expansion_hash(study))
-      .bind(11, study_id)
+      .bind(11, env.blas)
+      .bind(12, env.cpu_features)
+      .bind(13, study_id)
       .run();
   if (sqlite3_changes(impl_->db) == 0) throw Error(path_ + ": no study with id " + std::to_string(study_id));
   tx.commit();
@@ -1071,11 +1088,12 @@ MergeSummary ResultsDb::merge(const std::string& output, const std::vector<std::
       for (const auto& other : in) started = std::min(started, other.study.started_at);
       Statement insert(db, output,
                        "INSERT INTO studies(name, description, toml, started_at, git_revision, torch_version, host, "
-                       "device, threads, interop_threads, jobs, shard, expansion_hash) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?)");
+                       "device, threads, interop_threads, jobs, shard, expansion_hash, blas, cpu_features) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?)");
       insert.bind(1, s0.name).bind(2, s0.description).bind(3, s0.toml).bind(4, started).bind(5, s0.git_revision);
       insert.bind(6, s0.torch_version).bind(7, s0.host).bind(8, s0.device).bind(9, s0.threads);
-      insert.bind(10, s0.interop_threads).bind(11, s0.jobs).bind(12, s0.expansion_hash).run();
+      insert.bind(10, s0.interop_threads).bind(11, s0.jobs).bind(12, s0.expansion_hash);
+      insert.bind(13, s0.blas).bind(14, s0.cpu_features).run();
       study_id = sqlite3_last_insert_rowid(db);
     }
     // Trials: every column both files have, the study id replaced; old -> new ids in a temp table.

@@ -50,18 +50,29 @@ struct TaskScore {
   double accuracy = 0;
 };
 
-TaskScore score(const at::Tensor& logits, const at::Tensor& targets) {
-  // logits: [B, L, V], targets: [B, L]
-  const auto V = logits.size(2);
-  auto flat_logits = logits.reshape({-1, V});
-  auto flat_targets = targets.reshape({-1});
+TaskScore score(const at::Tensor& logits, const at::Tensor& labels) {
+  // logits: [N, V] at the labelled positions only, labels: [N]
   TaskScore s;
-  s.loss = at::cross_entropy_loss(flat_logits, flat_targets, {}, at::Reduction::Mean, kIgnoreIndex);
-  auto labelled = flat_targets != kIgnoreIndex;
-  const auto n = labelled.sum().item<double>();
-  auto right = (flat_logits.argmax(1) == flat_targets).logical_and(labelled).sum().item<double>();
-  s.accuracy = n > 0 ? right / n : 0.0;
+  const auto n = labels.size(0);
+  s.loss = n > 0 ? at::cross_entropy_loss(logits, labels) : logits.sum() * 0;
+  s.accuracy = n > 0 ? (logits.argmax(1) == labels).sum().item<double>() / static_cast<double>(n) : 0.0;
   return s;
+}
+
+struct ScoredForward {
+  ModelOutput out;
+  TaskScore task;
+};
+
+// The model with its head run only where a target exists (the loss and accuracy are those of the
+// full [B, L, V] logits; the rest of the head is work nothing reads).
+ScoredForward forward_scored(UnifiedModel& model, const at::Tensor& inputs, const at::Tensor& targets,
+                             bool observe = false) {
+  const auto labelled = targets != kIgnoreIndex;  // [B, L]
+  ScoredForward r;
+  r.out = model.forward(inputs, observe, labelled);
+  r.task = score(r.out.logits, targets.masked_select(labelled));
+  return r;
 }
 
 // ||f(z* + d) - f(z*)|| / ||d|| per sample with the graph kept, so the stability term can push
@@ -287,8 +298,7 @@ class TrialTrainer {
     auto inputs = batch.inputs.to(device_);
     auto targets = batch.targets.to(device_);
 
-    ModelOutput out = model_->forward(inputs);
-    TaskScore task = score(out.logits, targets);
+    auto [out, task] = forward_scored(*model_, inputs, targets);
     // Data parallel: this slice's mean becomes its share of the global batch's mean (exact average).
     if (dp_) task.loss = task.loss * dp_->mean_share((targets != kIgnoreIndex).sum().item<double>());
     at::Tensor loss = objective(step, out, task);
@@ -374,8 +384,7 @@ class TrialTrainer {
     double loss = 0, accuracy = 0, iters = 0;
     for (std::int64_t i = 0; i < batches; ++i) {
       Batch batch = task_->eval_batch(config_.train.integer("batch"), i);
-      ModelOutput out = model_->forward(batch.inputs.to(device_), /*observe=*/i == 0);
-      TaskScore s = score(out.logits, batch.targets.to(device_));
+      auto [out, s] = forward_scored(*model_, batch.inputs.to(device_), batch.targets.to(device_), /*observe=*/i == 0);
       loss += s.loss.item<double>();
       accuracy += s.accuracy;
       iters += static_cast<double>(out.forward_info.iterations);
@@ -436,8 +445,7 @@ class TrialTrainer {
     std::vector<double> iterations;
     for (std::int64_t i = 0; i < batches; ++i) {
       Batch batch = task_->eval_batch(config_.train.integer("batch"), kValidationIndex + i);
-      ModelOutput out = model_->forward(batch.inputs.to(device_));
-      TaskScore s = score(out.logits, batch.targets.to(device_));
+      auto [out, s] = forward_scored(*model_, batch.inputs.to(device_), batch.targets.to(device_));
       loss += s.loss.item<double>();
       accuracy += s.accuracy;
       converged += out.forward_info.converged ? 1 : 0;
@@ -480,7 +488,7 @@ class TrialTrainer {
         double accuracy = 0;
         for (std::int64_t b = 0; b < batches; ++b) {
           Batch batch = task_->eval_batch(config_.train.integer("batch"), b);
-          accuracy += score(model_->forward(batch.inputs.to(device_)).logits, batch.targets.to(device_)).accuracy;
+          accuracy += forward_scored(*model_, batch.inputs.to(device_), batch.targets.to(device_)).task.accuracy;
         }
         row.push_back(accuracy / static_cast<double>(batches));
       }

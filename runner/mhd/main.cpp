@@ -2,16 +2,25 @@
 #include <iostream>
 
 #include <CLI/CLI.hpp>
+#include <torch/cuda.h>
+#include <torch/version.h>
 
 #include "commands.h"
 #include "mhd/data_parallel.h"
+#include "mhd/runtime.h"
 
 int main(int argc, char** argv) {
+  // Every command (generate, studies run in-process, probes) gets every core unless told otherwise.
+  mhd::use_all_cores();
   // Hidden: ranks 1..K-1 of a data-parallel trial (train.world_size = K), started by rank 0.
   if (const int code = mhd::data_parallel_worker_main(argc, argv); code >= 0) return code;
   CLI::App app{"mhd: plugin-based experiments with the Unified Mamba-Hopfield-DEQ model"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "mhd 0.1.0");
+  app.set_version_flag("--version", [] {
+    std::string text = "mhd 0.1.0 (LibTorch " TORCH_VERSION ")\n" + mhd::runtime_summary(torch::cuda::is_available() ? "cpu, cuda available" : "cpu (no CUDA)");
+    if (const auto warning = mhd::reference_blas_warning(); !warning.empty()) text += warning + "\n";
+    return text;
+  });
 
   mhd::cli::RunArgs run_args;
   auto* run = app.add_subcommand("run", "Run every trial of a study and write the results file");

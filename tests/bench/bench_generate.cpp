@@ -23,6 +23,7 @@
 #include "mhd/checkpoint.h"
 #include "mhd/model.h"
 #include "mhd/registry.h"
+#include "mhd/runtime.h"
 #include "mhd/study.h"
 
 namespace {
@@ -63,9 +64,9 @@ int main(int argc, char** argv) {
   auto bytes = at::empty({n}, at::kLong);
   for (std::int64_t i = 0; i < n; ++i) bytes[i] = static_cast<std::int64_t>(static_cast<unsigned char>(text[i]));
   torch::NoGradGuard no_grad;
-  at::set_num_threads(1);
+  mhd::use_all_cores();  // every core, as mhd generate runs
   std::cout << "checkpoint " << argv[1] << " (step " << loaded.step << "), held-out bytes " << n - held_out
-            << ", threads 1\n";
+            << ", threads " << at::get_num_threads() << "\n";
 
   // 1. Speed on one stream (wrapping around the held-out part).
   auto stream = at::empty({1, stream_length}, at::kLong);

@@ -24,7 +24,7 @@ class Optimization;
 struct TrialConfig;
 
 struct ModelOutput {
-  torch::Tensor logits;  // [B, L, V]
+  torch::Tensor logits;  // [B, L, V]; [N, V] at the N scored positions when forward() was given a mask
   torch::Tensor z_star;  // [B, D]; gradients reach the parameters through the backward mode
   SolverInfo forward_info;
   // Filled by the implicit backward solve once loss.backward() has run.
@@ -55,8 +55,11 @@ class UnifiedModel : public torch::nn::Module {
   UnifiedModel(const TrialConfig& config, PluginRegistry& registry, std::int64_t vocab_size);
 
   // tokens: [B, L] int64. `observe` lets optimizations probe the equilibrium (on_equilibrium),
-  // which may cost extra work; the trainer asks for it at evaluation steps.
-  ModelOutput forward(const torch::Tensor& tokens, bool observe = false);
+  // which may cost extra work; the trainer asks for it at evaluation steps. `scored` ([B, L] bool,
+  // optional) runs the head only where it is true: logits are then [N, V], the scored positions in
+  // row-major order. The [B, L, V] head is most of a step at a large vocabulary while a task may
+  // score a few positions (associative recall: 4 of 64).
+  ModelOutput forward(const torch::Tensor& tokens, bool observe = false, const torch::Tensor& scored = {});
 
   // The context X: [B, L, D] for tokens [B, L].
   torch::Tensor context(const torch::Tensor& tokens);
@@ -89,6 +92,8 @@ class UnifiedModel : public torch::nn::Module {
 
  private:
   std::int64_t stage_novel_patterns(const torch::Tensor& z_star);
+  // Head(LayerNorm(H)) for H: [B, L, D], at every position or only where `scored` is true ([N, V]).
+  torch::Tensor head(const torch::Tensor& H, const torch::Tensor& scored);
 
   bool deq_ = true;
   bool energy_on_ = true;

@@ -28,6 +28,8 @@ struct RunEnvironment {
   std::int64_t threads = 0;          // intra-op threads of each trial
   std::int64_t interop_threads = 0;  // LibTorch inter-op pool of each trial
   std::int64_t jobs = 1;             // trials run in parallel (mhd run --jobs)
+  std::string blas;                  // the BLAS LibTorch calls (runtime.h)
+  std::string cpu_features;          // SIMD features the fused kernels can use
 };
 // Fills git revision, LibTorch version, host and the inter-op thread count; jobs = 1.
 RunEnvironment current_environment(const std::string& device, std::int64_t threads);
@@ -39,6 +41,7 @@ struct StudyRow {
   std::int64_t interop_threads = 0, jobs = 1;
   std::string shard;           // "I/N" for `mhd run --shard I/N`, "" for the whole study
   std::string expansion_hash;  // digest of every trial's (index, config hash): equal studies expand equally
+  std::string blas, cpu_features;  // what the run ran on (runtime.h); '' in files from before they were kept
 };
 
 struct TrialRow {
