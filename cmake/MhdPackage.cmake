@@ -17,7 +17,8 @@ write_basic_package_version_file(${PROJECT_BINARY_DIR}/mhdConfigVersion.cmake
 include(GNUInstallDirs)
 set(_pkgdir ${CMAKE_INSTALL_LIBDIR}/cmake/mhd)
 install(EXPORT mhdTargets NAMESPACE mhd:: DESTINATION ${_pkgdir})
-install(DIRECTORY framework/include/mhd DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+# Installed headers: the SDK and the kits only (framework/CMakeLists.txt).
+install(DIRECTORY framework/sdk/include/mhd framework/kits/include/mhd DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 set(MHD_PLUGIN_HELPER ${_pkgdir}/MhdPlugin.cmake)
 configure_package_config_file(${_cfg_in} ${PROJECT_BINARY_DIR}/install/mhdConfig.cmake
   INSTALL_DESTINATION ${_pkgdir} PATH_VARS MHD_PLUGIN_HELPER)

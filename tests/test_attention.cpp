@@ -16,7 +16,7 @@
 #include "mhd/backbone.h"
 #include "mhd/error.h"
 #include "mhd/plugin.h"
-#include "mhd/registry.h"
+#include "plugin_host/registry.h"
 
 namespace {
 

@@ -10,11 +10,11 @@
 #include <ATen/ATen.h>
 #include <torch/optim/adamw.h>
 
-#include "mhd/checkpoint.h"
+#include "train/checkpoint.h"
 #include "mhd/error.h"
 #include "mhd/memory.h"
-#include "mhd/model.h"
-#include "mhd/study.h"
+#include "core/model.h"
+#include "study/study.h"
 #include "test_plugins_loaded.h"
 
 namespace {

@@ -9,11 +9,11 @@
 
 #include <ATen/ATen.h>
 
-#include "mhd/convergence.h"
-#include "mhd/pipeline.h"
-#include "mhd/probe.h"
-#include "mhd/results.h"
-#include "mhd/study.h"
+#include "probes/convergence.h"
+#include "run/pipeline.h"
+#include "probes/probe.h"
+#include "results/results.h"
+#include "study/study.h"
 #include "test_plugins_loaded.h"
 #include "tiny_study.h"
 

@@ -18,12 +18,12 @@
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 
-#include "mhd/data_parallel.h"
+#include "distributed/data_parallel.h"
 #include "mhd/error.h"
-#include "mhd/model.h"
-#include "mhd/study.h"
-#include "mhd/task.h"
-#include "mhd/trainer.h"
+#include "core/model.h"
+#include "study/study.h"
+#include "tasks/task.h"
+#include "train/trainer.h"
 #include "test_plugins_loaded.h"
 
 extern char** environ;

@@ -12,13 +12,13 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
-#include "mhd/capacity.h"
-#include "mhd/dense_am.h"
+#include "probes/capacity.h"
+#include "mhd/kits/dense_am.h"
 #include "mhd/error.h"
 #include "mhd/memory.h"
 #include "mhd/params.h"
 #include "mhd/plugin.h"
-#include "mhd/registry.h"
+#include "plugin_host/registry.h"
 
 namespace {
 

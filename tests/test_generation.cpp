@@ -5,9 +5,9 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "mhd/error.h"
-#include "mhd/generate.h"
-#include "mhd/model.h"
-#include "mhd/study.h"
+#include "core/generate.h"
+#include "core/model.h"
+#include "study/study.h"
 #include "test_plugins_loaded.h"
 
 namespace {

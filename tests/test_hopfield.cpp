@@ -13,7 +13,7 @@
 #include "mhd/memory.h"
 #include "mhd/params.h"
 #include "mhd/plugin.h"
-#include "mhd/registry.h"
+#include "plugin_host/registry.h"
 
 namespace {
 

@@ -11,12 +11,12 @@
 #include <torch/autograd.h>
 
 #include "mhd/error.h"
-#include "mhd/implicit.h"
-#include "mhd/lbfgs.h"
-#include "mhd/model.h"
-#include "mhd/registry.h"
+#include "core/implicit.h"
+#include "mhd/kits/lbfgs.h"
+#include "core/model.h"
+#include "plugin_host/registry.h"
 #include "mhd/solver.h"
-#include "mhd/study.h"
+#include "study/study.h"
 #include "test_plugins_loaded.h"
 
 namespace {

@@ -5,9 +5,9 @@
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 
-#include "mhd/implicit.h"
-#include "mhd/jacobian.h"
-#include "mhd/registry.h"
+#include "core/implicit.h"
+#include "mhd/kits/jacobian.h"
+#include "plugin_host/registry.h"
 
 namespace {
 

@@ -12,15 +12,15 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "mhd/dynamics.h"
+#include "core/dynamics.h"
 #include "mhd/error.h"
-#include "mhd/landscape.h"
-#include "mhd/model.h"
-#include "mhd/probe.h"
-#include "mhd/results.h"
-#include "mhd/study.h"
-#include "mhd/task.h"
-#include "mhd/trainer.h"
+#include "probes/landscape.h"
+#include "core/model.h"
+#include "probes/probe.h"
+#include "results/results.h"
+#include "study/study.h"
+#include "tasks/task.h"
+#include "train/trainer.h"
 #include "test_plugins_loaded.h"
 
 namespace {

@@ -9,8 +9,8 @@
 #include <unistd.h>
 
 #include "mhd/error.h"
-#include "mhd/study.h"
-#include "mhd/task.h"
+#include "study/study.h"
+#include "tasks/task.h"
 #include "test_plugins_loaded.h"
 
 namespace {

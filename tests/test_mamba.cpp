@@ -17,7 +17,7 @@
 #include "fast_exp.h"
 #include "mamba_block.h"
 #include "mhd/error.h"
-#include "mhd/registry.h"
+#include "plugin_host/registry.h"
 #include "selective_scan.h"
 
 namespace {

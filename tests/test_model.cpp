@@ -4,14 +4,14 @@
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 
-#include "mhd/dynamics.h"
-#include "mhd/implicit.h"
+#include "core/dynamics.h"
+#include "core/implicit.h"
 #include "mhd/memory.h"
-#include "mhd/model.h"
-#include "mhd/registry.h"
+#include "core/model.h"
+#include "plugin_host/registry.h"
 #include "test_plugins_loaded.h"
-#include "mhd/study.h"
-#include "mhd/task.h"
+#include "study/study.h"
+#include "tasks/task.h"
 
 namespace {
 

@@ -7,11 +7,11 @@
 
 #include <sqlite3.h>
 
-#include "mhd/pipeline.h"
-#include "mhd/registry.h"
+#include "run/pipeline.h"
+#include "plugin_host/registry.h"
 #include "test_plugins_loaded.h"
-#include "mhd/results.h"
-#include "mhd/study.h"
+#include "results/results.h"
+#include "study/study.h"
 
 namespace fs = std::filesystem;
 

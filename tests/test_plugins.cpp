@@ -7,7 +7,7 @@
 
 #include "mhd/error.h"
 #include "mhd/memory.h"
-#include "mhd/registry.h"
+#include "plugin_host/registry.h"
 #include "mhd/solver.h"
 
 namespace {

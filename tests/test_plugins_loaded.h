@@ -3,7 +3,7 @@
 // contractive)).
 #pragma once
 
-#include "mhd/registry.h"
+#include "plugin_host/registry.h"
 
 inline mhd::PluginRegistry& registry_with_all_plugins() {
   auto& registry = mhd::PluginRegistry::global();

@@ -9,12 +9,12 @@
 #include <unistd.h>
 
 #include "mhd/error.h"
-#include "mhd/model.h"
-#include "mhd/pipeline.h"
-#include "mhd/probe.h"
-#include "mhd/results.h"
-#include "mhd/study.h"
-#include "mhd/trainer.h"
+#include "core/model.h"
+#include "run/pipeline.h"
+#include "probes/probe.h"
+#include "results/results.h"
+#include "study/study.h"
+#include "train/trainer.h"
 #include "test_plugins_loaded.h"
 #include "tiny_study.h"
 

@@ -10,8 +10,8 @@
 #include <sqlite3.h>
 
 #include "mhd/error.h"
-#include "mhd/results.h"
-#include "mhd/study.h"
+#include "results/results.h"
+#include "study/study.h"
 
 namespace fs = std::filesystem;
 

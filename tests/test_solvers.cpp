@@ -12,10 +12,10 @@
 #include <algorithm>
 
 #include "mhd/error.h"
-#include "mhd/jacobian.h"
+#include "mhd/kits/jacobian.h"
 #include "mhd/params.h"
 #include "mhd/plugin.h"
-#include "mhd/registry.h"
+#include "plugin_host/registry.h"
 #include "mhd/solver.h"
 
 namespace {

@@ -10,12 +10,12 @@
 #include <sstream>
 #include <unistd.h>
 
-#include "mhd/config_schema.h"
+#include "config/sections.h"
 #include "mhd/error.h"
-#include "mhd/registry.h"
+#include "plugin_host/registry.h"
 #include "test_plugins_loaded.h"
-#include "mhd/study.h"
-#include "mhd/task.h"
+#include "study/study.h"
+#include "tasks/task.h"
 
 namespace fs = std::filesystem;
 

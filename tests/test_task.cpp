@@ -6,7 +6,7 @@
 #include <ATen/ATen.h>
 
 #include "mhd/error.h"
-#include "mhd/task.h"
+#include "tasks/task.h"
 
 namespace {
 

@@ -14,12 +14,12 @@
 #include <torch/autograd.h>
 
 #include "mhd/error.h"
-#include "mhd/jacobian.h"
+#include "mhd/kits/jacobian.h"
 #include "mhd/memory.h"
-#include "mhd/model.h"
-#include "mhd/study.h"
-#include "mhd/task.h"
-#include "mhd/trainer.h"
+#include "core/model.h"
+#include "study/study.h"
+#include "tasks/task.h"
+#include "train/trainer.h"
 #include "test_plugins_loaded.h"
 
 namespace {

@@ -12,8 +12,8 @@
 #include <QImage>
 #include <QSet>
 
-#include "mhd/results.h"
-#include "mhd/study.h"
+#include "results/results.h"
+#include "study/study.h"
 #include "query.h"
 
 namespace fs = std::filesystem;

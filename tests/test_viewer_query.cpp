@@ -9,8 +9,8 @@
 #include <unistd.h>
 
 #include "mhd/error.h"
-#include "mhd/results.h"
-#include "mhd/study.h"
+#include "results/results.h"
+#include "study/study.h"
 #include "query.h"
 
 namespace fs = std::filesystem;

@@ -20,8 +20,8 @@
 #include <QTreeWidget>
 
 #include "main_window.h"
-#include "mhd/results.h"
-#include "mhd/study.h"
+#include "results/results.h"
+#include "study/study.h"
 #include "query.h"
 
 namespace fs = std::filesystem;

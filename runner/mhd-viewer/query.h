@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "mhd/results.h"
+#include "results/results.h"
 
 namespace mhd::viewer {
 

@@ -6,15 +6,15 @@
 #include <sstream>
 #include <tuple>
 
-#include "mhd/checkpoint.h"
+#include "train/checkpoint.h"
 #include "mhd/error.h"
-#include "mhd/generate.h"
-#include "mhd/model.h"
-#include "mhd/pipeline.h"
+#include "core/generate.h"
+#include "core/model.h"
+#include "run/pipeline.h"
 #include "mhd/plugin.h"
-#include "mhd/registry.h"
-#include "mhd/results.h"
-#include "mhd/study.h"
+#include "plugin_host/registry.h"
+#include "results/results.h"
+#include "study/study.h"
 
 namespace mhd::cli {
 namespace {

@@ -6,7 +6,7 @@
 #include <torch/version.h>
 
 #include "commands.h"
-#include "mhd/data_parallel.h"
+#include "distributed/data_parallel.h"
 #include "mhd/runtime.h"
 
 int main(int argc, char** argv) {

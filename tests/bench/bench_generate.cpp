@@ -20,11 +20,11 @@
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 
-#include "mhd/checkpoint.h"
-#include "mhd/model.h"
-#include "mhd/registry.h"
+#include "train/checkpoint.h"
+#include "core/model.h"
+#include "plugin_host/registry.h"
 #include "mhd/runtime.h"
-#include "mhd/study.h"
+#include "config/trial_config.h"
 
 namespace {
 

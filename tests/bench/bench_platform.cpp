@@ -13,11 +13,11 @@
 #include <torch/autograd.h>
 #include <torch/optim/adamw.h>
 
-#include "mhd/model.h"
-#include "mhd/registry.h"
+#include "core/model.h"
+#include "plugin_host/registry.h"
 #include "mhd/runtime.h"
-#include "mhd/study.h"
-#include "mhd/task.h"
+#include "study/study.h"
+#include "tasks/task.h"
 
 namespace {
 

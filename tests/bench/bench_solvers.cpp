@@ -23,7 +23,7 @@
 
 #include "mhd/params.h"
 #include "mhd/plugin.h"
-#include "mhd/registry.h"
+#include "plugin_host/registry.h"
 #include "mhd/solver.h"
 
 namespace {

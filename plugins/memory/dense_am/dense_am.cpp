@@ -20,9 +20,9 @@
 
 #include <ATen/ATen.h>
 
-#include "mhd/dense_am.h"
+#include "mhd/kits/dense_am.h"
 #include "mhd/error.h"
-#include "mhd/pattern_bank.h"
+#include "mhd/kits/pattern_bank.h"
 #include "mhd/plugin.h"
 
 namespace {

@@ -21,7 +21,7 @@
 #include <torch/nn/module.h>
 
 #include "mhd/error.h"
-#include "mhd/pattern_bank.h"
+#include "mhd/kits/pattern_bank.h"
 #include "mhd/plugin.h"
 
 namespace {

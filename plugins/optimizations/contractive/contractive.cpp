@@ -32,7 +32,7 @@
 #include <c10/util/intrusive_ptr.h>
 
 #include "mhd/error.h"
-#include "mhd/jacobian.h"
+#include "mhd/kits/jacobian.h"
 #include "mhd/optimization.h"
 #include "mhd/plugin.h"
 

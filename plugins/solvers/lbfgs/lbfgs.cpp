@@ -27,7 +27,7 @@
 #include <ATen/ATen.h>
 
 #include "mhd/error.h"
-#include "mhd/lbfgs.h"
+#include "mhd/kits/lbfgs.h"
 #include "mhd/plugin.h"
 #include "mhd/solver.h"
 

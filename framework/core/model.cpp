@@ -1,0 +1,168 @@
+#include "core/model.h"
+
+#include <ATen/ATen.h>
+#include <ATen/TensorIndexing.h>
+#include <torch/autograd.h>
+
+#include "mhd/error.h"
+#include "core/implicit.h"
+#include "mhd/memory.h"
+#include "mhd/optimization.h"
+#include "plugin_host/registry.h"
+#include "config/trial_config.h"
+
+namespace mhd {
+
+UnifiedModel::UnifiedModel(const TrialConfig& config, PluginRegistry& registry, std::int64_t vocab_size) {
+  const auto& m = config.model;
+  const std::int64_t D = m.integer("d_model");
+  const ModelDims dims{D, vocab_size};
+  deq_ = m.flag("deq");
+  energy_on_ = config.energy.flag("enabled");
+  backward_mode_ = config.backward.text("mode");
+  phantom_steps_ = config.backward.integer("phantom_steps");
+  phantom_damping_ = config.backward.real("phantom_damping");
+  forward_limits_ = {config.solve.integer("max_iter"), config.solve.real("tol")};
+  warm_start_ = config.solve.flag("warm_start");
+  memory_writes_ = m.flag("memory_writes") && m.flag("use_memory");
+  write_threshold_ = m.real("write_threshold");
+  backward_limits_ = {config.backward.integer("max_iter"), config.backward.real("tol")};
+
+  embedding_ = register_module("embedding", torch::nn::Embedding(vocab_size, D));
+  for (std::int64_t i = 0; i < m.integer("n_layers"); ++i) {
+    layer_norms_.push_back(register_module("norm" + std::to_string(i), torch::nn::LayerNorm(
+                                                                           torch::nn::LayerNormOptions({D}))));
+    layers_.push_back(register_module("layer" + std::to_string(i),
+                                      registry.make_backbone(config.backbone.plugin, config.backbone.params, dims)));
+  }
+  head_norm_ = register_module("head_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
+  head_ = register_module("head", torch::nn::Linear(D, vocab_size));
+  if (!deq_) return;  // the backbone-only baseline has no dynamics, memory or solver
+
+  for (const auto& opt : config.optimizations)
+    optimizations_.push_back(registry.make_optimization(opt.plugin, opt.params));
+  DynamicsOptions dyn;
+  dyn.d_model = D;
+  dyn.use_memory = m.flag("use_memory");
+  dyn.gate = m.text("gate");
+  dyn.out_init_scale = m.real("out_init_scale");
+  dyn.state_norm = m.text("state_norm");
+  dyn.residual = m.flag("residual");
+  dyn.alpha = config.energy.real("alpha");
+  dyn.lambda_l2 = config.energy.real("lambda_l2");
+  dyn.lambda_smooth = config.energy.real("lambda_smooth");
+  auto block = registry.make_backbone(config.backbone.plugin, config.backbone.params, dims);
+  std::shared_ptr<Memory> memory;
+  if (dyn.use_memory) memory = registry.make_memory(config.memory.plugin, config.memory.params, dims);
+  dynamics_ = register_module("dynamics", std::make_shared<UnifiedDynamics>(dyn, block, memory, optimizations_));
+  solver_ = registry.make_solver(config.solver.plugin, config.solver.params);
+  backward_solver_ = registry.make_solver(config.backward_solver.plugin, config.backward_solver.params);
+}
+
+torch::Tensor UnifiedModel::context(const torch::Tensor& tokens) {
+  if (tokens.dim() != 2) throw Error("model input must be [B, L] token ids, got " + std::to_string(tokens.dim()) + " dims");
+  auto x = embedding_->forward(tokens);  // [B, L, D]
+  for (std::size_t i = 0; i < layers_.size(); ++i) x = x + layers_[i]->forward(layer_norms_[i]->forward(x));
+  return x;
+}
+
+torch::Tensor UnifiedModel::head(const torch::Tensor& H, const torch::Tensor& scored) {
+  if (!scored.defined()) return head_->forward(head_norm_->forward(H));  // [B, L, V]
+  if (scored.sizes() != H.sizes().slice(0, 2))
+    throw Error("model: the scored mask must be [B, L] like the tokens");
+  auto rows = H.reshape({-1, H.size(2)}).index({scored.reshape({-1})});  // [N, D]
+  return head_->forward(head_norm_->forward(rows));                     // [N, V]
+}
+
+ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe, const torch::Tensor& scored) {
+  commit_memory_writes();  // a caller that did not commit after its last step
+  ModelOutput out;
+  auto X = context(tokens);  // [B, L, D]
+  if (!deq_) {
+    out.logits = head(X, scored);
+    return out;
+  }
+  out.z0 = X.select(1, X.size(1) - 1);  // [B, D]
+  out.context = dynamics_->prepare(X);
+  const TensorMap f = dynamics_->solver_map(out.context);
+
+  at::Tensor start = out.z0.detach();
+  torch::Tensor& previous = is_training() ? last_train_z_ : last_eval_z_;
+  if (warm_start_ && previous.defined() && previous.sizes() == start.sizes()) {
+    start = previous;
+    out.warm_started = true;
+  }
+  for (const auto& opt : optimizations_)
+    if (auto warm = opt->warm_start(out.z0.detach())) start = *warm;
+
+  if (backward_mode_ != "unrolled") {
+    FixedPointProblem problem;
+    problem.f = f;
+    if (energy_on_) {
+      problem.energy = [&](const at::Tensor& z) { return dynamics_->energy(z, out.context).total; };
+      problem.grad_energy = [&](const at::Tensor& z) { return dynamics_->grad_energy(z, out.context); };
+    }
+    SolveResult solved;
+    {
+      torch::NoGradGuard no_grad;
+      solved = solver_->solve(problem, start, forward_limits_);
+    }
+    out.forward_info = solved.info;
+    out.z_star = backward_mode_ == "implicit"
+                     ? implicit_equilibrium(f, solved.z, *backward_solver_, backward_limits_, out.backward_info)
+                     : phantom_equilibrium(f, solved.z, phantom_steps_, phantom_damping_);
+  } else {
+    SolveResult solved = unrolled_fixed_point(f, start, forward_limits_);
+    out.forward_info = solved.info;
+    out.z_star = solved.z;
+  }
+  if (observe) {
+    torch::NoGradGuard no_grad;
+    for (const auto& opt : optimizations_) opt->on_equilibrium(f, out.z_star.detach(), out.z0.detach());
+  }
+  if (warm_start_) previous = out.z_star.detach();
+  if (memory_writes_ && memory_enabled_ && is_training()) out.memory_writes = stage_novel_patterns(out.z_star.detach());
+  if (energy_on_) out.energy = dynamics_->energy(out.z_star, out.context);
+  auto combined = X + out.z_star.unsqueeze(1);  // z* broadcast over L: [B, L, D]
+  out.logits = head(combined, scored);
+  return out;
+}
+
+std::int64_t UnifiedModel::stage_novel_patterns(const torch::Tensor& z_star) {
+  // The seeds' policy: store what the memory does not already hold. Queries W_q z* are stored, the
+  // space retrieval compares against; outside autograd.
+  torch::NoGradGuard no_grad;
+  Memory& memory = *dynamics_->memory();
+  auto queries = dynamics_->query(z_star);                           // [B, D]
+  auto novel = memory.max_similarity(queries).lt(write_threshold_);  // [B]
+  pending_writes_ = queries.index({novel}).clone();                  // [N, D]
+  return pending_writes_.size(0);
+}
+
+std::int64_t UnifiedModel::commit_memory_writes() {
+  if (!pending_writes_.defined()) return 0;
+  // Applied only now because the step's graph (the implicit backward's f, the energy) still holds
+  // the bank: writing into it in place before backward would invalidate that graph.
+  torch::NoGradGuard no_grad;
+  auto patterns = std::move(pending_writes_);
+  pending_writes_ = torch::Tensor();
+  return patterns.size(0) > 0 ? dynamics_->memory()->write(patterns) : 0;
+}
+
+void UnifiedModel::set_memory_enabled(bool on) {
+  memory_enabled_ = on;
+  if (dynamics_) dynamics_->set_retrieval(on);
+}
+
+void UnifiedModel::reset_warm_start() {
+  last_train_z_ = torch::Tensor();
+  last_eval_z_ = torch::Tensor();
+}
+
+std::int64_t UnifiedModel::parameter_count() const {
+  std::int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+}  // namespace mhd
