@@ -1,5 +1,6 @@
-// The solver plugins (fixed_point, anderson) loaded through the registry, as the host loads them.
-// Every property is asserted on both solvers (value-parameterised), then the solver-specific ones.
+// The solver plugins (fixed_point, anderson, neural_ode, broyden) loaded through the registry, as the
+// host loads them. Every property is asserted on every solver (value-parameterised), then the
+// solver-specific ones (neural_ode and broyden have theirs in test_ode_broyden.cpp).
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -23,7 +24,10 @@ namespace {
 using Overrides = std::map<std::string, mhd::ParamValue>;
 
 const char* plugin_path(const std::string& name) {
-  return name == "anderson" ? MHD_PLUGIN_ANDERSON : MHD_PLUGIN_FIXED_POINT;
+  if (name == "anderson") return MHD_PLUGIN_ANDERSON;
+  if (name == "neural_ode") return MHD_PLUGIN_NEURAL_ODE;
+  if (name == "broyden") return MHD_PLUGIN_BROYDEN;
+  return MHD_PLUGIN_FIXED_POINT;
 }
 
 const mhd::Manifest& manifest(const std::string& name) {
@@ -72,8 +76,18 @@ double relative_error(const at::Tensor& z, const at::Tensor& reference) {
   return ((z - reference).norm() / reference.norm()).item<double>();
 }
 
-void expect_consistent_info(const mhd::SolverInfo& info) {
-  EXPECT_EQ(info.f_evals, info.iterations);
+// Evaluations of f a solve should have made, from its iterations and counters: one per iteration for
+// fixed_point and anderson; for neural_ode 1 + 6 per Dormand-Prince trial (rejected ones included);
+// for broyden one per iteration plus its line search's extra trials.
+std::int64_t expected_f_evals(const std::string& solver, const mhd::SolverInfo& info) {
+  if (solver == "neural_ode") return 1 + 6 * static_cast<std::int64_t>(extra(info, "ode_trials"));
+  if (solver == "broyden") return info.iterations + static_cast<std::int64_t>(extra(info, "broyden_line_search_evals"));
+  return info.iterations;
+}
+
+void expect_consistent_info(const mhd::SolverInfo& info, const std::string& solver) {
+  EXPECT_EQ(info.f_evals, expected_f_evals(solver, info));
+  EXPECT_GE(info.f_evals, info.iterations);
   EXPECT_EQ(static_cast<std::int64_t>(info.abs_trace.size()), info.iterations);
   EXPECT_EQ(static_cast<std::int64_t>(info.rel_trace.size()), info.iterations);
   EXPECT_GT(info.wall_ms, 0.0);
@@ -106,7 +120,7 @@ TEST_P(EverySolver, ReachesTolOnContractiveAffineMap) {
   // ||z - z*|| <= ||f(z) - z|| / (1 - ||W||): ten times the residual at most.
   EXPECT_LT(relative_error(result.z, map.fixed_point()), 1e-3);
   EXPECT_TRUE(result.info.energy_trace.empty());
-  expect_consistent_info(result.info);
+  expect_consistent_info(result.info, GetParam());
 }
 
 // The backward solve of implicit differentiation: g = J_f(z*)^T g + v, with J^T g by autograd
@@ -133,7 +147,7 @@ TEST_P(EverySolver, SolvesTheBackwardLinearFixedPoint) {
   EXPECT_TRUE(result.info.converged);
   EXPECT_LT(relative_error(result.z, direct), 1e-8);
   EXPECT_TRUE(result.info.energy_trace.empty());
-  expect_consistent_info(result.info);
+  expect_consistent_info(result.info, GetParam());
 }
 
 // Row b of the batch follows exactly the trajectory it would follow alone: no quantity (for Anderson:
@@ -181,10 +195,15 @@ TEST_P(EverySolver, NonFiniteMapIsReportedNotLooped) {
   const auto result = make_solver(GetParam())->solve({f, {}, {}}, at::zeros({2, 8}), {1000, 0.0});
 
   EXPECT_FALSE(result.info.converged);
-  EXPECT_EQ(result.info.iterations, 4);
   EXPECT_EQ(result.info.f_evals, 4);
   EXPECT_EQ(extra(result.info, "nonfinite_samples"), 1.0);
-  EXPECT_TRUE(std::isnan(result.info.rel_trace.back()));
+  if (GetParam() == "neural_ode") {
+    // The 4th evaluation is a stage of the first step: no state was accepted, so nothing more is recorded.
+    EXPECT_EQ(result.info.iterations, 1);
+  } else {
+    EXPECT_EQ(result.info.iterations, 4);
+    EXPECT_TRUE(std::isnan(result.info.rel_trace.back()));
+  }
   EXPECT_TRUE(at::isfinite(result.z).all().item<bool>());  // the last finite iterate comes back
 }
 
@@ -223,7 +242,7 @@ TEST_P(EverySolver, RejectsBadInputsWithClearErrors) {
   EXPECT_THROW(solver->solve({wrong, {}, {}}, at::zeros({2, 8}), {10, 1e-3}), mhd::Error);
 }
 
-INSTANTIATE_TEST_SUITE_P(Solvers, EverySolver, ::testing::Values("fixed_point", "anderson"),
+INSTANTIATE_TEST_SUITE_P(Solvers, EverySolver, ::testing::Values("fixed_point", "anderson", "neural_ode", "broyden"),
                          [](const auto& p) { return p.param; });
 
 // ---------------------------------------------------------------- fixed_point
