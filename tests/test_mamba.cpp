@@ -3,6 +3,7 @@
 // and the plugin as the host loads it.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -18,6 +19,7 @@
 #include "mamba_block.h"
 #include "mhd/error.h"
 #include "plugin_host/registry.h"
+#include "scan_kernels.h"
 #include "selective_scan.h"
 
 namespace {
@@ -123,6 +125,35 @@ struct ScanSettingsGuard {
   }
 };
 
+using mhd::mamba::ScanIsa;
+
+// One test body for every build of the fused kernel: each MambaScanBuilds runs once per build
+// (generic, avx2+fma, avx512) and is skipped for a build this CPU lacks.
+class MambaScanBuilds : public ::testing::TestWithParam<ScanIsa> {
+ protected:
+  void SetUp() override {
+    const auto have = mhd::mamba::available_scan_isas();
+    if (std::find(have.begin(), have.end(), GetParam()) == have.end()) {
+      GTEST_SKIP() << "this CPU lacks the " << mhd::mamba::scan_isa_name(GetParam()) << " build";
+    }
+    mhd::mamba::set_scan_isa(GetParam());
+  }
+  ScanSettingsGuard guard_;
+};
+
+std::string isa_test_name(const ::testing::TestParamInfo<ScanIsa>& info) {
+  switch (info.param) {
+    case ScanIsa::Avx512: return "avx512";
+    case ScanIsa::Avx2: return "avx2";
+    default: return "generic";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Builds, MambaScanBuilds, ::testing::Values(ScanIsa::Generic, ScanIsa::Avx2, ScanIsa::Avx512),
+                         isa_test_name);
+
+bool cpu_has_avx512() { return mhd::mamba::kernels::cpu_has_avx512(); }
+
 // ---------------------------------------------------------------------------------------------
 // fast_exp
 // ---------------------------------------------------------------------------------------------
@@ -150,7 +181,7 @@ TEST(MambaFastExp, MatchesStdExpToAFewUlp) {
 // Selective scan: forward
 // ---------------------------------------------------------------------------------------------
 
-TEST(MambaScan, ForwardMatchesReferenceFloat64) {
+TEST_P(MambaScanBuilds, ForwardMatchesReferenceFloat64) {
   const std::vector<ScanOptions> variants = {
       {true, true, true, true}, {false, true, true, true}, {false, false, false, false}, {true, true, false, false}};
   for (const ScanShape& shape : {ScanShape{}, ScanShape{3, 20, 4, 16}}) {
@@ -167,7 +198,7 @@ TEST(MambaScan, ForwardMatchesReferenceFloat64) {
   }
 }
 
-TEST(MambaScan, ForwardMatchesReferenceFloat32) {
+TEST_P(MambaScanBuilds, ForwardMatchesReferenceFloat32) {
   for (bool h0 : {false, true}) {
     const ScanArgs a = random_args({2, 40, 6, 16}, at::kFloat, {h0, true, true, true}, 2);
     const ScanResult fused = mhd::mamba::selective_scan(a);
@@ -177,27 +208,20 @@ TEST(MambaScan, ForwardMatchesReferenceFloat32) {
   }
 }
 
-TEST(MambaScan, GenericKernelMatchesReference) {
+TEST_P(MambaScanBuilds, ReportsTheBuildThatRuns) {
+  EXPECT_EQ(mhd::mamba::active_scan_isa(), mhd::mamba::scan_isa_name(GetParam()));
+}
+
+TEST(MambaScan, AutoPicksTheWidestBuild) {
   ScanSettingsGuard guard;
-  mhd::mamba::set_scan_isa(mhd::mamba::ScanIsa::Generic);
-  EXPECT_EQ(mhd::mamba::active_scan_isa(), "generic");
-  for (auto dtype : {at::kDouble, at::kFloat}) {
-    const ScanArgs a = random_args({}, dtype, {}, 3);
-    const ScanResult fused = mhd::mamba::selective_scan(a);
-    const ScanResult ref = mhd::mamba::selective_scan_reference(a);
-    const double tol = dtype == at::kDouble ? 1e-10 : 1e-5 * max_abs(ref.y);
-    EXPECT_LT(max_abs_diff(fused.y, ref.y), tol);
-    const LossWeights w = random_weights(a, 4);
-    const auto gf = scan_gradients(&mhd::mamba::selective_scan, a, w);
-    const auto gr = scan_gradients(&mhd::mamba::selective_scan_reference, a, w);
-    for (std::size_t i = 0; i < kNumScanTensors; ++i) {
-      const double gtol = dtype == at::kDouble ? 1e-9 : 1e-4 * std::max(1.0, max_abs(gr[i]));
-      EXPECT_LT(max_abs_diff(gf[i], gr[i]), gtol) << kScanTensorNames[i];
-    }
+  mhd::mamba::set_scan_isa(ScanIsa::Auto);
+  EXPECT_EQ(mhd::mamba::active_scan_isa(), mhd::mamba::scan_isa_name(mhd::mamba::available_scan_isas().back()));
+  if (!cpu_has_avx512()) {
+    expect_error([] { mhd::mamba::set_scan_isa(ScanIsa::Avx512); }, "this CPU lacks AVX-512");
   }
 }
 
-TEST(MambaScan, EmptySequenceReturnsInitialState) {
+TEST_P(MambaScanBuilds, EmptySequenceReturnsInitialState) {
   const ScanArgs a = random_args({2, 0, 3, 4}, at::kDouble, {}, 5);
   const ScanResult r = mhd::mamba::selective_scan(a);
   EXPECT_EQ(r.y.sizes(), (std::vector<std::int64_t>{2, 0, 3}));
@@ -208,7 +232,7 @@ TEST(MambaScan, EmptySequenceReturnsInitialState) {
 // Selective scan: gradients
 // ---------------------------------------------------------------------------------------------
 
-TEST(MambaScan, GradientsMatchReferenceFloat64) {
+TEST_P(MambaScanBuilds, GradientsMatchReferenceFloat64) {
   const std::vector<ScanOptions> variants = {{true, true, true, true}, {false, false, false, false}};
   for (const ScanOptions& o : variants) {
     const ScanArgs a = random_args({2, 13, 5, 6}, at::kDouble, o, 6);
@@ -224,7 +248,7 @@ TEST(MambaScan, GradientsMatchReferenceFloat64) {
   }
 }
 
-TEST(MambaScan, GradientsMatchReferenceFloat32) {
+TEST_P(MambaScanBuilds, GradientsMatchReferenceFloat32) {
   const ScanArgs a = random_args({2, 17, 4, 16}, at::kFloat, {}, 8);
   const LossWeights w = random_weights(a, 9);
   const auto gf = scan_gradients(&mhd::mamba::selective_scan, a, w);
@@ -234,7 +258,7 @@ TEST(MambaScan, GradientsMatchReferenceFloat32) {
 }
 
 // Only one output used: autograd hands the backward zeros for the other.
-TEST(MambaScan, GradientsWhenOnlyOneOutputIsUsed) {
+TEST_P(MambaScanBuilds, GradientsWhenOnlyOneOutputIsUsed) {
   const ScanArgs base = random_args({1, 6, 3, 4}, at::kDouble, {}, 10);
   for (bool use_y : {true, false}) {
     std::vector<at::Tensor> grads[2];
@@ -255,7 +279,7 @@ TEST(MambaScan, GradientsWhenOnlyOneOutputIsUsed) {
 }
 
 // Central differences on a tiny case, every entry of every input.
-TEST(MambaScan, GradientsMatchFiniteDifferences) {
+TEST_P(MambaScanBuilds, GradientsMatchFiniteDifferences) {
   const ScanArgs base = random_args({1, 4, 2, 3}, at::kDouble, {}, 11);
   const LossWeights w = random_weights(base, 12);
   const auto analytic = scan_gradients(&mhd::mamba::selective_scan, base, w);
@@ -280,7 +304,7 @@ TEST(MambaScan, GradientsMatchFiniteDifferences) {
 }
 
 // Under create_graph the backward is itself differentiable (recomputed through the reference).
-TEST(MambaScan, SecondDerivativesMatchReference) {
+TEST_P(MambaScanBuilds, SecondDerivativesMatchReference) {
   const ScanArgs base = random_args({1, 5, 3, 4}, at::kDouble, {}, 13);
   const LossWeights w = random_weights(base, 14);
   std::vector<at::Tensor> second[2];
@@ -299,8 +323,7 @@ TEST(MambaScan, SecondDerivativesMatchReference) {
 
 // The backward's partial buffers (dB, dC per chunk; dA, dD per batch) give the same sums whatever
 // the number of threads and chunks.
-TEST(MambaScan, GradientsIndependentOfThreadCount) {
-  ScanSettingsGuard guard;
+TEST_P(MambaScanBuilds, GradientsIndependentOfThreadCount) {
   for (std::int64_t batch : {1, 2, 3}) {
     const ScanArgs a = random_args({batch, 9, 7, 5}, at::kDouble, {}, 15);
     const LossWeights w = random_weights(a, 16);
@@ -311,6 +334,185 @@ TEST(MambaScan, GradientsIndependentOfThreadCount) {
     for (std::size_t i = 0; i < kNumScanTensors; ++i)
       EXPECT_LT(max_abs_diff(one[i], three[i]), 1e-12) << kScanTensorNames[i] << " batch=" << batch;
   }
+}
+
+// Inputs in float64 with the same values, for a float32 scan's reference.
+ScanArgs to_double(const ScanArgs& a) {
+  ScanArgs d = a;
+  for (at::Tensor* t : scan_tensors(d))
+    if (t->defined()) *t = t->to(at::kDouble);
+  return d;
+}
+
+// The layouts the kernels read u, delta (and dLoss/dy) in: 0 = [B, L, D] contiguous, 1 = a [B, L, D]
+// view of a channel-major [B, D, L] buffer (the block's conv output), 2 = every second channel of a
+// wider buffer (neither channels nor positions contiguous). B and C as the block hands them over:
+// slices of one [B, L, 2N] projection output.
+void apply_layout(ScanArgs& a, int layout) {
+  for (at::Tensor* t : {&a.u, &a.delta}) {
+    if (layout == 1) *t = t->transpose(1, 2).contiguous().transpose(1, 2);
+    if (layout == 2) {
+      at::Tensor wide = at::zeros({t->size(0), t->size(1), 2 * t->size(2)}, t->options());
+      wide.slice(2, 0, 2 * t->size(2), 2).copy_(*t);
+      *t = wide.slice(2, 0, 2 * t->size(2), 2);
+    }
+  }
+  const std::int64_t n = a.B.size(2);
+  const at::Tensor bc = at::cat({a.B, a.C}, -1);
+  a.B = bc.narrow(-1, 0, n);
+  a.C = bc.narrow(-1, n, n);
+}
+
+// Float32 against the float64 reference on the same values, forward and every gradient, over the
+// layouts above, channel counts that are not a multiple of 16 (37: two full vectors and a masked
+// one), lengths that are not a multiple of the 16-position tile (45), and N = 16 (the states in
+// registers), N = 20 (16 through the lane-sum butterfly, 4 one by one) and N = 7.
+TEST_P(MambaScanBuilds, Float32LayoutsAndShapesMatchReference) {
+  for (std::int64_t nstate : {16, 20, 7}) {
+    for (int layout : {0, 1, 2}) {
+      ScanArgs a = random_args({2, 45, 37, nstate}, at::kFloat, {}, 40 + nstate);
+      apply_layout(a, layout);
+      const ScanArgs ad = to_double(a);
+      const ScanResult fused = mhd::mamba::selective_scan(a);
+      const ScanResult ref = mhd::mamba::selective_scan_reference(ad);
+      const std::string where = "N=" + std::to_string(nstate) + " layout=" + std::to_string(layout);
+      EXPECT_LT(max_abs_diff(fused.y.to(at::kDouble), ref.y) / max_abs(ref.y), 1e-5) << where;
+      EXPECT_LT(max_abs_diff(fused.last_state.to(at::kDouble), ref.last_state) / max_abs(ref.last_state), 1e-5)
+          << where;
+      LossWeights w = random_weights(a, 41);
+      if (layout == 1) w.wy = w.wy.transpose(1, 2).contiguous().transpose(1, 2);  // dLoss/dy channel-major too
+      const LossWeights wd{w.wy.to(at::kDouble), w.wh.to(at::kDouble)};
+      const auto gf = scan_gradients(&mhd::mamba::selective_scan, a, w);
+      const auto gr = scan_gradients(&mhd::mamba::selective_scan_reference, ad, wd);
+      for (std::size_t i = 0; i < kNumScanTensors; ++i) {
+        ASSERT_EQ(gf[i].defined(), gr[i].defined()) << kScanTensorNames[i];
+        if (!gr[i].defined()) continue;
+        EXPECT_EQ(gf[i].scalar_type(), at::kFloat) << kScanTensorNames[i];
+        EXPECT_LT(max_abs_diff(gf[i].to(at::kDouble), gr[i]), 1e-4 * std::max(1.0, max_abs(gr[i])))
+            << kScanTensorNames[i] << " " << where;
+      }
+    }
+  }
+}
+
+TEST_P(MambaScanBuilds, Float32EmptySequenceAndSingleChannel) {
+  const ScanArgs empty = random_args({2, 0, 3, 16}, at::kFloat, {}, 42);
+  const ScanResult r = mhd::mamba::selective_scan(empty);
+  EXPECT_EQ(r.y.sizes(), (std::vector<std::int64_t>{2, 0, 3}));
+  EXPECT_EQ(max_abs_diff(r.last_state, empty.h0), 0.0);
+  const ScanArgs one = random_args({1, 3, 1, 16}, at::kFloat, {}, 43);
+  const ScanResult ref = mhd::mamba::selective_scan_reference(to_double(one));
+  EXPECT_LT(max_abs_diff(mhd::mamba::selective_scan(one).y.to(at::kDouble), ref.y), 1e-5 * max_abs(ref.y));
+}
+
+// bfloat16 inputs, float32 state: the scan of bfloat16 values equals the float32 scan of the same
+// (widened) values up to the final rounding of y and h_L to bfloat16 (relative 2^-9, tested at
+// 2^-8), and the gradients likewise; against the float64 reference within 1%.
+TEST_P(MambaScanBuilds, BFloat16InputsAccumulateInFloat32) {
+  ScanArgs a16 = random_args({2, 45, 37, 16}, at::kFloat, {}, 44);
+  apply_layout(a16, 1);
+  for (at::Tensor* t : scan_tensors(a16))
+    if (t->defined()) *t = t->to(at::kBFloat16);
+  ScanArgs a32 = a16;
+  for (at::Tensor* t : scan_tensors(a32))
+    if (t->defined()) *t = t->to(at::kFloat);
+  const ScanResult r16 = mhd::mamba::selective_scan(a16), r32 = mhd::mamba::selective_scan(a32);
+  ASSERT_EQ(r16.y.scalar_type(), at::kBFloat16);
+  ASSERT_EQ(r16.last_state.scalar_type(), at::kBFloat16);
+  const double y_scale = max_abs(r32.y);
+  EXPECT_TRUE(((r16.y.to(at::kFloat) - r32.y).abs() <= r32.y.abs() * (1.0 / 256) + 1e-6 * y_scale).all().item<bool>());
+  EXPECT_TRUE(((r16.last_state.to(at::kFloat) - r32.last_state).abs() <= r32.last_state.abs() * (1.0 / 256) + 1e-6)
+                  .all()
+                  .item<bool>());
+  const ScanResult ref = mhd::mamba::selective_scan_reference(to_double(a32));
+  EXPECT_LT(max_abs_diff(r16.y.to(at::kDouble), ref.y) / max_abs(ref.y), 1e-2);
+
+  // Loss weights already bfloat16-exact, so both scans get the same dLoss/dy.
+  LossWeights w = random_weights(a32, 45);
+  w.wy = w.wy.to(at::kBFloat16).to(at::kFloat);
+  w.wh = w.wh.to(at::kBFloat16).to(at::kFloat);
+  auto loss16 = [&](const ScanArgs& a) {
+    const ScanResult r = mhd::mamba::selective_scan(a);
+    return ScanResult{r.y.to(at::kFloat), r.last_state.to(at::kFloat)};
+  };
+  ScanArgs l16 = leaves_of(a16), l32 = leaves_of(a32);
+  std::vector<at::Tensor> in16, in32;
+  for (at::Tensor* t : scan_tensors(l16)) in16.push_back(*t);
+  for (at::Tensor* t : scan_tensors(l32)) in32.push_back(*t);
+  const auto g16 = torch::autograd::grad({weighted_loss(loss16(l16), w)}, in16);
+  const auto g32 = torch::autograd::grad({weighted_loss(mhd::mamba::selective_scan(l32), w)}, in32);
+  for (std::size_t i = 0; i < kNumScanTensors; ++i) {
+    EXPECT_EQ(g16[i].scalar_type(), at::kBFloat16) << kScanTensorNames[i];
+    EXPECT_LT(max_abs_diff(g16[i].to(at::kFloat), g32[i]), (1.0 / 128) * std::max(1.0, max_abs(g32[i])))
+        << kScanTensorNames[i];
+  }
+}
+
+// The parallel region is entered: on 2 threads the forward runs as 2 tasks. (ATen's parallel_for is
+// an inline template that compiles to a serial call unless its caller is built with OpenMP.)
+TEST_P(MambaScanBuilds, ForwardRunsOnEveryThread) {
+  at::set_num_threads(2);
+  const ScanArgs a = random_args({2, 256, 64, 16}, at::kFloat, {}, 46);
+  mhd::mamba::selective_scan(a);
+  EXPECT_EQ(mhd::mamba::last_scan_forward_tasks(), 2);
+  at::set_num_threads(1);
+  mhd::mamba::selective_scan(a);
+  EXPECT_EQ(mhd::mamba::last_scan_forward_tasks(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The AVX-512 build's vector exp and softplus, over dense sweeps of the ranges the scan uses
+// ---------------------------------------------------------------------------------------------
+
+std::vector<float> sweep(double lo, double hi, std::int64_t n) {
+  std::vector<float> x(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) x[i] = static_cast<float>(lo + (hi - lo) * i / (n - 1));
+  return x;
+}
+
+TEST(MambaVectorMath, Exp2AndExpErrorBounds) {
+  if (!cpu_has_avx512()) GTEST_SKIP() << "no AVX-512";
+  const std::int64_t n = 2000001;
+  // 2^t on [-126, 8]: delta A log2 e is <= 0 in the scan (delta > 0, A < 0); a little above 0 too.
+  std::vector<float> t = sweep(-126.0, 8.0, n), out(t.size());
+  mhd::mamba::kernels::avx512_exp2(t.data(), out.data(), n);
+  double worst = 0;
+  for (std::int64_t i = 0; i < n; ++i) worst = std::max(worst, std::abs(out[i] / std::exp2(double(t[i])) - 1.0));
+  EXPECT_LT(worst, 2e-7) << "2^t";
+  // exp(x) as the scan evaluates exp(delta A), x in [-87, 0]: t = x * float(log2 e) carries the
+  // roundings of log2 e and of the product (up to 1.5 * 2^-24 |t| in t, i.e. 9e-8 |x| relative in
+  // 2^t), so the bound is 2e-7 + 9e-8 |x|; a float32 exp of the float32 product delta A has a
+  // comparable error from that product's own rounding.
+  std::vector<float> x = sweep(-87.0, 0.0, n);
+  mhd::mamba::kernels::avx512_exp(x.data(), out.data(), n);
+  double worst_ratio = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const double err = std::abs(out[i] / std::exp(double(x[i])) - 1.0);
+    worst_ratio = std::max(worst_ratio, err / (2e-7 + 9e-8 * std::abs(double(x[i]))));
+  }
+  EXPECT_LT(worst_ratio, 1.0) << "exp";
+  // Clamped below at 2^-126 (never subnormal), NaN propagated.
+  const float special[4] = {-200.0f, -1e30f, std::numeric_limits<float>::quiet_NaN(), 0.0f};
+  float got[4];
+  mhd::mamba::kernels::avx512_exp2(special, got, 4);
+  EXPECT_EQ(got[0], std::ldexp(1.0f, -126));
+  EXPECT_EQ(got[1], std::ldexp(1.0f, -126));
+  EXPECT_TRUE(std::isnan(got[2]));
+  EXPECT_NEAR(got[3], 1.0f, 2e-7);
+}
+
+TEST(MambaVectorMath, SoftplusMatchesLog1pOfExp) {
+  if (!cpu_has_avx512()) GTEST_SKIP() << "no AVX-512";
+  const std::int64_t n = 2000001;
+  std::vector<float> x = sweep(-40.0, 40.0, n), out(x.size());
+  mhd::mamba::kernels::avx512_softplus(x.data(), out.data(), n);
+  double worst = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const double xd = x[i];
+    const double ref = xd > 20 ? xd : std::log1p(std::exp(xd));  // PyTorch's threshold 20
+    worst = std::max(worst, std::abs(out[i] / ref - 1.0));
+  }
+  EXPECT_LT(worst, 5e-7);
 }
 
 TEST(MambaScan, BadArgumentsGiveClearErrors) {
@@ -336,7 +538,7 @@ TEST(MambaScan, BadArgumentsGiveClearErrors) {
           for (at::Tensor* t : scan_tensors(a)) *t = t->to(at::kHalf);
         }));
       },
-      "supports float32 and float64, got Half");
+      "supports float32, float64 and bfloat16, got Half");
   expect_error([&] { mhd::mamba::selective_scan_reference(with([](ScanArgs& a) { a.D = at::ones({4}, a.u.options()); })); },
                "selective_scan_reference: D must be [D] = [3], got [4]");
 }

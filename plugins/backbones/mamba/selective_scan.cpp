@@ -14,6 +14,7 @@
 #include "fast_exp.h"
 #include "mhd/error.h"
 #include "mhd/shapes.h"
+#include "scan_kernels.h"
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define MHD_MAMBA_X86_DISPATCH 1
@@ -123,6 +124,9 @@ constexpr std::int64_t kMinUpdatesPerTask = 1 << 15;
 // ---------------------------------------------------------------------------------------------
 
 std::atomic<ScanIsa> g_requested_isa{ScanIsa::Auto};
+// Tasks (at::parallel_for bodies) the last fused forward ran, for the tests' check that the
+// parallel region is entered at all.
+std::atomic<std::int64_t> g_last_forward_tasks{0};
 
 bool cpu_has_avx2_fma() {
 #if MHD_MAMBA_X86_DISPATCH
@@ -133,9 +137,28 @@ bool cpu_has_avx2_fma() {
 #endif
 }
 
-bool use_avx2() {
+bool cpu_has(ScanIsa isa) {
+  switch (isa) {
+    case ScanIsa::Avx512: return kernels::cpu_has_avx512();
+    case ScanIsa::Avx2: return cpu_has_avx2_fma();
+    default: return true;
+  }
+}
+
+// What Auto or a request resolves to: the widest build the CPU has.
+ScanIsa resolved_isa() {
   const ScanIsa isa = g_requested_isa.load(std::memory_order_relaxed);
-  return isa != ScanIsa::Generic && cpu_has_avx2_fma();
+  if (isa != ScanIsa::Auto) return isa;
+  if (kernels::cpu_has_avx512()) return ScanIsa::Avx512;
+  if (cpu_has_avx2_fma()) return ScanIsa::Avx2;
+  return ScanIsa::Generic;
+}
+
+// The channel-per-task kernels below (float32 and float64): their AVX2+FMA build runs under Avx2,
+// and under Avx512 for float64 (the AVX-512 build is float32 / bfloat16 only).
+bool use_avx2() {
+  const ScanIsa isa = resolved_isa();
+  return (isa == ScanIsa::Avx2 || isa == ScanIsa::Avx512) && cpu_has_avx2_fma();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -367,12 +390,15 @@ void run_forward(const ScanJob<T>& job, const ForwardOut<T>& out) {
   const std::int64_t channels = job.batch * job.dim;
   const std::int64_t grain = std::max<std::int64_t>(1, kMinUpdatesPerTask / std::max<std::int64_t>(1, job.len * job.nstate));
   const bool avx2 = use_avx2();
+  std::atomic<std::int64_t> tasks{0};
   at::parallel_for(0, channels, grain, [&](std::int64_t begin, std::int64_t end) {
+    tasks.fetch_add(1, std::memory_order_relaxed);
 #if MHD_MAMBA_X86_DISPATCH
     if (avx2) return forward_channels_avx2(job, out, begin, end);
 #endif
     forward_channels_generic(job, out, begin, end);
   });
+  g_last_forward_tasks.store(tasks.load(), std::memory_order_relaxed);
   (void)avx2;
 }
 
@@ -395,6 +421,8 @@ void run_backward(const ScanJob<T>& job, const BackwardOut<T>& out) {
 // over the threads; P = threads / gcd(batch, threads) makes that a multiple of the thread count
 // (balanced), unless the partial dB/dC buffers ([B, P, L, N]) would grow past 4x the larger of
 // batch and threads slabs, where the cheaper ceil(threads / batch) is used.
+// `dim` is the number of units a batch row is cut along: channels here, channel blocks for the
+// AVX-512 build.
 std::int64_t chunks_per_batch(std::int64_t batch, std::int64_t dim) {
   const std::int64_t threads = std::max<std::int64_t>(1, at::get_num_threads());
   if (batch <= 0 || dim <= 0) return 1;
@@ -429,6 +457,11 @@ struct KernelInputs {
   }
 };
 
+// Gradients in ScanArgs order.
+struct FusedGrads {
+  at::Tensor u, delta, A, B, C, D, delta_bias, h0;
+};
+
 // y: [B, L, D] (a transposed view of the kernel's [B, D, L] buffer), h_L: [B, D, N].
 ScanResult fused_forward(const ScanArgs& a) {
   const KernelInputs in(a);
@@ -439,11 +472,6 @@ ScanResult fused_forward(const ScanArgs& a) {
   });
   return {y.transpose(1, 2), hL};
 }
-
-// Gradients in ScanArgs order.
-struct FusedGrads {
-  at::Tensor u, delta, A, B, C, D, delta_bias, h0;
-};
 
 FusedGrads fused_backward(const ScanArgs& a, const at::Tensor& gy, const at::Tensor& ghL) {
   const KernelInputs in(a);
@@ -484,6 +512,163 @@ FusedGrads fused_backward(const ScanArgs& a, const at::Tensor& gy, const at::Ten
   grads.delta = ddelta;
   if (a.delta_bias.defined()) grads.delta_bias = ddelta.sum(at::IntArrayRef{0, 1});
   return grads;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The AVX-512 build (scan_kernels.h): float32 or bfloat16 inputs, float32 state and sums. u, delta
+// and dLoss/dy are read through their strides (no layout copy), y and the [B, L, D] gradients are
+// written channel-contiguous; delta_bias and softplus are applied inside the kernel.
+// ---------------------------------------------------------------------------------------------
+
+bool avx512_handles(const ScanArgs& a) {
+  const auto dtype = a.u.scalar_type();
+  return resolved_isa() == ScanIsa::Avx512 && (dtype == at::kFloat || dtype == at::kBFloat16);
+}
+
+kernels::Strided strided(const at::Tensor& t) {  // t: [B, L, D]
+  return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+// Small tensors as contiguous float32; B and C with unit stride over n.
+at::Tensor float_contiguous(const at::Tensor& t) {
+  return t.defined() ? t.to(at::kFloat).contiguous() : t;
+}
+at::Tensor unit_last_stride(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
+
+struct Avx512Inputs {
+  at::Tensor u, delta, A, B, C, D, bias, h0;  // kept alive while the kernel reads them
+  kernels::Job job;
+
+  explicit Avx512Inputs(const ScanArgs& a)
+      : u(a.u),
+        delta(a.delta.stride(2) == 1 || a.delta.stride(1) == 1 ? a.delta : a.delta.contiguous()),
+        A(float_contiguous(a.A)),
+        B(unit_last_stride(a.B)),
+        C(unit_last_stride(a.C)),
+        D(float_contiguous(a.D)),
+        bias(float_contiguous(a.delta_bias)),
+        h0(float_contiguous(a.h0)) {
+    job.elem = a.u.scalar_type() == at::kBFloat16 ? kernels::Elem::BF16 : kernels::Elem::F32;
+    job.u = strided(u);
+    job.delta = strided(delta);
+    job.A = A.data_ptr<float>();
+    job.B = B.data_ptr();
+    job.B_sb = B.stride(0);
+    job.B_st = B.stride(1);
+    job.C = C.data_ptr();
+    job.C_sb = C.stride(0);
+    job.C_st = C.stride(1);
+    job.D = D.defined() ? D.data_ptr<float>() : nullptr;
+    job.delta_bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
+    job.softplus = a.delta_softplus;
+    job.h0 = h0.defined() ? h0.data_ptr<float>() : nullptr;
+    job.batch = a.u.size(0);
+    job.len = a.u.size(1);
+    job.dim = a.u.size(2);
+    job.nstate = a.A.size(1);
+  }
+};
+
+// y: [B, L, D] contiguous in u's dtype; h_L: [B, D, N] float32.
+ScanResult avx512_forward(const ScanArgs& a) {
+  const Avx512Inputs in(a);
+  const kernels::Job& job = in.job;
+  const at::Tensor y = at::empty({job.batch, job.len, job.dim}, a.u.options());
+  const at::Tensor hL = at::empty({job.batch, job.dim, job.nstate}, a.u.options().dtype(at::kFloat));
+  const kernels::ForwardOut out{y.data_ptr(), hL.data_ptr<float>()};
+  const std::int64_t items = job.batch * kernels::channel_blocks(job.dim);
+  const std::int64_t per_item = std::max<std::int64_t>(1, job.len * job.nstate * kernels::kLanes);
+  std::atomic<std::int64_t> tasks{0};
+  at::parallel_for(0, items, std::max<std::int64_t>(1, kMinUpdatesPerTask / per_item),
+                   [&](std::int64_t begin, std::int64_t end) {
+                     tasks.fetch_add(1, std::memory_order_relaxed);
+                     kernels::avx512_forward(job, out, begin, end);
+                   });
+  g_last_forward_tasks.store(tasks.load(), std::memory_order_relaxed);
+  return {y, hL};
+}
+
+at::Tensor as_dtype_of(const at::Tensor& g, const at::Tensor& like) {
+  return g.scalar_type() == like.scalar_type() ? g : g.to(like.scalar_type());
+}
+
+FusedGrads avx512_backward(const ScanArgs& a, const at::Tensor& gy, const at::Tensor& ghL) {
+  const Avx512Inputs in(a);
+  const kernels::Job& job = in.job;
+  const at::Tensor gy_in = gy.scalar_type() == a.u.scalar_type() ? gy : gy.to(a.u.scalar_type());
+  const at::Tensor ghL_f = float_contiguous(ghL);
+  const std::int64_t blocks = kernels::channel_blocks(job.dim);
+  const std::int64_t P = chunks_per_batch(job.batch, blocks);
+  const auto opts = a.u.options().dtype(at::kFloat);
+  const at::Tensor du = at::empty({job.batch, job.len, job.dim}, opts);
+  const at::Tensor ddelta = at::empty({job.batch, job.len, job.dim}, opts);
+  const at::Tensor dA_by_batch = at::empty({job.batch, job.dim, job.nstate}, opts);
+  const at::Tensor dD_by_batch = at::empty({job.batch, job.dim}, opts);
+  const at::Tensor dbias_by_batch = at::empty({job.batch, job.dim}, opts);
+  const at::Tensor dB_parts = at::zeros({job.batch, P, job.len, job.nstate}, opts);
+  const at::Tensor dC_parts = at::zeros({job.batch, P, job.len, job.nstate}, opts);
+  const at::Tensor dh0 = at::empty({job.batch, job.dim, job.nstate}, opts);
+  kernels::BackwardOut out;
+  out.gy = strided(gy_in);
+  out.ghL = ghL_f.defined() ? ghL_f.data_ptr<float>() : nullptr;
+  out.du = du.data_ptr<float>();
+  out.ddelta = ddelta.data_ptr<float>();
+  out.dA_by_batch = dA_by_batch.data_ptr<float>();
+  out.dD_by_batch = dD_by_batch.data_ptr<float>();
+  out.dbias_by_batch = dbias_by_batch.data_ptr<float>();
+  out.dB_parts = dB_parts.data_ptr<float>();
+  out.dC_parts = dC_parts.data_ptr<float>();
+  out.dh0 = dh0.data_ptr<float>();
+  out.parts = P;
+  const std::int64_t per_task = std::max<std::int64_t>(1, blocks / P * job.len * job.nstate * kernels::kLanes);
+  at::parallel_for(0, job.batch * P, std::max<std::int64_t>(1, kMinUpdatesPerTask / per_task),
+                   [&](std::int64_t begin, std::int64_t end) { kernels::avx512_backward(job, out, begin, end); });
+
+  FusedGrads g;
+  g.u = as_dtype_of(du, a.u);
+  g.delta = as_dtype_of(ddelta, a.delta);
+  g.A = as_dtype_of(dA_by_batch.sum(0), a.A);
+  g.B = as_dtype_of(P == 1 ? dB_parts.squeeze(1) : dB_parts.sum(1), a.B);
+  g.C = as_dtype_of(P == 1 ? dC_parts.squeeze(1) : dC_parts.sum(1), a.C);
+  if (a.D.defined()) g.D = as_dtype_of(dD_by_batch.sum(0), a.D);
+  if (a.delta_bias.defined()) g.delta_bias = as_dtype_of(dbias_by_batch.sum(0), a.delta_bias);
+  if (a.h0.defined()) g.h0 = as_dtype_of(dh0, a.h0);
+  return g;
+}
+
+// The channel-per-task builds take float32 and float64; bfloat16 runs them in float32.
+ScanArgs widened(const ScanArgs& a) {
+  ScanArgs w = a;
+  for (at::Tensor* t : {&w.u, &w.delta, &w.A, &w.B, &w.C, &w.D, &w.delta_bias, &w.h0}) {
+    if (t->defined() && t->scalar_type() == at::kBFloat16) *t = t->to(at::kFloat);
+  }
+  return w;
+}
+
+// The build that runs: AVX-512 for float32 / bfloat16 when selected, otherwise the channel-per-task
+// kernels (bfloat16 widened to float32 for them). bfloat16 outputs are rounded from the float32
+// results, so y and h_L keep the inputs' dtype.
+ScanResult forward_any(const ScanArgs& a) {
+  const bool bf16 = a.u.scalar_type() == at::kBFloat16;
+  ScanResult r = avx512_handles(a) ? avx512_forward(a) : fused_forward(bf16 ? widened(a) : a);
+  if (bf16) r = {as_dtype_of(r.y, a.u), as_dtype_of(r.last_state, a.u)};
+  return r;
+}
+
+FusedGrads backward_any(const ScanArgs& a, const at::Tensor& gy, const at::Tensor& ghL) {
+  if (avx512_handles(a)) return avx512_backward(a, gy, ghL);
+  if (a.u.scalar_type() != at::kBFloat16) return fused_backward(a, gy, ghL);
+  FusedGrads g = fused_backward(widened(a), gy.to(at::kFloat), ghL.defined() ? ghL.to(at::kFloat) : ghL);
+  const ScanArgs* like = &a;
+  g.u = as_dtype_of(g.u, like->u);
+  g.delta = as_dtype_of(g.delta, like->delta);
+  g.A = as_dtype_of(g.A, like->A);
+  g.B = as_dtype_of(g.B, like->B);
+  g.C = as_dtype_of(g.C, like->C);
+  if (g.D.defined()) g.D = as_dtype_of(g.D, like->D);
+  if (g.delta_bias.defined()) g.delta_bias = as_dtype_of(g.delta_bias, like->delta_bias);
+  if (g.h0.defined()) g.h0 = as_dtype_of(g.h0, like->h0);
+  return g;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -532,7 +717,7 @@ class SelectiveScanFunction : public torch::autograd::Function<SelectiveScanFunc
                                const at::Tensor& delta_bias, const at::Tensor& h0, std::int64_t present,
                                bool delta_softplus) {
     const ScanArgs args = args_from(u, delta, A, B, C, D, delta_bias, h0, present, delta_softplus);
-    const ScanResult out = fused_forward(args);
+    const ScanResult out = forward_any(args);
     ctx->save_for_backward({u, delta, A, B, C, D, delta_bias, h0});
     ctx->saved_data["present"] = present;
     ctx->saved_data["delta_softplus"] = delta_softplus;
@@ -548,7 +733,7 @@ class SelectiveScanFunction : public torch::autograd::Function<SelectiveScanFunc
     // instead; slower, but second derivatives (e.g. through an energy's gradient) stay exact.
     if (at::GradMode::is_enabled()) return backward_through_reference(ctx, args, grads[0], grads[1]);
 
-    const FusedGrads g = fused_backward(args, grads[0], grads[1]);
+    const FusedGrads g = backward_any(args, grads[0], grads[1]);
     // One entry per forward argument; the two trailing non-tensor arguments get none.
     variable_list result = {g.u, g.delta, g.A, g.B, g.C, g.D, g.delta_bias, g.h0, at::Tensor(), at::Tensor()};
     for (std::size_t i = 0; i < kNumTensorInputs; ++i) {
@@ -594,9 +779,9 @@ ScanResult selective_scan(const ScanArgs& args) {
                                "; use selective_scan_reference (the block's scan = \"reference\")");
   }
   const auto dtype = args.u.scalar_type();
-  if (dtype != at::kFloat && dtype != at::kDouble) {
-    fail("selective_scan", std::string("the fused scan supports float32 and float64, got ") + c10::toString(dtype) +
-                               "; use selective_scan_reference for other dtypes");
+  if (dtype != at::kFloat && dtype != at::kDouble && dtype != at::kBFloat16) {
+    fail("selective_scan", std::string("the fused scan supports float32, float64 and bfloat16, got ") +
+                               c10::toString(dtype) + "; use selective_scan_reference for other dtypes");
   }
   const variable_list out = SelectiveScanFunction::apply(
       args.u, args.delta, args.A, args.B, args.C, placeholder_if_absent(args.D, args.u),
@@ -635,12 +820,31 @@ ScanResult selective_scan_reference(const ScanArgs& args) {
 }
 
 void set_scan_isa(ScanIsa isa) {
-  if (isa == ScanIsa::Avx2 && !cpu_has_avx2_fma()) {
-    throw Error("set_scan_isa: this CPU lacks AVX2+FMA; use ScanIsa::Generic or ScanIsa::Auto");
+  if (!cpu_has(isa)) {
+    throw Error(std::string("set_scan_isa: this CPU lacks ") + (isa == ScanIsa::Avx512 ? "AVX-512 (F, BW, VL, DQ)" : "AVX2+FMA") +
+                "; use ScanIsa::Auto or one of available_scan_isas()");
   }
   g_requested_isa.store(isa, std::memory_order_relaxed);
 }
 
-std::string active_scan_isa() { return use_avx2() ? "avx2+fma" : "generic"; }
+std::string scan_isa_name(ScanIsa isa) {
+  switch (isa) {
+    case ScanIsa::Avx512: return "avx512";
+    case ScanIsa::Avx2: return "avx2+fma";
+    case ScanIsa::Generic: return "generic";
+    default: return "auto";
+  }
+}
+
+std::string active_scan_isa() { return scan_isa_name(resolved_isa()); }
+
+std::vector<ScanIsa> available_scan_isas() {
+  std::vector<ScanIsa> out = {ScanIsa::Generic};
+  if (cpu_has(ScanIsa::Avx2)) out.push_back(ScanIsa::Avx2);
+  if (cpu_has(ScanIsa::Avx512)) out.push_back(ScanIsa::Avx512);
+  return out;
+}
+
+std::int64_t last_scan_forward_tasks() { return g_last_forward_tasks.load(std::memory_order_relaxed); }
 
 }  // namespace mhd::mamba
