@@ -19,6 +19,7 @@
 #include <torch/autograd.h>
 
 #include "distributed/data_parallel.h"
+#include "run/dp_worker.h"
 #include "mhd/error.h"
 #include "core/model.h"
 #include "study/study.h"

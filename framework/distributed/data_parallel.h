@@ -104,7 +104,7 @@ class DataParallel {
   std::unique_ptr<Impl> impl_;
 };
 
-// ---- One trial across processes (data_parallel_trial.cpp) ----
+// ---- One trial across processes (trial_group.cpp) ----
 
 class PluginRegistry;
 struct TrialConfig;
@@ -139,11 +139,13 @@ void check_data_parallel_config(const TrialConfig& config);
 // Throws mhd::Error for a batch not divisible by world_size, memory writes, or a failed rendezvous.
 std::unique_ptr<TrialGroup> join_trial_group(const TrialConfig& config, PluginRegistry& registry, c10::Device device);
 
-// The hidden `dp-worker` subcommand, for any executable that calls train_trial (mhd, tests):
-//   PROG dp-worker --config-json FILE --rank R --world K --rendezvous SPEC [--threads N] [--plugin SO]...
-//   PROG dp-worker --study FILE      (external launch: every world_size > 1 trial, rank from $RANK)
-// Returns the exit code (0: trained; 1: failed; 2: bad arguments), or -1 when argv[1] is not
-// "dp-worker" (so main can go on).
-int data_parallel_worker_main(int argc, char** argv);
+// This process is rank `rank` of `world` (a `dp-worker`, run/dp_worker.h): join_trial_group then
+// joins that rank instead of spawning ranks. `external`: ranks launched by Slurm/torchrun share one
+// store, a scope per trial.
+void act_as_data_parallel_worker(int rank, int world, const std::string& rendezvous, bool external);
+// The rendezvous of an external launch: $MHD_RENDEZVOUS or tcp://$MASTER_ADDR:$MASTER_PORT.
+std::string external_rendezvous();
+// Intra-op threads of each of `world` ranks: max(1, threads / world) (threads 0: every core).
+int threads_per_rank(const TrialConfig& config, int world);
 
 }  // namespace mhd

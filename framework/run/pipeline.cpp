@@ -27,6 +27,7 @@
 #include "train/checkpoint.h"
 #include "mhd/error.h"
 #include "plugin_host/registry.h"
+#include "probes/probe.h"
 #include "results/results.h"
 #include "mhd/runtime.h"
 #include "study/study.h"
@@ -155,6 +156,9 @@ bool train_claimed(ResultsDb& db, std::int64_t id, const TrialConfig& trial, Plu
     const auto row = db.trial(id);
     train_options.checkpoint_path = checkpoint_path_for(db.path(), row ? row->config_hash : trial.hash());
     train_options.resume = true;  // only when the file exists: run_study removed stale ones
+    train_options.after_training = [&](const TrainedModel& trained) {
+      run_probes(trial, registry, trained.model, trained.task, trained.device, trained.sink, trained.step);
+    };
     if (trial.train.integer("checkpoint_every") > 0)
       std::filesystem::create_directories(std::filesystem::path(train_options.checkpoint_path).parent_path());
     result = train_trial(trial, registry, sink, [&](const TrainProgress& p) { print_progress(log, prefix, p); },

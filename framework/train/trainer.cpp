@@ -18,13 +18,14 @@
 #include <torch/utils.h>
 
 #include "train/checkpoint.h"
+#include "train/scoring.h"
+#include "train/trainer_state.h"
 #include "distributed/data_parallel.h"
 #include "mhd/error.h"
 #include "mhd/kits/jacobian.h"
 #include "mhd/memory.h"
 #include "core/model.h"
 #include "mhd/optimization.h"
-#include "probes/probe.h"
 #include "config/trial_config.h"
 #include "tasks/task.h"
 
@@ -42,37 +43,6 @@ torch::Device resolve_device(const std::string& wanted) {
     throw Error("study.device = \"cuda\" but this LibTorch has no usable CUDA device; use \"auto\" or \"cpu\"");
   if (wanted == "cuda" || (wanted == "auto" && torch::cuda::is_available())) return torch::Device(torch::kCUDA);
   return torch::Device(torch::kCPU);
-}
-
-// Cross-entropy over labelled positions and the share of them predicted right.
-struct TaskScore {
-  at::Tensor loss;  // scalar, with graph
-  double accuracy = 0;
-};
-
-TaskScore score(const at::Tensor& logits, const at::Tensor& labels) {
-  // logits: [N, V] at the labelled positions only, labels: [N]
-  TaskScore s;
-  const auto n = labels.size(0);
-  s.loss = n > 0 ? at::cross_entropy_loss(logits, labels) : logits.sum() * 0;
-  s.accuracy = n > 0 ? (logits.argmax(1) == labels).sum().item<double>() / static_cast<double>(n) : 0.0;
-  return s;
-}
-
-struct ScoredForward {
-  ModelOutput out;
-  TaskScore task;
-};
-
-// The model with its head run only where a target exists (the loss and accuracy are those of the
-// full [B, L, V] logits; the rest of the head is work nothing reads).
-ScoredForward forward_scored(UnifiedModel& model, const at::Tensor& inputs, const at::Tensor& targets,
-                             bool observe = false) {
-  const auto labelled = targets != kIgnoreIndex;  // [B, L]
-  ScoredForward r;
-  r.out = model.forward(inputs, observe, labelled);
-  r.task = score(r.out.logits, targets.masked_select(labelled));
-  return r;
 }
 
 // ||f(z* + d) - f(z*)|| / ||d|| per sample with the graph kept, so the stability term can push
@@ -99,61 +69,6 @@ std::uint64_t step_seed(std::int64_t seed, std::int64_t step) {
 // Held-out batches of validation are eval_batch indices from here on, apart from the evaluation's
 // (0 .. eval_batches - 1).
 constexpr std::int64_t kValidationIndex = 1000000;
-
-// What the trainer keeps beside a checkpoint (TrainOptions): counters that metrics depend on and
-// the continual accuracy matrix so far. One record per line, "step converged skipped rows K a00 a01 ...".
-struct TrainerState {
-  std::int64_t step = 0, converged_solves = 0, skipped_in_a_row = 0;
-  std::vector<std::vector<double>> accuracy_matrix;  // rows so far, each K entries
-
-  std::string record() const {
-    std::ostringstream out;
-    out.precision(17);
-    out << step << ' ' << converged_solves << ' ' << skipped_in_a_row << ' ' << accuracy_matrix.size() << ' '
-        << (accuracy_matrix.empty() ? 0 : accuracy_matrix[0].size());
-    for (const auto& row : accuracy_matrix)
-      for (double a : row) out << ' ' << a;
-    return out.str();
-  }
-
-  static std::optional<TrainerState> parse(const std::string& line) {
-    std::istringstream in(line);
-    TrainerState s;
-    std::size_t rows = 0, cols = 0;
-    if (!(in >> s.step >> s.converged_solves >> s.skipped_in_a_row >> rows >> cols)) return std::nullopt;
-    s.accuracy_matrix.assign(rows, std::vector<double>(cols));
-    for (auto& row : s.accuracy_matrix)
-      for (double& a : row)
-        if (!(in >> a)) return std::nullopt;
-    return s;
-  }
-};
-
-std::string trainer_state_path(const std::string& checkpoint_path) { return checkpoint_path + ".trainer"; }
-
-// The record of `step` from the file beside the checkpoint; mhd::Error when there is none.
-TrainerState read_trainer_state(const std::string& checkpoint_path, std::int64_t step) {
-  const std::string path = trainer_state_path(checkpoint_path);
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line))
-    if (auto s = TrainerState::parse(line); s && s->step == step) return *s;
-  throw Error(path + ": no trainer state for the checkpoint's step " + std::to_string(step) +
-              " (the file is missing or from another run); delete the checkpoint to start the trial afresh");
-}
-
-// Writes `previous` and `current` records (temporary file renamed over the old one).
-void write_trainer_state(const std::string& checkpoint_path, const std::string& previous, const std::string& current) {
-  const std::string path = trainer_state_path(checkpoint_path);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    if (!previous.empty()) out << previous << '\n';
-    out << current << '\n';
-    if (!out) throw Error("cannot write " + tmp);
-  }
-  std::filesystem::rename(tmp, path);
-}
 
 class TrialTrainer {
  public:
@@ -210,19 +125,21 @@ class TrialTrainer {
     if (dp_) emit(steps, "dp_param_drift", dp_->max_difference_from_rank0(model_->parameters()));
     if (dp_follower()) return result_;  // data parallel: rank 0 evaluates, probes and reports
     if (steps == 0) evaluate(0);
-    run_trial_probes(steps);
+    after_training(steps);
     return result_;
   }
 
-  // --- probes (probe.h, issue 3): measurements of the trained model after the last step ---
-  // Their metrics go through emit() so they are also among the TrainResult's final metrics; a
-  // probe that throws fails the trial ("probe NAME: message").
-  void run_trial_probes(std::int64_t step) {
-    if (config_.probes.empty()) return;
-    MetricSink probe_sink = sink_;
-    probe_sink.metric = [this](std::int64_t s, const std::string& name, double value) { emit(s, name, value); };
+  // TrainOptions::after_training (the runner's probes) on the trained model. Its metrics go through
+  // emit() so they are also among the TrainResult's final metrics; if it throws, the trial fails
+  // with its message.
+  void after_training(std::int64_t step) {
+    if (!options_.after_training) return;
+    MetricSink sink = sink_;
+    sink.metric = [this](std::int64_t s, const std::string& name, double value) { emit(s, name, value); };
     try {
-      run_probes(config_, registry_, *model_, *task_, device_, probe_sink, step);
+      model_->eval();
+      torch::NoGradGuard no_grad;
+      options_.after_training(TrainedModel{*model_, *task_, device_, sink, step});
     } catch (const std::exception& e) {
       result_.status = TrialStatus::Failed;
       result_.error = e.what();
@@ -605,81 +522,6 @@ TrainResult train_trial(const TrialConfig& config, PluginRegistry& registry, con
     }
   }
   return result;
-}
-
-void check_training_config(const TrialConfig& config) {
-  const auto& t = config.train;
-  const bool memory = config.model.flag("deq") && config.model.flag("use_memory");
-  if (t.integer("memory_enable_step") > 1 && !memory)
-    throw Error("train.memory_enable_step = " + std::to_string(t.integer("memory_enable_step")) +
-                " needs the memory branch (model.deq = true and model.use_memory = true)");
-  if (t.integer("memory_enable_step") > t.integer("steps"))
-    throw Error("train.memory_enable_step = " + std::to_string(t.integer("memory_enable_step")) +
-                " is after the last step (train.steps = " + std::to_string(t.integer("steps")) + ")");
-  const bool schedule_keys = t.integer("max_iter_start") > 0 || t.real("tol_start") > 0;
-  if (schedule_keys && t.integer("schedule_steps") == 0)
-    throw Error("train.max_iter_start / train.tol_start need train.schedule_steps > 0 (the steps over which they move "
-                "to the [solver] values)");
-  const std::int64_t K = t.integer("continual_tasks");
-  if (K == 1) throw Error("train.continual_tasks = 1: use 0 (off) or at least 2 tasks in sequence");
-  if (K >= 2 && t.integer("steps") < K)
-    throw Error("train.continual_tasks = " + std::to_string(K) + " needs train.steps >= " + std::to_string(K) +
-                " (got " + std::to_string(t.integer("steps")) + ")");
-  if (K >= 2) make_task(config.task_kind, config.task, 0)->select_part(K - 1, K);  // the task can be split so
-  check_data_parallel_config(config);  // batch divisible by world_size, ... (data_parallel.h)
-}
-
-CurriculumValues curriculum_at(const TrialConfig& config, std::int64_t step) {
-  const auto& t = config.train;
-  CurriculumValues c;
-  const std::int64_t warmup = t.integer("warmup_steps");
-  c.lr = t.real("lr") * (warmup > 0 ? std::min(1.0, static_cast<double>(step) / static_cast<double>(warmup)) : 1.0);
-  const std::int64_t max_iter = config.solve.integer("max_iter");
-  const double tol = config.solve.real("tol");
-  const std::int64_t over = t.integer("schedule_steps");
-  // Progress through the schedule: 0 at step 1, 1 at step schedule_steps and after.
-  const double frac = over <= 1 ? 1.0 : std::clamp(static_cast<double>(step - 1) / static_cast<double>(over - 1), 0.0, 1.0);
-  const double iter0 = t.integer("max_iter_start") > 0 ? static_cast<double>(t.integer("max_iter_start")) : max_iter;
-  c.max_iter = static_cast<std::int64_t>(std::lround(iter0 + frac * (static_cast<double>(max_iter) - iter0)));
-  const double tol0 = t.real("tol_start") > 0 ? t.real("tol_start") : tol;
-  // Tolerances span decades: interpolate their logarithm (linearly when one of them is 0).
-  c.tol = tol0 > 0 && tol > 0 ? std::exp(std::log(tol0) + frac * (std::log(tol) - std::log(tol0)))
-                              : tol0 + frac * (tol - tol0);
-  if (frac == 1.0) c.tol = tol;  // exactly the [solver] value, not exp(log(tol))
-  c.memory_enabled = step >= t.integer("memory_enable_step");
-  return c;
-}
-
-IterationStats iteration_stats(std::vector<double> iterations) {
-  IterationStats s;
-  if (iterations.empty()) return s;
-  std::sort(iterations.begin(), iterations.end());
-  const std::size_t n = iterations.size();
-  double sum = 0;
-  for (double x : iterations) sum += x;
-  s.mean = sum / static_cast<double>(n);
-  s.median = n % 2 == 1 ? iterations[n / 2] : 0.5 * (iterations[n / 2 - 1] + iterations[n / 2]);
-  s.max = iterations.back();
-  return s;
-}
-
-double average_forgetting(const std::vector<std::vector<double>>& A) {
-  const std::size_t K = A.size();
-  if (K < 2) return 0.0;
-  double total = 0;
-  for (std::size_t j = 0; j + 1 < K; ++j) {
-    double best = A[0][j];
-    for (std::size_t i = 1; i + 1 < K; ++i) best = std::max(best, A[i][j]);
-    total += best - A[K - 1][j];
-  }
-  return total / static_cast<double>(K - 1);
-}
-
-double average_final_accuracy(const std::vector<std::vector<double>>& A) {
-  if (A.empty() || A.back().empty()) return 0.0;
-  double total = 0;
-  for (double a : A.back()) total += a;
-  return total / static_cast<double>(A.back().size());
 }
 
 }  // namespace mhd

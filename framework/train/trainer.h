@@ -8,12 +8,25 @@
 #include <string>
 #include <vector>
 
+#include <c10/core/Device.h>
+
 #include "train/records.h"
 
 namespace mhd {
 
 class PluginRegistry;
+class Task;
+class UnifiedModel;
 struct TrialConfig;
+
+// The trained model as TrainOptions::after_training sees it.
+struct TrainedModel {
+  UnifiedModel& model;
+  Task& task;
+  c10::Device device;
+  const MetricSink& sink;  // metrics recorded at `step` also become the TrainResult's final metrics
+  std::int64_t step;       // the last training step
+};
 
 struct TrainProgress {
   std::int64_t step = 0, steps = 0;
@@ -46,6 +59,9 @@ struct TrainOptions {
   // an uninterrupted run's. Not restored: warm-start equilibria (solver.warm_start: the first resumed
   // solve starts cold) and optimizations' internal state.
   bool resume = false;
+  // Runs on the trained model after the last step (the runner passes the study's probes,
+  // probes/probe.h), in eval mode under a NoGradGuard; an exception fails the trial with its message.
+  std::function<void(const TrainedModel&)> after_training;
 };
 
 // Trains the trial's model on its task. Never throws for numerical trouble: a non-finite loss or

@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "distributed/data_parallel.h"
+#include "run/dp_worker.h"
 #include "mhd/runtime.h"
 
 int main(int argc, char** argv) {

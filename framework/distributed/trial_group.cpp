@@ -9,7 +9,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <iostream>
 #include <sstream>
 #include <thread>
 
@@ -17,10 +16,9 @@
 
 #include "distributed/data_parallel.h"
 #include "mhd/error.h"
+#include "config/trial_config.h"
 #include "mhd/plugin.h"
 #include "plugin_host/registry.h"
-#include "study/study.h"
-#include "train/trainer.h"
 
 extern char** environ;
 
@@ -63,6 +61,8 @@ std::chrono::milliseconds rendezvous_timeout(const TrialConfig& config) {
   return std::chrono::milliseconds(static_cast<long>(1000.0 * config.train.real("rendezvous_timeout")));
 }
 
+}  // namespace
+
 std::string external_rendezvous() {
   if (const char* r = env("MHD_RENDEZVOUS")) return r;
   if (!env("MASTER_ADDR") || !env("MASTER_PORT"))
@@ -70,11 +70,17 @@ std::string external_rendezvous() {
   return std::string("tcp://") + env("MASTER_ADDR") + ":" + env("MASTER_PORT");
 }
 
+namespace {
+
+}  // namespace
+
 int threads_per_rank(const TrialConfig& config, int world) {
   const std::int64_t wanted = config.run.integer("threads");
   const std::int64_t total = wanted > 0 ? wanted : std::max<std::int64_t>(1, std::thread::hardware_concurrency());
   return static_cast<int>(std::max<std::int64_t>(1, total / world));
 }
+
+namespace {
 
 std::string signal_or_status(int status) {
   if (WIFSIGNALED(status)) return std::string("was killed by signal ") + strsignal(WTERMSIG(status));
@@ -82,6 +88,10 @@ std::string signal_or_status(int status) {
 }
 
 }  // namespace
+
+void act_as_data_parallel_worker(int rank, int world, const std::string& rendezvous, bool external) {
+  identity() = {true, rank, world, rendezvous, external};
+}
 
 TrialGroup::~TrialGroup() {
   dp_.reset();  // closes the sockets: ranks blocked in a collective fail at once
@@ -192,67 +202,6 @@ std::unique_ptr<TrialGroup> join_trial_group(const TrialConfig& config, PluginRe
   }
   group->dp_ = std::make_unique<DataParallel>(spec, device);
   return group;
-}
-
-int data_parallel_worker_main(int argc, char** argv) {
-  if (argc < 2 || std::string(argv[1]) != "dp-worker") return -1;
-  int rank = -1;
-  try {
-    std::string config_json, study_path, rendezvous;
-    int world = 0, threads = 0;
-    std::vector<std::string> plugins;
-    double timeout = -1;
-    for (int i = 2; i < argc; ++i) {
-      const std::string flag = argv[i];
-      if (i + 1 >= argc) throw Error("dp-worker: " + flag + " needs a value");
-      const std::string value = argv[++i];
-      if (flag == "--config-json") config_json = value;
-      else if (flag == "--study") study_path = value;
-      else if (flag == "--rank") rank = std::stoi(value);
-      else if (flag == "--world") world = std::stoi(value);
-      else if (flag == "--rendezvous") rendezvous = value;
-      else if (flag == "--threads") threads = std::stoi(value);
-      else if (flag == "--timeout") timeout = std::stod(value);
-      else if (flag == "--plugin") plugins.push_back(value);
-      else throw Error("dp-worker: unknown option " + flag);
-    }
-    auto& registry = PluginRegistry::global();
-    for (const auto& p : plugins) registry.load_file(p);
-    auto& id = identity();
-    if (!config_json.empty()) {
-      if (rank < 1 || world < 2 || rendezvous.empty())
-        throw Error("dp-worker: --config-json needs --rank (>= 1), --world (>= 2) and --rendezvous");
-      std::ifstream in(config_json);
-      if (!in) throw Error("dp-worker: cannot read " + config_json);
-      std::stringstream text;
-      text << in.rdbuf();
-      TrialConfig config = TrialConfig::from_json(text.str());
-      if (timeout > 0) config.train.set("rendezvous_timeout", timeout);
-      if (threads > 0) at::set_num_threads(threads);
-      id = {true, rank, world, rendezvous, false};
-      const TrainResult result = train_trial(config, registry, MetricSink{});
-      if (result.status == TrialStatus::Failed) throw Error(result.error);
-      return 0;
-    }
-    if (study_path.empty()) throw Error("dp-worker: give --config-json FILE or --study FILE");
-    // External launch: rank and world from the environment, every data-parallel trial in order.
-    if (!env("RANK") || !env("WORLD_SIZE")) throw Error("dp-worker --study: RANK and WORLD_SIZE must be set");
-    rank = env_int("RANK");
-    world = env_int("WORLD_SIZE");
-    registry.scan_default_paths();
-    Study study = load_study(study_path, registry);
-    id = {true, rank, world, external_rendezvous(), true};
-    for (const auto& config : study.trials) {
-      if (config.train.integer("world_size") <= 1) continue;
-      at::set_num_threads(threads > 0 ? threads : threads_per_rank(config, 1));
-      const TrainResult result = train_trial(config, registry, MetricSink{});
-      if (result.status == TrialStatus::Failed) throw Error(result.error);
-    }
-    return 0;
-  } catch (const std::exception& e) {
-    std::cerr << "mhd dp-worker (rank " << rank << "): error: " << e.what() << std::endl;
-    return 1;
-  }
 }
 
 }  // namespace mhd
