@@ -121,6 +121,12 @@ void MambaBlock::check_step_input(const torch::Tensor& x_t, const RecurrentState
   }
 }
 
+bool MambaBlock::use_fused_scan(const torch::Tensor& x) const {
+  const auto dtype = x.scalar_type();
+  return config_.scan == ScanImpl::Fused && x.device().is_cpu() &&
+         (dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16);
+}
+
 torch::Tensor MambaBlock::forward(const torch::Tensor& x) { return run_sequence(x, false).first; }
 
 std::pair<torch::Tensor, RecurrentState> MambaBlock::forward_with_state(const torch::Tensor& x) {
@@ -152,9 +158,7 @@ std::pair<torch::Tensor, RecurrentState> MambaBlock::run_sequence(const torch::T
   args.D = D;
   args.delta_bias = dt_proj->bias;
   args.delta_softplus = true;
-  const bool fused = config_.scan == ScanImpl::Fused && x.device().is_cpu() &&
-                     (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
-  const ScanResult scan = fused ? selective_scan(args) : selective_scan_reference(args);
+  const ScanResult scan = use_fused_scan(x) ? selective_scan(args) : selective_scan_reference(args);
 
   at::Tensor y = out_proj(scan.y * at::silu(z));  // [B, L, D]
   RecurrentState state;
@@ -183,16 +187,25 @@ std::pair<torch::Tensor, RecurrentState> MambaBlock::step(const torch::Tensor& x
   const at::Tensor window = at::cat({conv_state, x_in.unsqueeze(-1)}, -1);                    // [B, E, K]
   const at::Tensor u = at::silu((window * conv1d->weight.squeeze(1)).sum(-1) + conv1d->bias);  // [B, E]
 
-  const at::Tensor x_dbl = x_proj(u);                              // [B, R + 2N]
-  const at::Tensor delta = at::softplus(dt_proj(x_dbl.narrow(-1, 0, r)));  // [B, E]
-  const at::Tensor B = x_dbl.narrow(-1, r, n);                      // [B, N]
-  const at::Tensor C = x_dbl.narrow(-1, r + n, n);                  // [B, N]
+  const at::Tensor x_dbl = x_proj(u);  // [B, R + 2N]
 
-  // h' = exp(delta A) h + delta B u ;  y = <h', C> + D u
-  const at::Tensor h = at::exp(delta.unsqueeze(-1) * A()) * ssm_state + (delta * u).unsqueeze(-1) * B.unsqueeze(1);
-  const at::Tensor y = at::matmul(h, C.unsqueeze(-1)).squeeze(-1) + D * u;  // [B, E]
-  const at::Tensor out = out_proj(y * at::silu(z));                         // [B, D]
-  return {out, RecurrentState{{window.narrow(-1, 1, config_.d_conv - 1), h}}};
+  // h' = exp(delta A) h + delta B u ;  y = <h', C> + D u, with delta = softplus(dt_low W_dt^T + b_dt):
+  // the selective scan over one position (its views of x_dbl and u cost no copy), so the step runs
+  // the same fused kernel, with one output per call, as the sequence form instead of a dozen
+  // [B, E, N] temporaries (docs/benchmarks.md, "Selective scan").
+  ScanArgs args;
+  args.u = u.unsqueeze(1);                                                        // [B, 1, E]
+  args.delta = at::linear(x_dbl.narrow(-1, 0, r), dt_proj->weight).unsqueeze(1);  // [B, 1, E]
+  args.A = A();
+  args.B = x_dbl.narrow(-1, r, n).unsqueeze(1);      // [B, 1, N]
+  args.C = x_dbl.narrow(-1, r + n, n).unsqueeze(1);  // [B, 1, N]
+  args.D = D;
+  args.delta_bias = dt_proj->bias;
+  args.delta_softplus = true;
+  args.h0 = ssm_state;
+  const ScanResult scan = use_fused_scan(x_t) ? selective_scan(args) : selective_scan_reference(args);
+  const at::Tensor out = out_proj(scan.y.squeeze(1) * at::silu(z));  // [B, D]
+  return {out, RecurrentState{{window.narrow(-1, 1, config_.d_conv - 1), scan.last_state}}};
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -56,7 +56,8 @@ class MambaBlock : public Backbone {
   std::pair<torch::Tensor, RecurrentState> forward_with_state(const torch::Tensor& x) override;
   // {zeros [B, E, K - 1], zeros [B, E, N]} in the parameters' dtype and device.
   RecurrentState initial_state(std::int64_t batch) override;
-  // x_t: [B, D] -> (y_t [B, D], next state); plain tensor ops, differentiable, `state` untouched.
+  // x_t: [B, D] -> (y_t [B, D], next state); the SSM update is the selective scan over one position,
+  // differentiable, `state` untouched.
   std::pair<torch::Tensor, RecurrentState> step(const torch::Tensor& x_t, const RecurrentState& state) override;
 
   const MambaConfig& config() const { return config_; }
@@ -78,6 +79,8 @@ class MambaBlock : public Backbone {
   void init_parameters();
   void check_sequence_input(const torch::Tensor& x) const;
   void check_step_input(const torch::Tensor& x_t, const RecurrentState& state) const;
+  // The fused scan for CPU float32 / float64 / bfloat16 unless the config asks for the reference.
+  bool use_fused_scan(const torch::Tensor& x) const;
 
   MambaConfig config_;
 };

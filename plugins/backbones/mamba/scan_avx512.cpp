@@ -224,25 +224,39 @@ MHD_AVX512_INLINE void load_tile(const Strided& s, std::int64_t b, std::int64_t 
   }
 }
 
-// v[n][j] = src[(d0 + j) * N + n] (lanes past width zero), optionally scaled.
+// v[n][j] = src[(d0 + j) * N + n] (lanes past width zero), optionally scaled: the block's [16, N]
+// rows, 16 states at a time, transposed in registers (a per-element gather would cost more than a
+// short scan itself: the recurrent step is a scan of length 1).
 MHD_AVX512_INLINE void gather_block(const float* src, std::int64_t d0, std::int64_t width, std::int64_t nstate,
                                     float scale, __m512* v) {
-  alignas(64) float tmp[16];
+  const __m512 s = _mm512_set1_ps(scale);
+  for (std::int64_t n0 = 0; n0 < nstate; n0 += 16) {
+    const std::int64_t count = std::min<std::int64_t>(16, nstate - n0);
+    const __mmask16 kn = lane_mask(count);
+    __m512 r[16];
 #pragma GCC unroll 16
-  for (std::int64_t n = 0; n < nstate; ++n) {
-    for (std::int64_t j = 0; j < 16; ++j) tmp[j] = j < width ? src[(d0 + j) * nstate + n] * scale : 0.0f;
-    v[n] = _mm512_load_ps(tmp);
+    for (std::int64_t j = 0; j < 16; ++j)
+      r[j] = j < width ? _mm512_maskz_loadu_ps(kn, src + (d0 + j) * nstate + n0) : _mm512_setzero_ps();
+    v_transpose16(r);
+#pragma GCC unroll 16
+    for (std::int64_t i = 0; i < 16; ++i)
+      if (i < count) v[n0 + i] = _mm512_mul_ps(r[i], s);
   }
 }
 
 // dst[(d0 + j) * N + n] = v[n][j] for j < width.
 MHD_AVX512_INLINE void scatter_block(const __m512* v, std::int64_t d0, std::int64_t width, std::int64_t nstate,
                                      float* dst) {
-  alignas(64) float tmp[16];
+  for (std::int64_t n0 = 0; n0 < nstate; n0 += 16) {
+    const std::int64_t count = std::min<std::int64_t>(16, nstate - n0);
+    const __mmask16 kn = lane_mask(count);
+    __m512 r[16];
 #pragma GCC unroll 16
-  for (std::int64_t n = 0; n < nstate; ++n) {
-    _mm512_store_ps(tmp, v[n]);
-    for (std::int64_t j = 0; j < width; ++j) dst[(d0 + j) * nstate + n] = tmp[j];
+    for (std::int64_t i = 0; i < 16; ++i) r[i] = i < count ? v[n0 + i] : _mm512_setzero_ps();
+    v_transpose16(r);
+#pragma GCC unroll 16
+    for (std::int64_t j = 0; j < 16; ++j)
+      if (j < width) _mm512_mask_storeu_ps(dst + (d0 + j) * nstate + n0, kn, r[j]);
   }
 }
 
