@@ -82,7 +82,7 @@ void validate(const mhd::Params& p, const mhd::ParamSchema& schema) {
 
 mhd::ParamSchema schema() {
   return {
-      mhd::int_param("memory", 30,
+      mhd::int_param("memory", 10,
                      "secant pairs (u, v) kept per sample in the inverse-Jacobian approximation -I + U V^T; when "
                      "full it restarts from -I",
                      1, 1000),

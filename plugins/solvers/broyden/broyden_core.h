@@ -30,7 +30,7 @@ namespace mhd {
 namespace broyden {
 
 struct Options {
-  std::int64_t memory = 30;         // m pairs (u, v) per sample
+  std::int64_t memory = 10;         // m pairs (u, v) per sample
   double armijo_c1 = 1e-4;          // accept t when ||g(z + t d)|| <= (1 - c1 t) ||g(z)||
   double backtrack = 0.5;           // t <- backtrack * t after a failed test
   std::int64_t max_backtracks = 3;  // 0: no line search, the full step is always taken
