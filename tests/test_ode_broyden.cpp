@@ -17,6 +17,7 @@
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
 
+#include "broyden_core.h"
 #include "core/implicit.h"
 #include "mhd/error.h"
 #include "mhd/params.h"
@@ -345,6 +346,46 @@ TEST(Broyden, RankOneMapWhereAndersonsSystemIsSingular) {
   EXPECT_LT(br.info.f_evals, plain.info.f_evals);
   EXPECT_LT(3 * br.info.f_evals, fp.info.f_evals);
   EXPECT_LT((br.z - fp.z).abs().max().item<double>(), 1e-3);
+}
+
+// The core as another solver would use it on falling back: it continues from a state the caller has
+// already evaluated and recorded, appends to the caller's traces, counts max_iter over the whole solve
+// and returns through the caller's best iterate.
+TEST(BroydenCore, ContinuesACallersSolve) {
+  at::manual_seed(9);
+  const AffineMap map = affine(3, 16, near_critical(16, 0.95, at::kDouble));
+  const mhd::FixedPointProblem problem{map.f(), {}, {}};
+  const mhd::SolveLimits limits{200, 1e-10};
+  mhd::SolverInfo info;
+  mhd::BestIterate best;
+  at::Tensor z = at::zeros({3, 16}, at::kDouble), fz;
+  for (int k = 0; k < 3; ++k) {  // three plain iterations by "the caller"
+    fz = problem.f(z);
+    ++info.f_evals;
+    const mhd::Residuals r = mhd::residuals(z, fz);
+    ASSERT_FALSE(mhd::record_iteration(info, r, limits.tol));
+    best.observe(z, r);
+    if (k < 2) z = fz;
+  }
+  mhd::broyden::Core core("test", mhd::broyden::Options{});
+  core.run(problem, z, fz, limits, info, best);
+  best.finish(info);
+
+  EXPECT_TRUE(info.converged);
+  EXPECT_EQ(static_cast<std::int64_t>(info.rel_trace.size()), info.iterations);
+  EXPECT_EQ(info.iterations, 3 + core.stats().steps);
+  EXPECT_EQ(info.f_evals, info.iterations + core.stats().line_search_evals);
+  EXPECT_LT(((best.best() - map.fixed_point()).norm() / map.fixed_point().norm()).item<double>(), 1e-8);
+
+  // The budget is the whole solve's: a caller that has used 3 of 5 iterations leaves the core 2.
+  mhd::SolverInfo short_info;
+  short_info.iterations = 3;
+  mhd::BestIterate short_best;
+  short_best.observe(z, mhd::residuals(z, fz));
+  mhd::broyden::Core short_core("test", mhd::broyden::Options{});
+  short_core.run(problem, z, fz, {5, 1e-10}, short_info, short_best);
+  EXPECT_EQ(short_info.iterations, 5);
+  EXPECT_EQ(short_core.stats().steps, 2);
 }
 
 TEST(Broyden, WithoutLineSearchEveryEvaluationIsAnIteration) {
