@@ -280,6 +280,18 @@ TEST(NeuralOde, TighterLocalToleranceTakesMoreSteps) {
   EXPECT_LT(extra(tight.info, "ode_final_step_min"), extra(loose.info, "ode_final_step_max"));
 }
 
+// With tol = 0 a sample that sits exactly at its fixed point keeps being integrated with zero error:
+// its step grows to a cap instead of overflowing to inf (inf * 0 = NaN would end the solve).
+TEST(NeuralOde, ExactFixedPointWithZeroTolStaysFinite) {
+  const at::Tensor c = at::tensor({1.0, -2.0, 0.5}, at::kDouble).unsqueeze(0);  // [1, 3]
+  const mhd::TensorMap f = [c](const at::Tensor& z) { return c.expand_as(z).clone(); };
+  const auto result = make_solver("neural_ode")->solve({f, {}, {}}, c.clone(), {400, 0.0});
+  EXPECT_EQ(result.info.iterations, 400);
+  EXPECT_TRUE(std::isnan(extra(result.info, "nonfinite_samples")));  // never reported
+  EXPECT_TRUE(at::equal(result.z, c));
+  EXPECT_TRUE(std::isfinite(extra(result.info, "ode_final_step_max")));
+}
+
 // dz/dt = f(z) - z = z + 1 carries z away from the fixed point -1 like e^t: the budget runs out and the
 // best state comes back, here the start (rel residual (z + 1) / |2 z + 1| is 0.125 at z = -0.9 and
 // larger everywhere the flow goes).

@@ -64,6 +64,10 @@ constexpr double kE1 = 71.0 / 57600.0, kE3 = -71.0 / 16695.0, kE4 = 71.0 / 1920.
 
 enum class ErrorScale { Residual, State };
 
+// A sample exactly at its fixed point (F = 0, possible with tol = 0) has zero error and would grow its
+// step by max_growth forever, until h = inf and h * 0 = NaN; no useful step is anywhere near this.
+constexpr double kMaxStep = 1e6;
+
 struct Options {
   ErrorScale error_scale = ErrorScale::Residual;
   double rtol = 1e-1;
@@ -192,7 +196,7 @@ class NeuralOdeSolver final : public mhd::Solver {
       // sample may not grow its step again (it would only be rejected once more).
       at::Tensor factor = at::clamp(opt_.safety * err.pow(-0.2), opt_.min_shrink, opt_.max_growth);  // [B]
       factor = at::where(rejected_before, at::clamp_max(factor, 1.0), factor).unsqueeze(1);          // [B, 1]
-      const at::Tensor h_new = h * factor;
+      const at::Tensor h_new = at::clamp_max(h * factor, kMaxStep);
 
       const at::Tensor ok_col = ok.unsqueeze(1);
       out.z = at::where(ok_col, z_new, out.z);
