@@ -13,6 +13,7 @@
 #include "train/checkpoint.h"
 #include "mhd/error.h"
 #include "mhd/memory.h"
+#include "config/model_options.h"
 #include "core/model.h"
 #include "study/study.h"
 #include "test_plugins_loaded.h"
@@ -59,7 +60,7 @@ struct Trial {
 Trial make_trial(const mhd::TrialConfig& c, std::uint64_t seed) {
   torch::manual_seed(seed);
   Trial t;
-  t.model = std::make_shared<mhd::UnifiedModel>(c, registry_with_all_plugins(), 16);
+  t.model = std::make_shared<mhd::UnifiedModel>(mhd::model_options(c, 16), registry_with_all_plugins());
   t.optimizer = std::make_unique<torch::optim::AdamW>(t.model->parameters(), torch::optim::AdamWOptions(1e-2));
   return t;
 }

@@ -21,6 +21,7 @@
 #include "distributed/data_parallel.h"
 #include "run/dp_worker.h"
 #include "mhd/error.h"
+#include "config/model_options.h"
 #include "core/model.h"
 #include "study/study.h"
 #include "tasks/task.h"
@@ -166,7 +167,7 @@ struct Grads {
 // The gradient of the task loss on `batch` (all of it, or this rank's slice averaged over ranks).
 Grads gradient(const mhd::TrialConfig& config, const mhd::Batch& batch, mhd::DataParallel* dp) {
   torch::manual_seed(static_cast<std::uint64_t>(config.seed));
-  mhd::UnifiedModel model(config, registry(), mhd::make_task(config.task_kind, config.task, 0)->vocab_size());
+  mhd::UnifiedModel model(mhd::model_options(config, mhd::make_task(config.task_kind, config.task, 0)->vocab_size()), registry());
   model.train();
   at::Tensor inputs = batch.inputs, targets = batch.targets;
   if (dp) {

@@ -6,6 +6,7 @@
 
 #include "mhd/error.h"
 #include "core/generate.h"
+#include "config/model_options.h"
 #include "core/model.h"
 #include "study/study.h"
 #include "test_plugins_loaded.h"
@@ -48,7 +49,7 @@ std::shared_ptr<mhd::UnifiedModel> make_model(const std::string& backbone, bool 
   auto config = mhd::parse_study(study(backbone), "generation_test.toml", registry()).trials.front();
   config.model.set("deq", deq);
   torch::manual_seed(3);
-  auto model = std::make_shared<mhd::UnifiedModel>(config, registry(), 16);
+  auto model = std::make_shared<mhd::UnifiedModel>(mhd::model_options(config, 16), registry());
   model->to(at::kDouble);  // so the comparison measures the decode, not float32 rounding
   model->eval();
   return model;

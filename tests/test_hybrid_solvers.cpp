@@ -13,6 +13,7 @@
 #include "mhd/error.h"
 #include "core/implicit.h"
 #include "mhd/kits/lbfgs.h"
+#include "config/model_options.h"
 #include "core/model.h"
 #include "plugin_host/registry.h"
 #include "mhd/solver.h"
@@ -435,7 +436,7 @@ TEST_P(HybridModes, ForwardSolverOfOneModelTrainingStep) {
   const std::string solver = "[solver]\nplugin = \"hybrid\"\nmode = \"" + GetParam() + "\"\nmax_iter = 20\ntol = 1e-4\n";
   auto study = mhd::parse_study(std::string(kModelStudy) + solver, "hybrid_model_test.toml", registry());
   torch::manual_seed(0);
-  mhd::UnifiedModel model(study.trials.front(), registry(), 16);
+  mhd::UnifiedModel model(mhd::model_options(study.trials.front(), 16), registry());
   model.train();
   at::manual_seed(7);
   const at::Tensor tokens = at::randint(16, {4, 8}, at::kLong);

@@ -15,6 +15,7 @@
 #include "core/dynamics.h"
 #include "mhd/error.h"
 #include "probes/landscape.h"
+#include "config/model_options.h"
 #include "core/model.h"
 #include "probes/probe.h"
 #include "results/results.h"
@@ -327,7 +328,7 @@ TEST(LandscapeProbe, SliceCentreBasinsAndCriticalPointsMatchTheModel) {
   torch::manual_seed(0);
   const mhd::TrialConfig config = probe_config(kProbeTable);
   auto task = mhd::make_task(config.task_kind, config.task, 0);
-  mhd::UnifiedModel model(config, registry_with_all_plugins(), task->vocab_size());
+  mhd::UnifiedModel model(mhd::model_options(config, task->vocab_size()), registry_with_all_plugins());
   const Recorded r = run_probe(config, model, *task);
 
   // The model's own equilibrium of sample 1 of the first held-out batch, and its energy.
@@ -406,7 +407,7 @@ TEST(LandscapeProbe, BadParametersGiveOneLineErrors) {
             .trials.front();
     auto task = mhd::make_task(config.task_kind, config.task, 0);
     torch::manual_seed(0);
-    mhd::UnifiedModel model(config, registry_with_all_plugins(), task->vocab_size());
+    mhd::UnifiedModel model(mhd::model_options(config, task->vocab_size()), registry_with_all_plugins());
     std::string message = "(no error)";
     try {
       run_probe(config, model, *task);

@@ -7,6 +7,7 @@
 #include "core/dynamics.h"
 #include "core/implicit.h"
 #include "mhd/memory.h"
+#include "config/model_options.h"
 #include "core/model.h"
 #include "plugin_host/registry.h"
 #include "test_plugins_loaded.h"
@@ -62,7 +63,7 @@ at::Tensor tokens(std::int64_t B, std::int64_t L) {
 
 TEST(UnifiedModel, LogitsHaveTheVocabularyAndPluginsAreSubmodules) {
   torch::manual_seed(0);
-  mhd::UnifiedModel model(config_with(), registry(), 16);
+  mhd::UnifiedModel model(mhd::model_options(config_with(), 16), registry());
   auto out = model.forward(tokens(3, 8));
   EXPECT_EQ(out.logits.sizes(), (std::vector<std::int64_t>{3, 8, 16}));
   EXPECT_EQ(out.z_star.sizes(), (std::vector<std::int64_t>{3, 16}));
@@ -78,10 +79,10 @@ TEST(UnifiedModel, LogitsHaveTheVocabularyAndPluginsAreSubmodules) {
 
 TEST(UnifiedModel, BackboneOnlyBaselineHasNoEquilibrium) {
   torch::manual_seed(0);
-  mhd::UnifiedModel full(config_with(), registry(), 16);
+  mhd::UnifiedModel full(mhd::model_options(config_with(), 16), registry());
   auto baseline_config = config_with();
   baseline_config.model.set("deq", false);
-  mhd::UnifiedModel baseline(baseline_config, registry(), 16);
+  mhd::UnifiedModel baseline(mhd::model_options(baseline_config, 16), registry());
   EXPECT_LT(baseline.parameter_count(), full.parameter_count());
   auto out = baseline.forward(tokens(2, 8));
   EXPECT_FALSE(out.z_star.defined());
@@ -90,7 +91,7 @@ TEST(UnifiedModel, BackboneOnlyBaselineHasNoEquilibrium) {
 
 TEST(UnifiedModel, GradientsReachEveryComponent) {
   torch::manual_seed(0);
-  mhd::UnifiedModel model(config_with(), registry(), 16);
+  mhd::UnifiedModel model(mhd::model_options(config_with(), 16), registry());
   auto out = model.forward(tokens(4, 8));
   (out.logits.pow(2).mean() + out.energy.total.mean()).backward();
   for (const auto& item : model.named_parameters()) {
@@ -103,7 +104,7 @@ TEST(UnifiedModel, GradientsReachEveryComponent) {
 
 TEST(UnifiedDynamics, ComponentsComposeAsDesigned) {
   torch::manual_seed(0);
-  mhd::UnifiedModel model(config_with(), registry(), 16);
+  mhd::UnifiedModel model(mhd::model_options(config_with(), 16), registry());
   at::NoGradGuard no_grad;
   auto X = model.context(tokens(2, 8));
   auto ctx = model.dynamics().prepare(X);
@@ -117,7 +118,7 @@ TEST(UnifiedDynamics, ComponentsComposeAsDesigned) {
 
 TEST(UnifiedDynamics, EnergyGradientIncludesTheConsistencyTermThroughF) {
   torch::manual_seed(0);
-  mhd::UnifiedModel model(config_with(), registry(), 16);
+  mhd::UnifiedModel model(mhd::model_options(config_with(), 16), registry());
   model.to(at::kDouble);
   at::NoGradGuard no_grad;
   auto X = model.context(tokens(2, 8));
@@ -138,7 +139,7 @@ TEST(UnifiedDynamics, EnergyGradientIncludesTheConsistencyTermThroughF) {
 TEST(UnifiedDynamics, SmoothnessTermIsTheSquaredMemoryEnergyGradient) {
   torch::manual_seed(0);
   auto config = config_with("[energy]\nlambda_smooth = 0.3\n");
-  mhd::UnifiedModel model(config, registry(), 16);
+  mhd::UnifiedModel model(mhd::model_options(config, 16), registry());
   model.to(at::kDouble);
   at::NoGradGuard no_grad;
   auto ctx = model.dynamics().prepare(model.context(tokens(2, 8)));
@@ -163,7 +164,7 @@ TEST(UnifiedModel, WarmStartResumesFromThePreviousEquilibrium) {
   auto config = config_with("");
   config.solve.set("warm_start", true);
   config.solve.set("tol", 1e-6);
-  mhd::UnifiedModel model(config, registry(), 16);
+  mhd::UnifiedModel model(mhd::model_options(config, 16), registry());
   model.eval();
   at::NoGradGuard no_grad;
   auto input = tokens(3, 8);
@@ -184,7 +185,7 @@ TEST(UnifiedModel, NoveltyGatedWritesStoreOnlyWhatTheMemoryLacks) {
   auto config = config_with("");
   config.model.set("memory_writes", true);
   config.model.set("write_threshold", 0.999);
-  mhd::UnifiedModel model(config, registry(), 16);
+  mhd::UnifiedModel model(mhd::model_options(config, 16), registry());
   model.train();
   auto input = tokens(3, 8);
   auto first = model.forward(input);
@@ -199,7 +200,7 @@ TEST(UnifiedModel, NoveltyGatedWritesStoreOnlyWhatTheMemoryLacks) {
   auto never = config_with("");
   never.model.set("memory_writes", true);
   never.model.set("write_threshold", -1.0);  // cosine < -1 never holds
-  mhd::UnifiedModel no_novelty(never, registry(), 16);
+  mhd::UnifiedModel no_novelty(mhd::model_options(never, 16), registry());
   no_novelty.train();
   EXPECT_EQ(no_novelty.forward(input).memory_writes, 0);
   model.eval();
@@ -213,8 +214,8 @@ TEST(UnifiedModel, ImplicitGradientMatchesUnrolledBackprop) {
   auto unrolled_config = config_with();
   unrolled_config.backward.set("mode", std::string("unrolled"));
   unrolled_config.solve.set("max_iter", std::int64_t{400});
-  mhd::UnifiedModel implicit_model(implicit_config, registry(), 16);
-  mhd::UnifiedModel unrolled_model(unrolled_config, registry(), 16);
+  mhd::UnifiedModel implicit_model(mhd::model_options(implicit_config, 16), registry());
+  mhd::UnifiedModel unrolled_model(mhd::model_options(unrolled_config, 16), registry());
   implicit_model.to(at::kDouble);
   unrolled_model.to(at::kDouble);
   {
@@ -256,7 +257,7 @@ TEST(UnifiedModel, HeadAtTheLabelledPositionsGivesTheFullLossAccuracyAndGradient
   ASSERT_LT(labelled.sum().item<std::int64_t>(), labelled.numel()) << "the task must leave positions unscored";
 
   torch::manual_seed(0);
-  mhd::UnifiedModel model(trial, registry(), task->vocab_size());
+  mhd::UnifiedModel model(mhd::model_options(trial, task->vocab_size()), registry());
   auto full = model.forward(batch.inputs);
   ASSERT_EQ(full.logits.dim(), 3);
   auto full_loss = at::cross_entropy_loss(full.logits.reshape({-1, full.logits.size(2)}), batch.targets.reshape({-1}),

@@ -16,6 +16,7 @@
 #include "mhd/error.h"
 #include "mhd/kits/jacobian.h"
 #include "mhd/memory.h"
+#include "config/model_options.h"
 #include "core/model.h"
 #include "study/study.h"
 #include "tasks/task.h"
@@ -153,7 +154,7 @@ TEST(Curriculum, MemoryBranchIsOffBeforeTheEnableStep) {
 TEST(Curriculum, WithoutRetrievalTheOutputIgnoresTheMemory) {
   const auto c = config("steps = 1\n");
   torch::manual_seed(3);
-  mhd::UnifiedModel model(c, registry_with_all_plugins(), 32);
+  mhd::UnifiedModel model(mhd::model_options(c, 32), registry_with_all_plugins());
   model.eval();
   torch::NoGradGuard no_grad;
   auto tokens = at::randint(32, {3, 8}, at::kLong);

@@ -13,10 +13,6 @@
 
 namespace mhd {
 
-struct ComponentConfig {
-  std::string plugin;
-  Params params;  // the plugin's parameters, validated, defaults filled in
-};
 
 // Everything one trial needs, fully resolved (defaults filled in). Serialised as JSON into the
 // results so any trial can be re-run alone.

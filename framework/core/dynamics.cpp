@@ -14,18 +14,14 @@ UnifiedDynamics::UnifiedDynamics(const DynamicsOptions& options, std::shared_ptr
     : options_(options), block_(std::move(block)), memory_(std::move(memory)), optimizations_(std::move(optimizations)) {
   if (!block_) throw Error("unified dynamics needs a backbone block");
   if (options_.use_memory && !memory_) throw Error("unified dynamics: use_memory is on but no memory was given");
-  if (options_.gate != "sigmoid" && options_.gate != "tanh")
-    throw Error("model.gate must be \"sigmoid\" or \"tanh\", got \"" + options_.gate + "\"");
   const auto D = options_.d_model;
   register_module("block", block_);
   if (memory_) register_module("memory", memory_);
   W_q_ = register_module("W_q", torch::nn::Linear(D, D));
   W_g_ = register_module("W_g", torch::nn::Linear(2 * D, D));
   W_out_ = register_module("W_out", torch::nn::Linear(D, D));
-  if (options_.state_norm == "layernorm")
+  if (options_.state_norm == StateNorm::LayerNorm)
     state_norm_ = register_module("state_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
-  else if (options_.state_norm != "none")
-    throw Error("model.state_norm must be \"none\" or \"layernorm\", got \"" + options_.state_norm + "\"");
   // A small W_out keeps f close to the identity at the start, where every solver converges at once;
   // training grows it.
   torch::NoGradGuard no_grad;
@@ -69,7 +65,7 @@ DynamicsComponents UnifiedDynamics::components(const torch::Tensor& z, const Rec
   c.memory = retrieving() ? memory_->retrieve(query(z)) : at::zeros_like(z);  // r: [B, D]
   auto gate_in = at::cat({c.mamba, c.memory}, 1);  // [B, 2D]
   auto pre = linear("W_g", W_g_, gate_in);
-  c.gate = options_.gate == "sigmoid" ? at::sigmoid(pre) : at::tanh(pre);
+  c.gate = options_.gate == Gate::Sigmoid ? at::sigmoid(pre) : at::tanh(pre);
   auto blended = c.gate * c.mamba + (1 - c.gate) * c.memory;
   c.next = linear("W_out", W_out_, blended);
   if (options_.residual) c.next = z + c.next;

@@ -1,4 +1,4 @@
-// The unified dynamics and energy of DESIGN.md §4.
+// The unified dynamics and energy (docs/design.md §4).
 //
 //   f(z) = z + W_out( g * u + (1 - g) * r )   (then LayerNorm when state_norm is on; no `z +` when
 //                                              residual is off)
@@ -26,13 +26,16 @@ namespace mhd {
 class Memory;
 class Optimization;
 
+enum class Gate { Sigmoid, Tanh };          // act of g = act(W_g [u ; r])
+enum class StateNorm { None, LayerNorm };   // applied to f(z)
+
 struct DynamicsOptions {
   std::int64_t d_model = 64;
   bool use_memory = true;
-  std::string gate = "sigmoid";  // "sigmoid" | "tanh"
+  Gate gate = Gate::Sigmoid;
   double out_init_scale = 1.0;
   bool residual = true;                  // f(z) = z + W_out(...) (true) or W_out(...) (false)
-  std::string state_norm = "none";  // "none" | "layernorm"
+  StateNorm state_norm = StateNorm::None;
   double alpha = 1.0;      // energy: consistency weight
   double lambda_l2 = 1e-3; // energy: ||z||^2 weight
   double lambda_smooth = 0.0;  // energy: ||dE_mem/dz||^2 weight

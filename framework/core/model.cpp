@@ -9,54 +9,43 @@
 #include "mhd/memory.h"
 #include "mhd/optimization.h"
 #include "plugin_host/registry.h"
-#include "config/trial_config.h"
 
 namespace mhd {
 
-UnifiedModel::UnifiedModel(const TrialConfig& config, PluginRegistry& registry, std::int64_t vocab_size) {
-  const auto& m = config.model;
-  const std::int64_t D = m.integer("d_model");
-  const ModelDims dims{D, vocab_size};
-  deq_ = m.flag("deq");
-  energy_on_ = config.energy.flag("enabled");
-  backward_mode_ = config.backward.text("mode");
-  phantom_steps_ = config.backward.integer("phantom_steps");
-  phantom_damping_ = config.backward.real("phantom_damping");
-  forward_limits_ = {config.solve.integer("max_iter"), config.solve.real("tol")};
-  warm_start_ = config.solve.flag("warm_start");
-  memory_writes_ = m.flag("memory_writes") && m.flag("use_memory");
-  write_threshold_ = m.real("write_threshold");
-  backward_limits_ = {config.backward.integer("max_iter"), config.backward.real("tol")};
+UnifiedModel::UnifiedModel(const ModelOptions& options, PluginRegistry& registry) {
+  options.validate();
+  const std::int64_t D = options.d_model;
+  const ModelDims dims{D, options.vocab_size};
+  deq_ = options.deq;
+  energy_on_ = options.energy;
+  backward_mode_ = options.backward_mode;
+  phantom_steps_ = options.phantom_steps;
+  phantom_damping_ = options.phantom_damping;
+  forward_limits_ = options.forward_limits;
+  warm_start_ = options.warm_start;
+  memory_writes_ = options.memory_writes;
+  write_threshold_ = options.write_threshold;
+  backward_limits_ = options.backward_limits;
 
-  embedding_ = register_module("embedding", torch::nn::Embedding(vocab_size, D));
-  for (std::int64_t i = 0; i < m.integer("n_layers"); ++i) {
+  embedding_ = register_module("embedding", torch::nn::Embedding(options.vocab_size, D));
+  for (std::int64_t i = 0; i < options.n_layers; ++i) {
     layer_norms_.push_back(register_module("norm" + std::to_string(i), torch::nn::LayerNorm(
                                                                            torch::nn::LayerNormOptions({D}))));
     layers_.push_back(register_module("layer" + std::to_string(i),
-                                      registry.make_backbone(config.backbone.plugin, config.backbone.params, dims)));
+                                      registry.make_backbone(options.backbone.plugin, options.backbone.params, dims)));
   }
   head_norm_ = register_module("head_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
-  head_ = register_module("head", torch::nn::Linear(D, vocab_size));
+  head_ = register_module("head", torch::nn::Linear(D, options.vocab_size));
   if (!deq_) return;  // the backbone-only baseline has no dynamics, memory or solver
 
-  for (const auto& opt : config.optimizations)
+  for (const auto& opt : options.optimizations)
     optimizations_.push_back(registry.make_optimization(opt.plugin, opt.params));
-  DynamicsOptions dyn;
-  dyn.d_model = D;
-  dyn.use_memory = m.flag("use_memory");
-  dyn.gate = m.text("gate");
-  dyn.out_init_scale = m.real("out_init_scale");
-  dyn.state_norm = m.text("state_norm");
-  dyn.residual = m.flag("residual");
-  dyn.alpha = config.energy.real("alpha");
-  dyn.lambda_l2 = config.energy.real("lambda_l2");
-  dyn.lambda_smooth = config.energy.real("lambda_smooth");
-  auto block = registry.make_backbone(config.backbone.plugin, config.backbone.params, dims);
+  auto block = registry.make_backbone(options.backbone.plugin, options.backbone.params, dims);
   std::shared_ptr<Memory> memory;
-  if (dyn.use_memory) memory = registry.make_memory(config.memory.plugin, config.memory.params, dims);
-  dynamics_ = register_module("dynamics", std::make_shared<UnifiedDynamics>(dyn, block, memory, optimizations_));
-  solver_ = registry.make_solver(config.solver.plugin, config.solver.params);
-  backward_solver_ = registry.make_solver(config.backward_solver.plugin, config.backward_solver.params);
+  if (options.dynamics.use_memory) memory = registry.make_memory(options.memory.plugin, options.memory.params, dims);
+  dynamics_ = register_module("dynamics", std::make_shared<UnifiedDynamics>(options.dynamics, block, memory, optimizations_));
+  solver_ = registry.make_solver(options.solver.plugin, options.solver.params);
+  backward_solver_ = registry.make_solver(options.backward_solver.plugin, options.backward_solver.params);
 }
 
 torch::Tensor UnifiedModel::context(const torch::Tensor& tokens) {
@@ -95,7 +84,7 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe, con
   for (const auto& opt : optimizations_)
     if (auto warm = opt->warm_start(out.z0.detach())) start = *warm;
 
-  if (backward_mode_ != "unrolled") {
+  if (backward_mode_ != BackwardMode::Unrolled) {
     FixedPointProblem problem;
     problem.f = f;
     if (energy_on_) {
@@ -108,7 +97,7 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe, con
       solved = solver_->solve(problem, start, forward_limits_);
     }
     out.forward_info = solved.info;
-    out.z_star = backward_mode_ == "implicit"
+    out.z_star = backward_mode_ == BackwardMode::Implicit
                      ? implicit_equilibrium(f, solved.z, *backward_solver_, backward_limits_, out.backward_info)
                      : phantom_equilibrium(f, solved.z, phantom_steps_, phantom_damping_);
   } else {

@@ -15,13 +15,13 @@
 #include <torch/nn/modules/normalization.h>
 
 #include "core/dynamics.h"
+#include "core/model_options.h"
 #include "mhd/solver.h"
 
 namespace mhd {
 
 class PluginRegistry;
 class Optimization;
-struct TrialConfig;
 
 struct ModelOutput {
   torch::Tensor logits;  // [B, L, V]; [N, V] at the N scored positions when forward() was given a mask
@@ -52,7 +52,8 @@ struct DecodeStep {
 
 class UnifiedModel : public torch::nn::Module {
  public:
-  UnifiedModel(const TrialConfig& config, PluginRegistry& registry, std::int64_t vocab_size);
+  // The plugins the options name must be loaded in `registry`; throws mhd::Error on bad options.
+  UnifiedModel(const ModelOptions& options, PluginRegistry& registry);
 
   // tokens: [B, L] int64. `observe` lets optimizations probe the equilibrium (on_equilibrium),
   // which may cost extra work; the trainer asks for it at evaluation steps. `scored` ([B, L] bool,
@@ -97,7 +98,7 @@ class UnifiedModel : public torch::nn::Module {
 
   bool deq_ = true;
   bool energy_on_ = true;
-  std::string backward_mode_ = "implicit";
+  BackwardMode backward_mode_ = BackwardMode::Implicit;
   std::int64_t phantom_steps_ = 5;
   double phantom_damping_ = 0.5;
   SolveLimits forward_limits_, backward_limits_;

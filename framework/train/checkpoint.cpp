@@ -27,6 +27,7 @@
 #include <torch/serialize/output-archive.h>
 
 #include "mhd/error.h"
+#include "config/model_options.h"
 #include "core/model.h"
 #include "plugin_host/registry.h"
 #include "config/trial_config.h"
@@ -201,7 +202,7 @@ LoadedModel load_model_from_checkpoint(const std::string& path, PluginRegistry& 
     if (it == state.end()) throw Error("checkpoint " + path + ": has no tensor \"embedding.weight\"");
     vocab_size = it->value().size(0);
   }
-  loaded.model = std::make_shared<UnifiedModel>(*loaded.config, registry, vocab_size);
+  loaded.model = std::make_shared<UnifiedModel>(model_options(*loaded.config, vocab_size), registry);
   restore_model(*loaded.model, state, path);
   loaded.model->eval();
   return loaded;

@@ -24,6 +24,7 @@
 #include "mhd/error.h"
 #include "mhd/kits/jacobian.h"
 #include "mhd/memory.h"
+#include "config/model_options.h"
 #include "core/model.h"
 #include "mhd/optimization.h"
 #include "config/trial_config.h"
@@ -80,7 +81,7 @@ class TrialTrainer {
     continual_tasks_ = config.train.integer("continual_tasks");
     torch::manual_seed(static_cast<std::uint64_t>(config.seed));
     task_ = make_task(config.task_kind, config.task, static_cast<std::uint64_t>(config.seed));
-    model_ = std::make_shared<UnifiedModel>(config, registry, task_->vocab_size());
+    model_ = std::make_shared<UnifiedModel>(model_options(config, task_->vocab_size()), registry);
     model_->to(device_);
     if (dp_) broadcast_initial_state();  // data parallel: every rank starts from rank 0's model
     const auto& t = config.train;

@@ -13,6 +13,7 @@
 #include <torch/autograd.h>
 #include <torch/optim/adamw.h>
 
+#include "config/model_options.h"
 #include "core/model.h"
 #include "plugin_host/registry.h"
 #include "mhd/runtime.h"
@@ -62,7 +63,7 @@ void BM_RecallStep(benchmark::State& state) {
   const auto trial = mhd::parse_study(kRecallStudy, "bench_recall_v8192.toml", registry).trials.front();
   auto task = mhd::make_task(trial.task_kind, trial.task, 0);
   torch::manual_seed(0);
-  mhd::UnifiedModel model(trial, registry, task->vocab_size());
+  mhd::UnifiedModel model(mhd::model_options(trial, task->vocab_size()), registry);
   model.train();
   torch::optim::AdamW optimizer(model.parameters(), torch::optim::AdamWOptions(1e-3));
   const mhd::Batch batch = task->train_batch(64);

@@ -69,4 +69,10 @@ class Params {
   std::map<std::string, ParamValue> values_;
 };
 
+// A plugin and its validated parameters.
+struct ComponentConfig {
+  std::string plugin;
+  Params params;  // the plugin's parameters, validated, defaults filled in
+};
+
 }  // namespace mhd
