@@ -313,37 +313,29 @@ MHD_AVX512 const float* rows_as_float<std::uint16_t>(const void* data, std::int6
 // Forward
 // ---------------------------------------------------------------------------------------------
 
-// NS = N when known at compile time (the states then live in registers), 0 for any N.
+// Positions [t_begin, t_end) of one channel block: the recurrence with the states h [N] (in and
+// out, in memory between chunks) and A2 [N] = A[:, n] log2 e (exp(dt A) = 2^(dt A2)). NS = N when
+// known at compile time (the states then live in registers for the chunk), 0 for any N.
 template <int NS, typename TIn>
-MHD_AVX512 void forward_item(const Job& j, const ForwardOut& out, std::int64_t item, float* space) {
+MHD_AVX512 void forward_block_chunk(const Job& j, const ForwardOut& out, std::int64_t b, std::int64_t d0,
+                                    std::int64_t t_begin, std::int64_t t_end, __m512* h_mem, const __m512* A2,
+                                    const float* Bb, std::int64_t B_st, const float* Cb, std::int64_t C_st) {
   const std::int64_t nstate = NS > 0 ? NS : j.nstate, len = j.len, dim = j.dim;
-  const std::int64_t blocks = channel_blocks(dim);
-  const std::int64_t b = item / blocks, d0 = (item % blocks) * kLanes;
   const std::int64_t width = std::min<std::int64_t>(kLanes, dim - d0);
   const __mmask16 k = lane_mask(width);
-
-  // space: A2 [N] and h [N] vectors (when NS = 0), then B and C widened to float32 (bf16 inputs).
-  __m512 A2_fixed[NS > 0 ? NS : 1], h_fixed[NS > 0 ? NS : 1];
-  __m512* A2 = NS > 0 ? A2_fixed : reinterpret_cast<__m512*>(space);
-  __m512* h = NS > 0 ? h_fixed : reinterpret_cast<__m512*>(space) + nstate;
-  float* rows_space = space + (NS > 0 ? 0 : 2 * nstate * kLanes);
-  gather_block(j.A, d0, width, nstate, kLog2e, A2);  // A2[n] = A[:, n] log2 e: exp(dt A) = 2^(dt A2)
-  if (j.h0) {
-    gather_block(j.h0 + b * dim * nstate, d0, width, nstate, 1.0f, h);
-  } else {
+  __m512 h_fixed[NS > 0 ? NS : 1];
+  __m512* h = NS > 0 ? h_fixed : h_mem;
+  if (NS > 0) {
 #pragma GCC unroll 16
-    for (std::int64_t n = 0; n < nstate; ++n) h[n] = _mm512_setzero_ps();
+    for (std::int64_t n = 0; n < nstate; ++n) h[n] = h_mem[n];
   }
-  std::int64_t B_st, C_st;
-  const float* Bb = rows_as_float<TIn>(j.B, j.B_sb, j.B_st, b, len, nstate, rows_space, &B_st);
-  const float* Cb = rows_as_float<TIn>(j.C, j.C_sb, j.C_st, b, len, nstate, rows_space + len * nstate, &C_st);
   const __m512 Dv = j.D ? _mm512_maskz_loadu_ps(k, j.D + d0) : _mm512_setzero_ps();
   const __m512 bias = j.delta_bias ? _mm512_maskz_loadu_ps(k, j.delta_bias + d0) : _mm512_setzero_ps();
   TIn* y = static_cast<TIn*>(out.y) + b * len * dim + d0;
 
   __m512 dts[16], us[16];
-  for (std::int64_t t0 = 0; t0 < len; t0 += 16) {
-    const std::int64_t tl = std::min<std::int64_t>(16, len - t0);
+  for (std::int64_t t0 = t_begin; t0 < t_end; t0 += 16) {
+    const std::int64_t tl = std::min<std::int64_t>(16, t_end - t0);
     load_tile<TIn>(j.delta, b, t0, tl, d0, width, dts);
     load_tile<TIn>(j.u, b, t0, tl, d0, width, us);
     for (std::int64_t i = 0; i < tl; ++i) {
@@ -388,19 +380,67 @@ MHD_AVX512 void forward_item(const Job& j, const ForwardOut& out, std::int64_t i
       Io<TIn>::store(y + t * dim, yt, k);
     }
   }
-  scatter_block(h, d0, width, nstate, out.hL + b * dim * nstate);
+  if (NS > 0) {
+#pragma GCC unroll 16
+    for (std::int64_t n = 0; n < nstate; ++n) h_mem[n] = h[n];
+  }
 }
 
+// Positions per chunk: every block of a thread's range advances this far before the next chunk,
+// so each chunk reads and writes whole row segments of the [B, L, D] buffers while they are in
+// cache and in the TLB (one block walking all L rows of a column strip touches L / 2 pages of a
+// 512-channel float32 tensor), and the blocks' states wait in a small buffer (N vectors each).
+constexpr std::int64_t kChunk = 64;
+
+template <int NS, typename TIn>
+MHD_AVX512 void forward_batch_row(const Job& j, const ForwardOut& out, std::int64_t b, std::int64_t blk_begin,
+                                  std::int64_t blk_end, float* space) {
+  const std::int64_t nstate = j.nstate, len = j.len, dim = j.dim, nblk = blk_end - blk_begin;
+  // space: states [nblk, N] and A2 [nblk, N] vectors, then B and C widened to float32 (bf16 inputs).
+  __m512* hs = reinterpret_cast<__m512*>(space);
+  __m512* A2s = hs + nblk * nstate;
+  float* rows_space = reinterpret_cast<float*>(A2s + nblk * nstate);
+  for (std::int64_t i = 0; i < nblk; ++i) {
+    const std::int64_t d0 = (blk_begin + i) * kLanes, width = std::min<std::int64_t>(kLanes, dim - d0);
+    gather_block(j.A, d0, width, nstate, kLog2e, A2s + i * nstate);
+    if (j.h0) {
+      gather_block(j.h0 + b * dim * nstate, d0, width, nstate, 1.0f, hs + i * nstate);
+    } else {
+      for (std::int64_t n = 0; n < nstate; ++n) hs[i * nstate + n] = _mm512_setzero_ps();
+    }
+  }
+  std::int64_t B_st, C_st;
+  const float* Bb = rows_as_float<TIn>(j.B, j.B_sb, j.B_st, b, len, nstate, rows_space, &B_st);
+  const float* Cb = rows_as_float<TIn>(j.C, j.C_sb, j.C_st, b, len, nstate, rows_space + len * nstate, &C_st);
+  for (std::int64_t t0 = 0; t0 < len; t0 += kChunk) {
+    const std::int64_t t1 = std::min(len, t0 + kChunk);
+    for (std::int64_t i = 0; i < nblk; ++i) {
+      forward_block_chunk<NS, TIn>(j, out, b, (blk_begin + i) * kLanes, t0, t1, hs + i * nstate, A2s + i * nstate,
+                                   Bb, B_st, Cb, C_st);
+    }
+  }
+  for (std::int64_t i = 0; i < nblk; ++i) {
+    const std::int64_t d0 = (blk_begin + i) * kLanes, width = std::min<std::int64_t>(kLanes, dim - d0);
+    scatter_block(hs + i * nstate, d0, width, nstate, out.hL + b * dim * nstate);
+  }
+}
+
+// Items [begin, end) of the B x blocks range, cut at batch rows.
 template <typename TIn>
 MHD_AVX512 void forward_range(const Job& j, const ForwardOut& out, std::int64_t begin, std::int64_t end) {
+  const std::int64_t blocks = channel_blocks(j.dim);
+  const std::int64_t most = std::min(end - begin, blocks);
   const std::size_t rows = std::is_same<TIn, float>::value ? 0 : static_cast<std::size_t>(2 * j.len * j.nstate);
-  float* space = scratch(static_cast<std::size_t>(2 * j.nstate * kLanes) + rows + 16);
-  for (std::int64_t item = begin; item < end; ++item) {
+  float* space = scratch(static_cast<std::size_t>(2 * most * j.nstate * kLanes) + rows + 16);
+  for (std::int64_t item = begin; item < end;) {
+    const std::int64_t b = item / blocks, blk_begin = item % blocks;
+    const std::int64_t blk_end = std::min(blocks, blk_begin + (end - item));
     if (j.nstate == 16) {
-      forward_item<16, TIn>(j, out, item, space);
+      forward_batch_row<16, TIn>(j, out, b, blk_begin, blk_end, space);
     } else {
-      forward_item<0, TIn>(j, out, item, space);
+      forward_batch_row<0, TIn>(j, out, b, blk_begin, blk_end, space);
     }
+    item += blk_end - blk_begin;
   }
 }
 
