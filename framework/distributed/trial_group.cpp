@@ -1,7 +1,6 @@
 // One trial across processes: who joins as which rank, spawning ranks 1..K-1, and the hidden
 // `dp-worker` subcommand those ranks run (data_parallel.h).
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,6 +17,7 @@
 #include "mhd/error.h"
 #include "config/trial_config.h"
 #include "mhd/plugin.h"
+#include "os/process.h"
 #include "plugin_host/registry.h"
 
 extern char** environ;
@@ -180,7 +180,7 @@ std::unique_ptr<TrialGroup> join_trial_group(const TrialConfig& config, PluginRe
     group->saved_threads_ = at::get_num_threads();
     at::set_num_threads(threads);
 
-    std::vector<std::string> args{"/proc/self/exe", "dp-worker", "--config-json", config_path, "--world",
+    std::vector<std::string> args{"dp-worker", "--config-json", config_path, "--world",
                                   std::to_string(world), "--rendezvous", spec.rendezvous, "--threads",
                                   std::to_string(threads), "--timeout", std::to_string(config.train.real("rendezvous_timeout"))};
     for (const auto* plugin : registry.all()) {
@@ -191,12 +191,7 @@ std::unique_ptr<TrialGroup> join_trial_group(const TrialConfig& config, PluginRe
       std::vector<std::string> a = args;
       a.push_back("--rank");
       a.push_back(std::to_string(rank));
-      std::vector<char*> argv;
-      for (auto& s : a) argv.push_back(s.data());
-      argv.push_back(nullptr);
-      pid_t pid = 0;
-      if (::posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv.data(), environ) != 0)
-        throw Error("data parallel: cannot start rank " + std::to_string(rank) + " (/proc/self/exe dp-worker)");
+      const pid_t pid = spawn_process("/proc/self/exe", a, /*capture_output=*/false).pid;
       group->workers_.push_back(pid);
     }
   }

@@ -28,6 +28,7 @@
 #include "mhd/error.h"
 #include "plugin_host/registry.h"
 #include "probes/probe.h"
+#include "os/process.h"
 #include "results/results.h"
 #include "mhd/runtime.h"
 #include "study/study.h"
@@ -207,36 +208,12 @@ struct Worker {
 
 constexpr std::size_t kErrTailLines = 6;
 
-// fork + exec at once (the child runs nothing of this process: no LibTorch pool is used after
-// fork). The child dies with its parent (PR_SET_PDEATHSIG), so a runner killed with SIGKILL
-// leaves no orphan writing into the results file.
 Worker spawn_worker(const std::string& exe, const std::vector<std::string>& args) {
-  int out[2], err[2];
-  if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0)
-    throw Error(std::string("cannot create a pipe for a trial process: ") + std::strerror(errno));
-  std::vector<char*> argv;
-  argv.push_back(const_cast<char*>(exe.c_str()));
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) throw Error(std::string("cannot start a trial process: ") + std::strerror(errno));
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    dup2(out[1], STDOUT_FILENO);
-    dup2(err[1], STDERR_FILENO);
-    execv(exe.c_str(), argv.data());
-    const char msg[] = "mhd: cannot execute the trial worker\n";
-    (void)!write(STDERR_FILENO, msg, sizeof msg - 1);
-    _exit(127);
-  }
-  close(out[1]);
-  close(err[1]);
+  const ChildProcess child = spawn_process(exe, args, /*capture_output=*/true);
   Worker w;
-  w.pid = pid;
-  w.out_fd = out[0];
-  w.err_fd = err[0];
+  w.pid = child.pid;
+  w.out_fd = child.out_fd;
+  w.err_fd = child.err_fd;
   w.start = Clock::now();
   return w;
 }

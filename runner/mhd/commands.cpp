@@ -10,6 +10,7 @@
 #include "mhd/error.h"
 #include "core/generate.h"
 #include "core/model.h"
+#include "os/process.h"
 #include "run/pipeline.h"
 #include "mhd/plugin.h"
 #include "plugin_host/registry.h"
@@ -75,13 +76,6 @@ std::string self_executable() {
   const auto path = std::filesystem::read_symlink("/proc/self/exe", ec);
   if (ec) throw Error("cannot find the mhd executable (/proc/self/exe): " + ec.message() + "; use --in-process");
   return path.string();
-}
-
-std::string shell_word(const std::string& s) {
-  if (!s.empty() && s.find_first_of(" \t'\"$`\\*?;&|<>()") == std::string::npos) return s;
-  std::string out = "'";
-  for (const char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
 }
 
 // The exact command that continues an interrupted run.
