@@ -92,7 +92,7 @@ TEST(ProbeRegistry, ListsAndFindsProbes) {
   } catch (const mhd::Error& e) {
     EXPECT_NE(std::string(e.what()).find("did you mean 'test_echo'?"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(mhd::detail::register_probe(mhd::probe_definition("test_echo")), mhd::Error) << "registered twice";
+  EXPECT_THROW(mhd::probe_catalog().add(mhd::probe_definition("test_echo")), mhd::Error) << "registered twice";
 }
 
 TEST(ProbeStudy, ParsesValidatesAndOverrides) {

@@ -1,5 +1,7 @@
 #include "plugin_host/registry.h"
 
+#include "mhd/catalog.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <dlfcn.h>
@@ -181,12 +183,10 @@ const LoadedPlugin& PluginRegistry::require(PluginKind kind, const std::string& 
   if (const LoadedPlugin* p = find(kind, name)) return *p;
   std::vector<std::string> names;
   for (const auto* p : plugins(kind)) names.push_back(p->manifest->name);
-  std::string msg = std::string("unknown ") + to_string(kind) + " plugin '" + name + "'";
-  if (auto hint = closest_name(name, names)) msg += "; did you mean '" + *hint + "'?";
-  std::string list;
-  for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
-  msg += names.empty() ? std::string(" (no ") + to_string(kind) + " plugins found; is the plugin path right?)"
-                       : " (known: " + list + ")";
+  if (names.empty())
+    throw Error(std::string("unknown ") + to_string(kind) + " plugin '" + name + "' (no " + to_string(kind) +
+                " plugins found; is the plugin path right?)");
+  const std::string msg = unknown_name_message(std::string(to_string(kind)) + " plugin", name, names);
   throw Error(msg);
 }
 

@@ -13,50 +13,15 @@
 
 namespace mhd {
 
-namespace {
-
-// Function-local so registrations from other translation units' static initialisers find it built.
-std::map<std::string, ProbeDefinition>& probe_table() {
-  static std::map<std::string, ProbeDefinition> table;
-  return table;
+Catalog<ProbeDefinition>& probe_catalog() {
+  // Function-local so registrations from other translation units' static initialisers find it built.
+  static Catalog<ProbeDefinition> catalog("probe");
+  return catalog;
 }
 
-}  // namespace
+std::vector<const ProbeDefinition*> probe_definitions() { return probe_catalog().all(); }
 
-namespace detail {
-
-bool register_probe(ProbeDefinition definition) {
-  auto& table = probe_table();
-  if (definition.name.empty()) throw Error("register_probe: a probe needs a name");
-  if (!definition.make) throw Error("register_probe: probe '" + definition.name + "' has no factory");
-  const std::string name = definition.name;
-  if (!table.emplace(name, std::move(definition)).second) {
-    throw Error("register_probe: probe '" + name + "' is registered twice");
-  }
-  return true;
-}
-
-}  // namespace detail
-
-std::vector<const ProbeDefinition*> probe_definitions() {
-  std::vector<const ProbeDefinition*> out;
-  for (const auto& [name, definition] : probe_table()) out.push_back(&definition);
-  return out;  // std::map: already sorted by name
-}
-
-const ProbeDefinition& probe_definition(const std::string& name) {
-  const auto& table = probe_table();
-  if (auto it = table.find(name); it != table.end()) return it->second;
-  std::vector<std::string> known;
-  std::string list;
-  for (const auto& [n, definition] : table) {
-    known.push_back(n);
-    list += (list.empty() ? "'" : ", '") + n + "'";
-  }
-  std::string message = "unknown probe '" + name + "'";
-  if (auto hint = closest_name(name, known)) message += "; did you mean '" + *hint + "'?";
-  throw Error(message + " (known probes: " + (list.empty() ? "none" : list) + ")");
-}
+const ProbeDefinition& probe_definition(const std::string& name) { return probe_catalog().require(name); }
 
 void run_probes(const TrialConfig& config, PluginRegistry& registry, UnifiedModel& model, Task& task,
                 c10::Device device, const MetricSink& sink, std::int64_t step) {

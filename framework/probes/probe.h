@@ -1,7 +1,7 @@
-// Probes: measurements of a trial's trained model, run after training (issue 3 "Experiments").
+// Probes: measurements of a trial's trained model, run after training (docs/design.md, "Probes").
 // A study enables one with a [probes.NAME] table; its keys are validated against the probe's
 // schema like every other table. Probes are part of the framework (like tasks), each in its own
-// source file framework/src/probe_NAME.cpp, registered with MHD_REGISTER_PROBE.
+// source file framework/probes/NAME_probe.cpp, registered with MHD_REGISTER_PROBE.
 //
 // What a probe measures goes to the results file: scalars as metrics named "NAME_..." at the
 // trial's last step, and anything a chart draws (2-D grids, trajectories, matrices, curves) as
@@ -16,6 +16,7 @@
 
 #include <c10/core/Device.h>
 
+#include "mhd/catalog.h"
 #include "mhd/params.h"
 
 namespace mhd {
@@ -49,6 +50,8 @@ struct ProbeDefinition {
   std::function<std::unique_ptr<Probe>(const Params& params)> make;
 };
 
+// Every registered probe.
+Catalog<ProbeDefinition>& probe_catalog();
 // All registered probes, sorted by name.
 std::vector<const ProbeDefinition*> probe_definitions();
 // Throws mhd::Error listing the known probes (with a "did you mean").
@@ -61,13 +64,9 @@ const ProbeDefinition& probe_definition(const std::string& name);
 void run_probes(const TrialConfig& config, PluginRegistry& registry, UnifiedModel& model, Task& task,
                 c10::Device device, const MetricSink& sink, std::int64_t step);
 
-namespace detail {
-bool register_probe(ProbeDefinition definition);
-}  // namespace detail
-
 }  // namespace mhd
 
 // In a probe's source file: MHD_REGISTER_PROBE(convergence, []{ return ProbeDefinition{...}; })
 // (variadic: the lambda's commas are not macro argument separators).
 #define MHD_REGISTER_PROBE(NAME, ...) \
-  static const bool mhd_probe_registered_##NAME = ::mhd::detail::register_probe((__VA_ARGS__)())
+  static const bool mhd_probe_registered_##NAME = ::mhd::probe_catalog().add((__VA_ARGS__)())

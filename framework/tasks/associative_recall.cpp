@@ -140,22 +140,13 @@ class AssociativeRecall final : public Task {
 
 }  // namespace
 
-// Defined in task_lm_bytes.cpp.
-const ParamSchema& lm_bytes_schema();
-std::unique_ptr<Task> make_lm_bytes_task(const Params& params, std::uint64_t seed);
-
-std::vector<std::string> task_kinds() { return {"associative_recall", "lm_bytes"}; }
-
-const ParamSchema& task_schema(const std::string& kind) {
-  if (kind == "associative_recall") return associative_recall_schema();
-  if (kind == "lm_bytes") return lm_bytes_schema();
-  throw Error("unknown task kind '" + kind + "' (known: associative_recall, lm_bytes)");
-}
-
-std::unique_ptr<Task> make_task(const std::string& kind, const Params& params, std::uint64_t seed) {
-  if (kind == "associative_recall") return std::make_unique<AssociativeRecall>(params, seed);
-  if (kind == "lm_bytes") return make_lm_bytes_task(params, seed);
-  throw Error("unknown task kind '" + kind + "' (known: associative_recall, lm_bytes)");
-}
+MHD_REGISTER_TASK(associative_recall, [] {
+  return TaskDefinition{"associative_recall",
+                        "Multi-query associative recall: key-value pairs, then queries whose values the model recalls.",
+                        associative_recall_schema(),
+                        [](const Params& params, std::uint64_t seed) -> std::unique_ptr<Task> {
+                          return std::make_unique<AssociativeRecall>(params, seed);
+                        }};
+});
 
 }  // namespace mhd

@@ -21,6 +21,8 @@
 
 namespace mhd {
 
+namespace {
+
 const ParamSchema& lm_bytes_schema() {
   static const ParamSchema schema{
       string_param("path", "", "Text file to model, relative to the study file's folder (any bytes; vocabulary 256)."),
@@ -29,8 +31,6 @@ const ParamSchema& lm_bytes_schema() {
   };
   return schema;
 }
-
-namespace {
 
 class LmBytes final : public Task {
  public:
@@ -102,8 +102,11 @@ class LmBytes final : public Task {
 
 }  // namespace
 
-std::unique_ptr<Task> make_lm_bytes_task(const Params& params, std::uint64_t seed) {
-  return std::make_unique<LmBytes>(params, seed);
-}
+MHD_REGISTER_TASK(lm_bytes, [] {
+  return TaskDefinition{"lm_bytes", "Byte-level language modelling of a text file: the next byte at every position.",
+                        lm_bytes_schema(), [](const Params& params, std::uint64_t seed) -> std::unique_ptr<Task> {
+                          return std::make_unique<LmBytes>(params, seed);
+                        }};
+});
 
 }  // namespace mhd

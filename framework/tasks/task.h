@@ -1,15 +1,18 @@
 // Tasks: where training and evaluation batches come from. Tasks are part of the framework (not
-// plugins); each kind declares a parameter schema like a plugin does, so [task] is validated the
-// same way as every other table.
+// plugins); each kind is one file in tasks/ that declares a parameter schema like a plugin does (so
+// [task] is validated the same way as every other table) and registers itself with
+// MHD_REGISTER_TASK. A test or tool can register its own kind the same way.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
 
+#include "mhd/catalog.h"
 #include "mhd/error.h"
 #include "mhd/params.h"
 
@@ -48,9 +51,25 @@ class Task {
   virtual double chance_accuracy() const = 0;
 };
 
-std::vector<std::string> task_kinds();
-// Throws mhd::Error listing the known kinds.
+struct TaskDefinition {
+  std::string name;         // the [task] kind
+  std::string description;  // one line
+  ParamSchema schema;       // the kind's [task] keys
+  // params: validated against `schema`; seed: the trial's (training batches are a function of it).
+  std::function<std::unique_ptr<Task>(const Params& params, std::uint64_t seed)> make;
+};
+
+// Every registered task kind.
+Catalog<TaskDefinition>& task_catalog();
+
+std::vector<std::string> task_kinds();  // sorted
+// Throws mhd::Error naming the known kinds (with a "did you mean").
 const ParamSchema& task_schema(const std::string& kind);
 std::unique_ptr<Task> make_task(const std::string& kind, const Params& params, std::uint64_t seed);
 
 }  // namespace mhd
+
+// In a task's source file: MHD_REGISTER_TASK(copy, [] { return TaskDefinition{...}; })
+// (variadic: the lambda's commas are not macro argument separators).
+#define MHD_REGISTER_TASK(NAME, ...) \
+  static const bool mhd_task_registered_##NAME = ::mhd::task_catalog().add((__VA_ARGS__)())

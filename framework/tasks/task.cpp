@@ -1,0 +1,19 @@
+#include "tasks/task.h"
+
+namespace mhd {
+
+Catalog<TaskDefinition>& task_catalog() {
+  // Function-local so registrations from other translation units' static initialisers find it built.
+  static Catalog<TaskDefinition> catalog("task kind");
+  return catalog;
+}
+
+std::vector<std::string> task_kinds() { return task_catalog().names(); }
+
+const ParamSchema& task_schema(const std::string& kind) { return task_catalog().require(kind).schema; }
+
+std::unique_ptr<Task> make_task(const std::string& kind, const Params& params, std::uint64_t seed) {
+  return task_catalog().require(kind).make(params, seed);
+}
+
+}  // namespace mhd
