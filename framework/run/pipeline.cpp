@@ -31,6 +31,7 @@
 #include "os/process.h"
 #include "results/results.h"
 #include "mhd/runtime.h"
+#include "mhd/stopwatch.h"
 #include "study/study.h"
 #include "train/trainer.h"
 
@@ -48,9 +49,7 @@ void on_sigint(int) {
 // trainer or a probe that catches std::exception turns an interruption into a failure.
 struct TrialInterrupted {};
 
-using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
 std::string format_duration(double seconds) {
   char buf[32];
@@ -149,7 +148,7 @@ bool train_claimed(ResultsDb& db, std::int64_t id, const TrialConfig& trial, Plu
   sink.point = [&](const ProbePoint& point) { db.add_point(id, point); };
   sink.flush = [&] { db.flush(); };
 
-  const auto start = Clock::now();
+  const Stopwatch watch;
   TrainResult result;
   try {
     // [train] checkpoint_every > 0: the trial's checkpoint beside the results file (mhd generate reads it).
@@ -167,13 +166,13 @@ bool train_claimed(ResultsDb& db, std::int64_t id, const TrialConfig& trial, Plu
   } catch (const TrialInterrupted&) {
     db.flush();
     db.release_trial(id);
-    log << prefix << " interrupted after " << format_duration(seconds_since(start)) << std::endl;
+    log << prefix << " interrupted after " << format_duration(watch.seconds()) << std::endl;
     return false;
   } catch (const std::exception& e) {
     result.status = TrialStatus::Failed;
     result.error = e.what();
   }
-  const double wall = seconds_since(start);
+  const double wall = watch.seconds();
   db.flush();
   db.set_param_count(id, result.parameter_count);
   db.finish_trial(id, result.status, result.error, wall);
@@ -202,7 +201,7 @@ struct Worker {
   std::deque<std::string> err_tail;  // the last stderr lines, for a crash report
   std::int64_t trial_id = 0;
   std::string prefix;
-  Clock::time_point start;
+  Stopwatch watch;  // since the process started
   bool sent_stop = false;
 };
 
@@ -214,7 +213,6 @@ Worker spawn_worker(const std::string& exe, const std::vector<std::string>& args
   w.pid = child.pid;
   w.out_fd = child.out_fd;
   w.err_fd = child.err_fd;
-  w.start = Clock::now();
   return w;
 }
 
@@ -319,7 +317,7 @@ bool run_isolated(ResultsDb& db, const std::vector<Slot>& slots, const RunOption
             error += "; last stderr:";
             for (const auto& line : it->err_tail) error += " " + line;
           }
-          const double wall = seconds_since(it->start);
+          const double wall = it->watch.seconds();
           db.finish_trial(it->trial_id, TrialStatus::Failed, error, wall);
           log << it->prefix << " failed in " << format_duration(wall) << ": " << error << std::endl;
         }

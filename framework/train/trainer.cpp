@@ -27,17 +27,12 @@
 #include "config/model_options.h"
 #include "core/model.h"
 #include "mhd/optimization.h"
+#include "mhd/stopwatch.h"
 #include "config/trial_config.h"
 #include "tasks/task.h"
 
 namespace mhd {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 torch::Device resolve_device(const std::string& wanted) {
   if (wanted == "cuda" && !torch::cuda::is_available())
@@ -105,7 +100,7 @@ class TrialTrainer {
 
     TrainProgress progress;
     progress.steps = steps;
-    const auto start = Clock::now();
+    const Stopwatch run_watch;
     for (std::int64_t step = first_step; step <= steps; ++step) {
       begin_step(step);
       if (!(dp_ ? train_step_data_parallel(step, progress) : train_step(step, progress))) return result_;
@@ -119,7 +114,7 @@ class TrialTrainer {
       if (checkpoint_every > 0 && step % checkpoint_every == 0 && !options_.checkpoint_path.empty() && !dp_follower())
         write_checkpoint(step);
       progress.step = step;
-      progress.seconds_per_step = seconds_since(start) / static_cast<double>(step - first_step + 1);
+      progress.seconds_per_step = run_watch.seconds() / static_cast<double>(step - first_step + 1);
       if (on_progress && (eval_now || (log_every > 0 && step % log_every == 0))) on_progress(progress);
     }
     // Data parallel: the ranks' parameters must still be equal (0 up to the bits).
@@ -209,7 +204,7 @@ class TrialTrainer {
   }
 
   bool train_step(std::int64_t step, TrainProgress& progress) {
-    const auto step_start = Clock::now();
+    const Stopwatch step_watch;
     model_->train();
     Batch batch = task_->train_batch(config_.train.integer("batch"));
     if (dp_) batch = {dp_->slice_rows(batch.inputs), dp_->slice_rows(batch.targets)};  // this rank's rows
@@ -250,7 +245,7 @@ class TrialTrainer {
     emit(step, "task_loss", task.loss.item<double>());
     emit(step, "train_accuracy", task.accuracy);
     if (model_->deq_enabled()) log_equilibrium(step, out);
-    const double ms = 1e3 * seconds_since(step_start);
+    const double ms = step_watch.ms();
     emit(step, "step_ms", ms);
 
     progress.loss = loss.item<double>();

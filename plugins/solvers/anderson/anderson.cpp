@@ -28,7 +28,6 @@
 // reached tol stays where it is while the others iterate (its result does not depend on the rest of
 // the batch, and an extrapolation cannot throw it out again).
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -39,14 +38,9 @@
 #include "mhd/error.h"
 #include "mhd/plugin.h"
 #include "mhd/solver.h"
+#include "mhd/stopwatch.h"
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double elapsed_ms(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
 
 struct AndersonOptions {
   std::int64_t m = 5;
@@ -139,7 +133,7 @@ class AndersonSolver final : public mhd::Solver {
                          const mhd::SolveLimits& limits) override {
     mhd::check_solve_inputs("anderson", problem, z0, limits);
     at::NoGradGuard no_grad;
-    const auto start = Clock::now();
+    const mhd::Stopwatch watch;
     mhd::SolveResult out;
     mhd::SolverInfo& info = out.info;
 
@@ -168,7 +162,7 @@ class AndersonSolver final : public mhd::Solver {
     best.finish(info);
     info.extra.emplace_back("anderson_fallbacks", static_cast<double>(fallbacks));
     info.extra.emplace_back("anderson_lam_max", lam.max().item<double>());
-    info.wall_ms = elapsed_ms(start);
+    info.wall_ms = watch.ms();
     return out;
   }
 

@@ -11,7 +11,6 @@
 // Only f is used (no autograd through it), so it also serves as the backward solver of implicit
 // differentiation, where f(g) = J^T g + v is linear and Broyden's secant model becomes exact along
 // the directions it has explored.
-#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -22,10 +21,9 @@
 #include "mhd/error.h"
 #include "mhd/plugin.h"
 #include "mhd/solver.h"
+#include "mhd/stopwatch.h"
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 constexpr const char* kName = "broyden";
 
@@ -37,7 +35,7 @@ class BroydenSolver final : public mhd::Solver {
                          const mhd::SolveLimits& limits) override {
     mhd::check_solve_inputs(kName, problem, z0, limits);
     at::NoGradGuard no_grad;
-    const auto start = Clock::now();
+    const mhd::Stopwatch watch;
     mhd::SolveResult out;
     mhd::SolverInfo& info = out.info;
 
@@ -61,7 +59,7 @@ class BroydenSolver final : public mhd::Solver {
     info.extra.emplace_back("broyden_skipped_updates", static_cast<double>(st.skipped_updates));
     info.extra.emplace_back("broyden_resets", static_cast<double>(st.resets));
     info.extra.emplace_back("broyden_restarts", static_cast<double>(st.restarts));
-    info.wall_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    info.wall_ms = watch.ms();
     return out;
   }
 

@@ -12,7 +12,6 @@
 // A sample that has reached tol stays where it is while the others iterate: its result is then the
 // same whatever else is in the batch (rows are independent problems), and later steps cannot move it
 // away again.
-#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -22,14 +21,9 @@
 #include "mhd/error.h"
 #include "mhd/plugin.h"
 #include "mhd/solver.h"
+#include "mhd/stopwatch.h"
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double elapsed_ms(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
 
 class FixedPointSolver final : public mhd::Solver {
  public:
@@ -39,7 +33,7 @@ class FixedPointSolver final : public mhd::Solver {
                          const mhd::SolveLimits& limits) override {
     mhd::check_solve_inputs("fixed_point", problem, z0, limits);
     at::NoGradGuard no_grad;
-    const auto start = Clock::now();
+    const mhd::Stopwatch watch;
     mhd::SolveResult out;
     mhd::SolverInfo& info = out.info;
 
@@ -61,7 +55,7 @@ class FixedPointSolver final : public mhd::Solver {
 
     out.z = best.best();
     best.finish(info);
-    info.wall_ms = elapsed_ms(start);
+    info.wall_ms = watch.ms();
     return out;
   }
 

@@ -36,7 +36,6 @@
 // (mhd::BestIterate, lowest residual); simultaneous and cascade's refinement return their last
 // iterate, the lowest value of the objective they descend (their line searches are monotone), whose
 // residual is then the one reported.
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -48,10 +47,9 @@
 #include "mhd/kits/lbfgs.h"
 #include "mhd/plugin.h"
 #include "mhd/solver.h"
+#include "mhd/stopwatch.h"
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 enum class Mode { Alternating, Simultaneous, Cascade };
 
@@ -335,7 +333,7 @@ class HybridSolver final : public mhd::Solver {
                          const mhd::SolveLimits& limits) override {
     mhd::check_solve_inputs("hybrid", problem, z0, limits);
     at::NoGradGuard no_grad;
-    const auto start = Clock::now();
+    const mhd::Stopwatch watch;
     mhd::SolveResult out;
     SolveRun run(problem, limits, opt_, out.info);
     switch (opt_.mode) {
@@ -356,7 +354,7 @@ class HybridSolver final : public mhd::Solver {
     extra.emplace_back("line_search_failures", static_cast<double>(run.line_search_failures));
     extra.emplace_back("no_graph_fallback", run.no_graph ? 1.0 : 0.0);
     if (!std::isnan(run.last_grad_norm)) extra.emplace_back("energy_grad_norm", run.last_grad_norm);
-    out.info.wall_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    out.info.wall_ms = watch.ms();
     return out;
   }
 

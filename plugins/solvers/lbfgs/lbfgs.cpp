@@ -19,7 +19,6 @@
 // f must be differentiable by autograd. The backward map of implicit differentiation
 // (g -> J^T g + v) is built without a graph, so this solver refuses to be a backward solver with a
 // clear error; use fixed_point, anderson or hybrid there.
-#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -30,10 +29,9 @@
 #include "mhd/kits/lbfgs.h"
 #include "mhd/plugin.h"
 #include "mhd/solver.h"
+#include "mhd/stopwatch.h"
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 struct Options {
   std::int64_t history = 10;
@@ -49,7 +47,7 @@ class LbfgsSolver final : public mhd::Solver {
                          const mhd::SolveLimits& limits) override {
     mhd::check_solve_inputs("lbfgs", problem, z0, limits);
     at::NoGradGuard no_grad;
-    const auto start = Clock::now();
+    const mhd::Stopwatch watch;
     mhd::SolveResult out;
     mhd::SolverInfo& info = out.info;
     const bool weighted_energy = opt_.energy_weight > 0.0 && problem.energy && problem.grad_energy;
@@ -102,7 +100,7 @@ class LbfgsSolver final : public mhd::Solver {
     info.extra.emplace_back("lbfgs_skipped_pairs", static_cast<double>(res.skipped_pairs));
     info.extra.emplace_back("line_search_failures", static_cast<double>(res.line_search_failures));
     info.extra.emplace_back("stalled", res.stop == mhd::LbfgsStop::Stalled ? 1.0 : 0.0);
-    info.wall_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    info.wall_ms = watch.ms();
     return out;
   }
 

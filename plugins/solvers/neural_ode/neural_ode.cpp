@@ -30,7 +30,6 @@
 //
 // As a backward solver (implicit differentiation: f(g) = J^T g + v, linear) nothing changes: the
 // flow dg/dt = (J^T - I) g + v converges to the same g as the other solvers.
-#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -40,10 +39,9 @@
 #include "mhd/error.h"
 #include "mhd/plugin.h"
 #include "mhd/solver.h"
+#include "mhd/stopwatch.h"
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 constexpr const char* kName = "neural_ode";
 
@@ -101,7 +99,7 @@ class NeuralOdeSolver final : public mhd::Solver {
                          const mhd::SolveLimits& limits) override {
     mhd::check_solve_inputs(kName, problem, z0, limits);
     at::NoGradGuard no_grad;
-    const auto start = Clock::now();
+    const mhd::Stopwatch watch;
     mhd::SolveResult out;
     mhd::SolverInfo& info = out.info;
     Counters counters;
@@ -141,7 +139,7 @@ class NeuralOdeSolver final : public mhd::Solver {
     info.extra.emplace_back("ode_stalled_samples", static_cast<double>(stalled.sum().item<std::int64_t>()));
     info.extra.emplace_back("ode_final_step_min", h.min().item<double>());
     info.extra.emplace_back("ode_final_step_max", h.max().item<double>());
-    info.wall_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    info.wall_ms = watch.ms();
     return out;
   }
 
