@@ -1,6 +1,8 @@
 // Queue-replacement pattern bank shared by bank-based memories (pattern_bank.h).
 #include "mhd/kits/pattern_bank.h"
 
+#include <cmath>
+
 #include <algorithm>
 #include <utility>
 
@@ -70,6 +72,13 @@ std::int64_t PatternBankMemory::stored() const { return std::min(written(), patt
 
 void PatternBankMemory::restore_count(std::int64_t count) {
   write_count_.set_data(at::full({}, count, at::TensorOptions().dtype(at::kLong).device(patterns_.device())));
+}
+
+at::Tensor initial_pattern_bank(const std::string& who, const std::string& init, std::int64_t slots, std::int64_t dim) {
+  if (dim < 1) throw Error(who + ": d_model must be >= 1, got " + std::to_string(dim));
+  if (init == "zeros") return at::zeros({slots, dim});
+  if (init == "random") return at::randn({slots, dim}) / std::sqrt(static_cast<double>(dim));
+  throw Error(who + ": init must be \"random\" or \"zeros\", got \"" + init + "\"");
 }
 
 }  // namespace mhd

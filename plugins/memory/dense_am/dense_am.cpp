@@ -34,18 +34,10 @@ struct DenseAmOptions {
   bool learnable = false;
 };
 
-// "random": N(0, 1/D) entries, so ||xi|| ~ 1 whatever D; "zeros": an empty memory.
-at::Tensor initial_bank(const DenseAmOptions& o, std::int64_t dim) {
-  if (dim < 1) throw mhd::Error("dense_am: d_model must be >= 1, got " + std::to_string(dim));
-  if (o.init == "zeros") return at::zeros({o.slots, dim});
-  if (o.init == "random") return at::randn({o.slots, dim}) / std::sqrt(static_cast<double>(dim));
-  throw mhd::Error("dense_am: init must be \"random\" or \"zeros\", got \"" + o.init + "\"");
-}
-
 class DenseAmMemory final : public mhd::PatternBankMemory {
  public:
   DenseAmMemory(const DenseAmOptions& o, std::int64_t dim)
-      : PatternBankMemory("dense_am", initial_bank(o, dim), o.learnable), spec_(o.spec) {
+      : PatternBankMemory("dense_am", mhd::initial_pattern_bank("dense_am", o.init, o.slots, dim), o.learnable), spec_(o.spec) {
     mhd::dam::validate(spec_);
   }
 

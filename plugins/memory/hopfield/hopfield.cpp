@@ -33,18 +33,10 @@ struct HopfieldOptions {
   bool learnable = false;
 };
 
-// "random": N(0, 1/D) entries, so ||x_i|| ~ 1 whatever D; "zeros": an empty memory (uniform attention).
-at::Tensor initial_bank(const HopfieldOptions& o, std::int64_t dim) {
-  if (dim < 1) throw mhd::Error("hopfield: d_model must be >= 1, got " + std::to_string(dim));
-  if (o.init == "zeros") return at::zeros({o.slots, dim});
-  if (o.init == "random") return at::randn({o.slots, dim}) / std::sqrt(static_cast<double>(dim));
-  throw mhd::Error("hopfield: init must be \"random\" or \"zeros\", got \"" + o.init + "\"");
-}
-
 class HopfieldMemory final : public mhd::PatternBankMemory {
  public:
   HopfieldMemory(const HopfieldOptions& o, std::int64_t dim)
-      : PatternBankMemory("hopfield", initial_bank(o, dim), o.learnable), opt_(o) {}
+      : PatternBankMemory("hopfield", mhd::initial_pattern_bank("hopfield", o.init, o.slots, dim), o.learnable), opt_(o) {}
 
   torch::Tensor retrieve(const torch::Tensor& query) override {
     check_query(query, "retrieve");

@@ -48,4 +48,9 @@ class BOOST_SYMBOL_VISIBLE PatternBankMemory : public Memory {
   at::Tensor write_count_;  // scalar int64
 };
 
+// The starting bank of `slots` patterns of width `dim` for the memory plugin `who`: "random" draws
+// N(0, 1/D) entries, so ||x_i|| ~ 1 whatever D; "zeros" is an empty memory (uniform attention).
+// Throws mhd::Error naming `who` for dim < 1 or another init.
+at::Tensor initial_pattern_bank(const std::string& who, const std::string& init, std::int64_t slots, std::int64_t dim);
+
 }  // namespace mhd
