@@ -7,6 +7,7 @@
 #include "mhd/error.h"
 #include "mhd/params.h"
 #include "results/results.h"
+#include "train/metric_names.h"
 
 namespace mhd {
 
@@ -14,8 +15,9 @@ namespace {
 
 // What a researcher looks at first; the table shows these when the user names no metrics.
 const std::vector<std::string>& headline_metrics() {
-  static const std::vector<std::string> names = {"loss",         "task_loss", "eval_accuracy", "solver_iters",
-                                                 "converged_share", "energy",    "step_ms"};
+  static const std::vector<std::string> names = {metric::kLoss,         metric::kTaskLoss, metric::kEvalAccuracy,
+                                                 metric::kSolverIters,   metric::kConvergedShare, metric::kEnergy,
+                                                 metric::kStepMs};
   return names;
 }
 constexpr std::size_t kFallbackColumns = 6;  // when none of the headline metrics exists

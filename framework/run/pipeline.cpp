@@ -33,6 +33,7 @@
 #include "mhd/runtime.h"
 #include "mhd/stopwatch.h"
 #include "study/study.h"
+#include "train/metric_names.h"
 #include "train/trainer.h"
 
 namespace mhd {
@@ -64,8 +65,8 @@ std::string format_duration(double seconds) {
 std::string learning_summary(const TrainResult& r) {
   char buf[160];
   std::string out;
-  auto first = r.first_metrics.find("loss");
-  auto last = r.final_metrics.find("loss");
+  auto first = r.first_metrics.find(metric::kLoss);
+  auto last = r.final_metrics.find(metric::kLoss);
   if (first != r.first_metrics.end() && last != r.final_metrics.end()) {
     std::snprintf(buf, sizeof buf, "loss %.3f -> %.3f", first->second, last->second);
     out += buf;
@@ -75,7 +76,7 @@ std::string learning_summary(const TrainResult& r) {
     std::snprintf(buf, sizeof buf, "%s%.0f%% of solves converged", out.empty() ? "" : ", ", 100.0 * share->second);
     out += buf;
   }
-  auto acc = r.final_metrics.find("eval_accuracy");
+  auto acc = r.final_metrics.find(metric::kEvalAccuracy);
   if (acc != r.final_metrics.end() && r.chance_accuracy > 0) {
     std::snprintf(buf, sizeof buf, "%seval_accuracy %.3f (%.1fx chance %.3f)", out.empty() ? "" : ", ", acc->second,
                   acc->second / r.chance_accuracy, r.chance_accuracy);

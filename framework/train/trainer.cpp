@@ -1,4 +1,5 @@
 #include "train/trainer.h"
+#include "train/metric_names.h"
 
 #include <algorithm>
 #include <chrono>
@@ -94,8 +95,8 @@ class TrialTrainer {
     if (continual_tasks_ > 0) task_->select_part(0, continual_tasks_);
     result_.parameter_count = model_->parameter_count();
     result_.chance_accuracy = task_->chance_accuracy();
-    emit(0, "parameter_count", static_cast<double>(result_.parameter_count));
-    emit(0, "chance_accuracy", result_.chance_accuracy);
+    emit(0, metric::kParameterCount, static_cast<double>(result_.parameter_count));
+    emit(0, metric::kChanceAccuracy, result_.chance_accuracy);
     const std::int64_t first_step = resume() + 1;
 
     TrainProgress progress;
@@ -118,7 +119,7 @@ class TrialTrainer {
       if (on_progress && (eval_now || (log_every > 0 && step % log_every == 0))) on_progress(progress);
     }
     // Data parallel: the ranks' parameters must still be equal (0 up to the bits).
-    if (dp_) emit(steps, "dp_param_drift", dp_->max_difference_from_rank0(model_->parameters()));
+    if (dp_) emit(steps, metric::kDpParamDrift, dp_->max_difference_from_rank0(model_->parameters()));
     if (dp_follower()) return result_;  // data parallel: rank 0 evaluates, probes and reports
     if (steps == 0) evaluate(0);
     after_training(steps);
@@ -162,7 +163,7 @@ class TrialTrainer {
     result_.status = TrialStatus::Diverged;
     result_.diverged_step = step;
     result_.error = what + " became non-finite at step " + std::to_string(step);
-    emit(step, "diverged_step", static_cast<double>(step));
+    emit(step, metric::kDivergedStep, static_cast<double>(step));
   }
 
   // The seeds' objective: task + energy * mean E(z*) + convergence * iterations / max_iter
@@ -171,19 +172,19 @@ class TrialTrainer {
   at::Tensor objective(std::int64_t step, const ModelOutput& out, const TaskScore& task) {
     const auto& w = config_.objective;
     at::Tensor loss = w.real("task") * task.loss;
-    emit(step, "objective_task", loss.item<double>());
+    emit(step, metric::kObjectiveTask, loss.item<double>());
     if (!model_->deq_enabled()) return loss;
     auto add = [&](const std::string& name, const at::Tensor& term) {
       const double weight = w.real(name);
       if (weight == 0) return;
       loss = loss + weight * term;
-      emit(step, "objective_" + name, weight * term.item<double>());
+      emit(step, metric::kObjectivePrefix + name, weight * term.item<double>());
     };
     if (out.energy.total.defined()) add("energy", out.energy.total.mean());
     // Iterations carry no gradient; the term is there so the objective's value is the seeds' one.
     const double convergence = static_cast<double>(out.forward_info.iterations) /
                                static_cast<double>(model_->forward_limits().max_iter);
-    emit(step, "convergence_term", convergence);
+    emit(step, metric::kConvergenceTerm, convergence);
     add("convergence", at::scalar_tensor(convergence, loss.options()));
     const TensorMap f = model_->dynamics().solver_map(out.context);
     if (w.real("stability") != 0) {
@@ -197,7 +198,7 @@ class TrialTrainer {
     }
     if (w.real("jacobian") != 0) {
       auto frobenius = hutchinson_jacobian_frobenius(f, out.z_star.detach()).mean() / out.z_star.size(1);
-      emit(step, "jacobian_fro2", frobenius.item<double>());
+      emit(step, metric::kJacobianFro2, frobenius.item<double>());
       add("jacobian", frobenius);
     }
     return loss;
@@ -227,13 +228,13 @@ class TrialTrainer {
     const double clip = config_.train.real("grad_clip");
     const double norm = torch::nn::utils::clip_grad_norm_(model_->parameters(),
                                                           clip > 0 ? clip : std::numeric_limits<double>::infinity());
-    emit(step, "grad_norm", norm);
+    emit(step, metric::kGradNorm, norm);
     if (std::isfinite(norm)) {
       optimizer_->step();
       skipped_in_a_row_ = 0;
     } else {
       optimizer_->zero_grad();
-      emit(step, "skipped_step", 1.0);
+      emit(step, metric::kSkippedStep, 1.0);
       if (++skipped_in_a_row_ >= kMaxSkippedInARow) {
         diverge(step, "the gradient (" + std::to_string(kMaxSkippedInARow) + " steps in a row)");
         return false;
@@ -241,12 +242,12 @@ class TrialTrainer {
     }
     model_->commit_memory_writes();  // after backward: the step's graph no longer needs the bank
 
-    emit(step, "loss", loss.item<double>());
-    emit(step, "task_loss", task.loss.item<double>());
-    emit(step, "train_accuracy", task.accuracy);
+    emit(step, metric::kLoss, loss.item<double>());
+    emit(step, metric::kTaskLoss, task.loss.item<double>());
+    emit(step, metric::kTrainAccuracy, task.accuracy);
     if (model_->deq_enabled()) log_equilibrium(step, out);
     const double ms = step_watch.ms();
-    emit(step, "step_ms", ms);
+    emit(step, metric::kStepMs, ms);
 
     progress.loss = loss.item<double>();
     progress.solver_iters = static_cast<double>(out.forward_info.iterations);
@@ -256,31 +257,31 @@ class TrialTrainer {
 
   void log_equilibrium(std::int64_t step, const ModelOutput& out) {
     const auto& info = out.forward_info;
-    emit(step, "solver_iters", static_cast<double>(info.iterations));
-    emit(step, "solver_f_evals", static_cast<double>(info.f_evals));
-    emit(step, "converged", info.converged ? 1.0 : 0.0);
-    emit(step, "warm_started", out.warm_started ? 1.0 : 0.0);
-    if (out.memory_writes >= 0) emit(step, "memory_writes", static_cast<double>(out.memory_writes));
+    emit(step, metric::kSolverIters, static_cast<double>(info.iterations));
+    emit(step, metric::kSolverFEvals, static_cast<double>(info.f_evals));
+    emit(step, metric::kConverged, info.converged ? 1.0 : 0.0);
+    emit(step, metric::kWarmStarted, out.warm_started ? 1.0 : 0.0);
+    if (out.memory_writes >= 0) emit(step, metric::kMemoryWrites, static_cast<double>(out.memory_writes));
     converged_solves_ += info.converged ? 1 : 0;
     // Share of training steps so far whose forward solve reached tol: the trial's convergence rate.
-    emit(step, "converged_share", static_cast<double>(converged_solves_) / static_cast<double>(step));
+    emit(step, metric::kConvergedShare, static_cast<double>(converged_solves_) / static_cast<double>(step));
     if (!info.abs_trace.empty()) {
-      emit(step, "abs_residual", info.abs_trace.back());
-      emit(step, "rel_residual", info.rel_trace.back());
+      emit(step, metric::kAbsResidual, info.abs_trace.back());
+      emit(step, metric::kRelResidual, info.rel_trace.back());
     }
-    emit(step, "solver_ms", info.wall_ms);
+    emit(step, metric::kSolverMs, info.wall_ms);
     for (const auto& [name, value] : info.extra) emit(step, name, value);
     if (out.energy.total.defined()) {
-      emit(step, "energy", out.energy.total.mean().item<double>());
-      emit(step, "energy_memory", out.energy.memory.mean().item<double>());
-      emit(step, "energy_consistency", out.energy.consistency.mean().item<double>());
-      emit(step, "energy_l2", out.energy.l2.mean().item<double>());
-      emit(step, "energy_smooth", out.energy.smooth.mean().item<double>());
+      emit(step, metric::kEnergy, out.energy.total.mean().item<double>());
+      emit(step, metric::kEnergyMemory, out.energy.memory.mean().item<double>());
+      emit(step, metric::kEnergyConsistency, out.energy.consistency.mean().item<double>());
+      emit(step, metric::kEnergyL2, out.energy.l2.mean().item<double>());
+      emit(step, metric::kEnergySmooth, out.energy.smooth.mean().item<double>());
     }
     const auto& back = *out.backward_info;
     if (back.iterations > 0) {
-      emit(step, "backward_iters", static_cast<double>(back.iterations));
-      emit(step, "backward_rel_residual", back.rel_trace.back());
+      emit(step, metric::kBackwardIters, static_cast<double>(back.iterations));
+      emit(step, metric::kBackwardRelResidual, back.rel_trace.back());
     }
     const std::int64_t every = config_.train.integer("trace_every");
     if (every > 0 && step % every == 0) {
@@ -303,15 +304,15 @@ class TrialTrainer {
       iters += static_cast<double>(out.forward_info.iterations);
       if (i == 0 && model_->deq_enabled()) {
         if (auto* memory = model_->dynamics().memory(); memory && model_->dynamics().retrieving())
-          for (const auto& [name, value] : memory->stats(model_->dynamics().query(out.z_star))) emit(step, "memory_" + name, value);
+          for (const auto& [name, value] : memory->stats(model_->dynamics().query(out.z_star))) emit(step, std::string(metric::kMemoryPrefix) + name, value);
         for (const auto& opt : model_->optimizations())
           for (const auto& [name, value] : opt->metrics()) emit(step, name, value);
       }
     }
     const double n = static_cast<double>(batches);
-    emit(step, "eval_loss", loss / n);
-    emit(step, "eval_accuracy", accuracy / n);
-    if (model_->deq_enabled()) emit(step, "eval_solver_iters", iters / n);
+    emit(step, metric::kEvalLoss, loss / n);
+    emit(step, metric::kEvalAccuracy, accuracy / n);
+    if (model_->deq_enabled()) emit(step, metric::kEvalSolverIters, iters / n);
     return accuracy / n;
   }
 
@@ -337,14 +338,14 @@ class TrialTrainer {
     const CurriculumValues c = curriculum_at(config_, step);
     for (auto& group : optimizer_->param_groups())
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(c.lr);
-    emit(step, "lr", c.lr);
+    emit(step, metric::kLr, c.lr);
     if (!model_->deq_enabled()) return;
     model_->set_forward_limits({c.max_iter, c.tol});
-    emit(step, "solver_max_iter", static_cast<double>(c.max_iter));
-    emit(step, "solver_tol", c.tol);
+    emit(step, metric::kSolverMaxIter, static_cast<double>(c.max_iter));
+    emit(step, metric::kSolverTol, c.tol);
     if (model_->dynamics().memory() == nullptr) return;
     model_->set_memory_enabled(c.memory_enabled);
-    emit(step, "memory_enabled", c.memory_enabled ? 1.0 : 0.0);
+    emit(step, metric::kMemoryEnabled, c.memory_enabled ? 1.0 : 0.0);
   }
 
   // The seeds' validation: held-out batches, one forward solve each; the share of solves that
@@ -365,14 +366,14 @@ class TrialTrainer {
       iterations.push_back(static_cast<double>(out.forward_info.iterations));
     }
     const double n = static_cast<double>(batches);
-    emit(step, "val_loss", loss / n);
-    emit(step, "val_accuracy", accuracy / n);
+    emit(step, metric::kValLoss, loss / n);
+    emit(step, metric::kValAccuracy, accuracy / n);
     if (!model_->deq_enabled()) return;
     const IterationStats stats = iteration_stats(iterations);
-    emit(step, "val_convergence_rate", converged / n);
-    emit(step, "val_iters_mean", stats.mean);
-    emit(step, "val_iters_median", stats.median);
-    emit(step, "val_iters_max", stats.max);
+    emit(step, metric::kValConvergenceRate, converged / n);
+    emit(step, metric::kValItersMean, stats.mean);
+    emit(step, metric::kValItersMedian, stats.median);
+    emit(step, metric::kValItersMax, stats.max);
   }
 
   // Continual learning: part k is trained during steps (k * P, (k + 1) * P] with P = steps / K,
@@ -409,12 +410,12 @@ class TrialTrainer {
     }
     accuracy_matrix_.push_back(row);
     for (std::int64_t j = 0; j < continual_tasks_; ++j) {
-      emit(step, "continual_acc_task" + std::to_string(j), row[j]);
+      emit(step, metric::kContinualAccuracyPrefix + std::to_string(j), row[j]);
       if (sink_.point) sink_.point({"continual", "accuracy_matrix", i, j, std::nan(""), std::nan(""), row[j]});
     }
     if (i == continual_tasks_ - 1 && static_cast<std::int64_t>(accuracy_matrix_.size()) == continual_tasks_) {
-      emit(step, "continual_forgetting", average_forgetting(accuracy_matrix_));
-      emit(step, "continual_avg_accuracy", average_final_accuracy(accuracy_matrix_));
+      emit(step, metric::kContinualForgetting, average_forgetting(accuracy_matrix_));
+      emit(step, metric::kContinualAvgAccuracy, average_final_accuracy(accuracy_matrix_));
     }
     if (sink_.flush) sink_.flush();
   }
@@ -428,7 +429,7 @@ class TrialTrainer {
   void write_checkpoint(std::int64_t step) {
     // The results rows up to this step are persisted before the checkpoint exists: a run continued
     // from it (mhd run --resume deletes the rows after its step) then lacks none of the steps it covers.
-    emit(step, "checkpoint_step", static_cast<double>(step));
+    emit(step, metric::kCheckpointStep, static_cast<double>(step));
     if (sink_.flush) sink_.flush();
     const std::string record = trainer_state(step).record();
     write_trainer_state(options_.checkpoint_path, last_state_record_, record);
@@ -447,7 +448,7 @@ class TrialTrainer {
     accuracy_matrix_ = state.accuracy_matrix;
     last_state_record_ = state.record();
     result_.resumed_from_step = step;
-    emit(step, "resumed_from_step", static_cast<double>(step));
+    emit(step, metric::kResumedFromStep, static_cast<double>(step));
     return step;
   }
 

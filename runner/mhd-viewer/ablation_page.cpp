@@ -13,6 +13,7 @@
 #include <QStackedBarSeries>
 #include <QValueAxis>
 
+#include "train/metric_names.h"
 #include "chart_page.h"
 
 namespace mhd::viewer {
@@ -96,7 +97,7 @@ class AblationPage : public ChartPage {
 
   void setQuery(const StudyQuery* query) override {
     query_ = query;
-    refill_choices(metric_, query->metric_names(), QStringLiteral("eval_accuracy"));
+    refill_choices(metric_, query->metric_names(), QString(mhd::metric::kEvalAccuracy));
     redraw();
   }
 

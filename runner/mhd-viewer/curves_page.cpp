@@ -12,6 +12,7 @@
 #include <QLineSeries>
 #include <QSlider>
 
+#include "train/metric_names.h"
 #include "chart_page.h"
 
 namespace mhd::viewer {
@@ -111,7 +112,7 @@ class CurvesPage : public ChartPage {
 
   void setQuery(const StudyQuery* query) override {
     query_ = query;
-    refill_choices(metric_, query->metric_names(), QStringLiteral("loss"));
+    refill_choices(metric_, query->metric_names(), QString(mhd::metric::kLoss));
     redraw();
   }
 

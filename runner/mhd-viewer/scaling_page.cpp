@@ -11,6 +11,7 @@
 #include <QLineSeries>
 #include <QScatterSeries>
 
+#include "train/metric_names.h"
 #include "chart_page.h"
 
 namespace mhd::viewer {
@@ -88,7 +89,7 @@ class ScalingPage : public ChartPage {
   void setQuery(const StudyQuery* query) override {
     query_ = query;
     refill_choices(axis_, query->numeric_sweep_axes(), QString());
-    refill_choices(metric_, query->metric_names(), QStringLiteral("loss"));
+    refill_choices(metric_, query->metric_names(), QString(mhd::metric::kLoss));
     redraw();
   }
 
