@@ -1,4 +1,4 @@
-# Studies you can trust (issue 5): crash isolation, kill + resume, changed configurations, --jobs,
+# Studies you can trust: crash isolation, kill + resume, changed configurations, --jobs,
 # shards + merge, Slurm scripts, concurrent readers and writers, reproducibility; driven through
 # the mhd command line with a purpose-built faulty solver plugin.
 add_library(mhd_test_plugin_faulty_solver MODULE plugins/faulty_solver.cpp)

@@ -1,4 +1,4 @@
-// Dense associative memory (seed 003): the discrete sign dynamics and capacity estimate behind the
+// Dense associative memory: the discrete sign dynamics and capacity estimate behind the
 // `capacity` probe (capacity.h), and the continuous `dense_am` memory plugin (dense_am.h).
 #include <cmath>
 #include <cstdint>
@@ -102,7 +102,7 @@ TEST(DenseAmDynamics, StoredPatternIsAFixedPointAndIsRetrievedBelowCapacity) {
 }
 
 // The rule "energy" takes the sign of lower energy: every single asynchronous step leaves E equal
-// (no change) or strictly lower, for any separation F. For F = S^2 the seed's rule (eq. 3) is the
+// (no change) or strictly lower, for any separation F. For F = S^2 the original design's rule (eq. 3) is the
 // same rule. Checked unit by unit on random states of memories far beyond capacity (many flips).
 TEST(DenseAmDynamics, AsynchronousStepsNeverRaiseTheEnergy) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
@@ -145,7 +145,7 @@ TEST(DenseAmDynamics, RetrievalFailsFarAboveCapacity) {
 
 // n = 2 is the classical Hopfield network. Retrieval with few errors (overlap >= 0.97) holds up to
 // K ~ 0.14 N (Amit, Gutfreund, Sompolinsky); exact retrieval of all N bits with probability 1/2 near
-// the seed's estimate N / alpha^2, alpha = Phi^{-1}(0.5^(1/N)) (16.5 for N = 100).
+// The original design's estimate N / alpha^2, alpha = Phi^{-1}(0.5^(1/N)) (16.5 for N = 100).
 TEST(DenseAmDynamics, DegreeTwoHasClassicalHopfieldCapacity) {
   const std::int64_t dim = 100;
   std::vector<std::pair<std::int64_t, double>> exact, overlap;

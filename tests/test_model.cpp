@@ -1,4 +1,4 @@
-// The unified model (DESIGN.md §4) built from a study through the real plugins.
+// The unified model (docs/design.md §4) built from a study through the real plugins.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>

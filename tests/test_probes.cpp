@@ -1,4 +1,4 @@
-// Probe infrastructure (probe.h, issue 3): the registry, [probes.NAME] in study files, probe points
+// Probe infrastructure (probe.h,): the registry, [probes.NAME] in study files, probe points
 // in the results file, and probes running after training with their numbers landing in the results.
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-// The training loop (issue 3 "Training"): curriculum schedules, the memory switch, validation,
+// The training loop: curriculum schedules, the memory switch, validation,
 // the Lipschitz term by power iteration, exact resume from a checkpoint, continual learning.
 #include <gtest/gtest.h>
 

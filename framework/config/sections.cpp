@@ -22,7 +22,7 @@ const SectionSchema& study_section() {
 const SectionSchema& model_section() {
   static const SectionSchema s{
       "model",
-      "The unified model of DESIGN.md §4.",
+      "The unified model of docs/design.md §4.",
       {
           int_param("d_model", 64, "Width D of tokens, context and equilibrium state.", 4, 8192),
           int_param("n_layers", 2, "Backbone layers building the context X before the DEQ.", 0, 128),
@@ -34,10 +34,10 @@ const SectionSchema& model_section() {
           float_param("write_threshold", 0.7, "Novelty threshold of memory writes on the cosine similarity.", -1.0, 1.0),
           choice_param("gate", "sigmoid", {"sigmoid", "tanh"}, "Activation of the learned gate g that blends the Mamba update and the memory retrieval."),
           bool_param("residual", true,
-                     "f(z) = z + W_out(...) as in DESIGN.md §4; false gives f(z) = W_out(...), the seeds' theory form "
+                     "f(z) = z + W_out(...) as in docs/design.md §4; false gives f(z) = W_out(...), the original design's theory form "
                      "z' = g(Mamba(z, x), Hopfield(z, M)), whose Lipschitz constant the contractive plugin can bound."),
           choice_param("state_norm", "none", {"none", "layernorm"},
-                       "layernorm: f(z) = LayerNorm(z + W_out(...)), which keeps the iterates of the residual form bounded; none is DESIGN.md §4."),
+                       "layernorm: f(z) = LayerNorm(z + W_out(...)), which keeps the iterates of the residual form bounded; none is docs/design.md §4."),
           float_param("out_init_scale", 1.0, "Initial scale of W_out relative to the default init (a small value keeps the residual form near the identity at the start).", 0.0, 10.0),
       },
       ""};

@@ -1,4 +1,4 @@
-// The framework's own study tables (DESIGN.md §5), declared with the same ParamSchema type the
+// The framework's own study tables (docs/design.md §5), declared with the same ParamSchema type the
 // plugins use, so one validator serves every table and docs/studies.md can be generated from it.
 #pragma once
 

@@ -75,7 +75,7 @@ class UnifiedDynamics : public torch::nn::Module {
 
   // E(z) and its parts; f is the solver map, so the consistency term matches what is solved.
   EnergyComponents energy(const torch::Tensor& z, const RecurrentState& context);
-  // dE/dz including the consistency term's dependence on z through f (DESIGN.md §4).
+  // dE/dz including the consistency term's dependence on z through f (docs/design.md §4).
   torch::Tensor grad_energy(const torch::Tensor& z, const RecurrentState& context);
 
   // E_mem(W_q z): [B] (zeros when the memory is off)

@@ -1,6 +1,6 @@
-// Generation (issue 3 "Generation"): autoregressive decoding with each backbone layer's recurrent
+// Generation: autoregressive decoding with each backbone layer's recurrent
 // step (UnifiedModel::step), so a token costs O(1) in the length generated so far, and the
-// equilibrium re-solved per token from the previous z* (DESIGN.md §4, last bullet).
+// equilibrium re-solved per token from the previous z* (docs/design.md §4, last bullet).
 #pragma once
 
 #include <cstdint>

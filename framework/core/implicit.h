@@ -1,4 +1,4 @@
-// Gradients through an equilibrium (DESIGN.md §4).
+// Gradients through an equilibrium (docs/design.md §4).
 #pragma once
 
 #include <memory>

@@ -118,7 +118,7 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe, con
 }
 
 std::int64_t UnifiedModel::stage_novel_patterns(const torch::Tensor& z_star) {
-  // The seeds' policy: store what the memory does not already hold. Queries W_q z* are stored, the
+  // The original design's policy: store what the memory does not already hold. Queries W_q z* are stored, the
   // space retrieval compares against; outside autograd.
   torch::NoGradGuard no_grad;
   Memory& memory = *dynamics_->memory();

@@ -1,4 +1,4 @@
-// The Unified Mamba-Hopfield-DEQ model (DESIGN.md §4):
+// The Unified Mamba-Hopfield-DEQ model (docs/design.md §4):
 //   tokens -> Embedding -> n_layers x (x + layer(LayerNorm(x))) -> X: [B, L, D], z0 = X[:, -1]
 //   z* = DEQ solve of the unified dynamics (dynamics.h)
 //   logits = Head(LayerNorm(X + z* broadcast over L))
@@ -88,7 +88,7 @@ class UnifiedModel : public torch::nn::Module {
   // Consumes tokens: [B] (one per stream) and returns the logits for the next position, equal to
   // forward(prefix + tokens).logits[:, -1] when the solve converges: each context layer and the
   // dynamics' block take one recurrent step, then z* is re-solved against the new context, from the
-  // previous position's z* when `warm_start` (DESIGN.md §4), else from z0 = X_t. No autograd.
+  // previous position's z* when `warm_start` (docs/design.md §4), else from z0 = X_t. No autograd.
   DecodeStep step(const torch::Tensor& tokens, DecodeState& state, bool warm_start = true);
 
  private:

@@ -1,4 +1,4 @@
-// Data-parallel training of one trial across K processes (issue "Studies you can trust"): every
+// Data-parallel training of one trial across K processes: every
 // rank holds the same model, draws the same global batch, trains on its slice of the rows and
 // averages the gradients with PyTorch's c10d (Gloo on CPU; NCCL for CUDA trials when the build has
 // it, see MHD_WITH_NCCL in data_parallel.cpp). The c10d headers stay in data_parallel.cpp (pimpl),

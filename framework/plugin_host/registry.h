@@ -1,4 +1,4 @@
-// Plugin discovery and loading (DESIGN.md §3).
+// Plugin discovery and loading (docs/design.md §3).
 //
 // Libraries are loaded with RTLD_NOW | RTLD_LOCAL and never unloaded: objects made by a plugin
 // (and LibTorch's own registrations) must never outlive their code, and the registry lives for the

@@ -1,5 +1,4 @@
-// The storage capacity of a discrete dense associative memory (seed 003, "Information Storage
-// Capacity"): K random +-1 patterns xi^mu in N dimensions, energy E(sigma) = -sum_mu F(xi^mu . sigma),
+// The storage capacity of a discrete dense associative memory: K random +-1 patterns xi^mu in N dimensions, energy E(sigma) = -sum_mu F(xi^mu . sigma),
 // a pattern corrupted in a share rho of its bits, the sign update run to a fixed point, and the share
 // of trials that end exactly on the pattern. The `capacity` probe (probe_capacity.cpp) draws the
 // retrieval-probability curve with these pieces; tests check them directly.
@@ -10,7 +9,7 @@
 // "energy" picks the sign of lower energy, so each asynchronous step never raises E (for every F);
 // "seed" linearises that difference and coincides with it for F = S^2 only. A zero field keeps
 // sigma_i. Schedules: "async" updates the units one at a time in a fresh random order every sweep
-// (the seed's "discrete asynchronous updates"); "sync" applies eq. 2 to all units at once (it can
+// (the original design's "discrete asynchronous updates"); "sync" applies eq. 2 to all units at once (it can
 // end in a 2-cycle, which then counts as not retrieved).
 #pragma once
 
@@ -91,7 +90,7 @@ struct RetrievalResult {
 // Runs setup.trials independent trials (in chunks that bound memory) and counts exact retrievals.
 RetrievalResult measure_retrieval(const RetrievalSetup& setup);
 
-// The seed's capacity estimate. The noise on a unit's field is a sum of K - 1 terms of variance
+// The original design's capacity estimate. The noise on a unit's field is a sum of K - 1 terms of variance
 // (2n-3)!! N^(n-1), the signal N^(n-1); a unit is wrong when the noise exceeds the signal, which for
 // a Gaussian noise happens with probability Phi(-sqrt(N^(n-1) / ((2n-3)!! K))). Asking that signal be
 // at least alpha standard deviations gives  K_max = N^(n-1) / (alpha^2 (2n-3)!!).  Here alpha is set

@@ -1,5 +1,5 @@
-// Probe `capacity`: storage capacity of a discrete dense associative memory with F(S) = S^n
-// (seed 003), measured against the seed's estimate K_max = N^(n-1) / (alpha^2 (2n-3)!!).
+// Probe `capacity`: storage capacity of a discrete dense associative memory with F(S) = S^n,
+// measured against Krotov and Hopfield's estimate K_max = N^(n-1) / (alpha^2 (2n-3)!!).
 //
 // For each K of a list: `trials` independent sets of K random +-1 patterns in N dimensions, the
 // first pattern with a share `corruption` of its bits flipped, the sign update (capacity.h) run to a
@@ -133,7 +133,7 @@ ProbeDefinition capacity_definition() {
   ProbeDefinition d;
   d.name = "capacity";
   d.description =
-      "Dense associative memory capacity (seed 003): retrieval probability vs K for F = S^n, measured vs "
+      "Dense associative memory capacity: retrieval probability vs K for F = S^n, measured vs "
       "N^(n-1) / (alpha^2 (2n-3)!!)";
   d.schema = {
       int_param("dim", 64, "N: dimension of the +-1 patterns", 2, 4096),

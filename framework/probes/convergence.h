@@ -1,6 +1,6 @@
-// The convergence measurements of the `convergence` probe (issue 3, brief 001 §6.1), on any map f
+// The convergence measurements of the `convergence` probe, on any map f
 // and energy E, so they can be checked on hand-built dynamics. Every number is a measurement with
-// its conditions (DESIGN.md §4: the seeds' energy-descent "Theorem 2" is a hypothesis to measure).
+// its conditions (docs/design.md §4: the original design's energy-descent "Theorem 2" is a hypothesis to measure).
 //
 //   contraction   L = ||J_f(z*)||_2 per sample (power iteration, jacobian.h); contractive when L < 1
 //   energy        E(z_k) along the plain iteration z_{k+1} = f(z_k) from z0; a step violates descent

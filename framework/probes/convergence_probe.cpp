@@ -1,4 +1,4 @@
-// Probe `convergence` (issue 3, brief 001 §6.1): contraction, energy descent, fixed-point stability
+// Probe `convergence`: contraction, energy descent, fixed-point stability
 // and Lyapunov rate of a trained model's dynamics on held-out batches (convergence.h says what each
 // number means). The map measured is the one the solvers see (optimizations' wrapping included),
 // with each batch's context fixed, from the model's own z0 and z*.

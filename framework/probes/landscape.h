@@ -1,9 +1,9 @@
-// The mathematics of the energy-landscape probe (issue 3, brief 001 §6.2), as plain functions of
+// The mathematics of the energy-landscape probe, as plain functions of
 // maps and energies so that each piece is tested on problems with known answers
 // (tests/test_landscape.cpp); framework/src/probe_landscape.cpp applies them to a trained model.
 //
 // Conventions: a state batch is z: [N, D], one independent state per row; a map f: [N, D] -> [N, D]
-// (the solver map), an energy E: [N, D] -> [N] (DESIGN.md §4's total energy), its gradient
+// (the solver map), an energy E: [N, D] -> [N] (docs/design.md §4's total energy), its gradient
 // dE/dz: [N, D] -> [N, D].
 #pragma once
 

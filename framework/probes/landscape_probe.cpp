@@ -1,4 +1,4 @@
-// Probe `landscape` (issue 3, brief 001 §6.2): the energy landscape of a trained model around the
+// Probe `landscape`: the energy landscape of a trained model around the
 // equilibrium z* of one held-out sample, with that sample's context fixed.
 //
 //   1. slice: E(z) and ||f(z) - z|| on a grid z* + a u + b v, |a|, |b| <= extent ||z*||, where (u, v) is
@@ -374,7 +374,7 @@ class LandscapeProbe final : public Probe {
 ProbeDefinition landscape_definition() {
   return ProbeDefinition{
       "landscape",
-      "energy landscape around an equilibrium: slice, trajectories, basins, critical points (brief 001 §6.2)",
+      "energy landscape around an equilibrium: slice, trajectories, basins, critical points",
       landscape_schema(),
       [](const Params& params) -> std::unique_ptr<Probe> { return std::make_unique<LandscapeProbe>(params); }};
 }

@@ -91,7 +91,7 @@ CREATE TABLE IF NOT EXISTS probe_points(
 CREATE INDEX IF NOT EXISTS probe_points_by_trial ON probe_points(trial_id, probe, name, i, j);
 )sql";
 
-// Columns added after the first schema (issue 5: resume, --jobs, shards), by ALTER TABLE on every
+// Columns added after the first schema, by ALTER TABLE on every
 // writable open, so older results files gain them when a run writes to them again. Readers of a
 // file without them see the defaults.
 struct AddedColumn {

@@ -1,4 +1,4 @@
-// Running a study (DESIGN.md §5-7; issue 5): trials claimed in the results file, each trained in
+// Running a study (docs/design.md §5-7): trials claimed in the results file, each trained in
 // this process or in a child process (`mhd run-trial`, crash isolation), several at once with
 // --jobs, one shard with --shard, continued with --resume, stopped cleanly by SIGINT.
 #include "run/pipeline.h"

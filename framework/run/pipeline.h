@@ -1,4 +1,4 @@
-// Running a study: every trial trained, results written as they come (DESIGN.md §5-7), each trial
+// Running a study: every trial trained, results written as they come (docs/design.md §5-7), each trial
 // in its own process when a worker executable is given (crash isolation), resumable, in parallel
 // (--jobs) and in shards (--shard I/N). See docs/studies.md "Running studies you can trust".
 #pragma once

@@ -1,4 +1,4 @@
-// Byte-level language modelling (issue 3 "a language task"): next-byte prediction on a text file.
+// Byte-level language modelling: next-byte prediction on a text file.
 //
 //   vocabulary: the 256 byte values
 //   the file:   bytes b_0 .. b_{N-1}; the first (1 - holdout) N are for training, the rest held out

@@ -33,7 +33,7 @@ class Task {
   virtual Batch train_batch(std::int64_t batch_size) = 0;
   // Makes the next train_batch the one of training step `step` (1, 2, ...), a function of the
   // seed and the step alone, so a trial resumed from a checkpoint sees exactly the batches an
-  // uninterrupted one would (issue 5, exact resume). The trainer calls it before every step.
+  // uninterrupted one would. The trainer calls it before every step.
   virtual void seek(std::int64_t step) = 0;
   // Continual learning ([train] continual_tasks): restricts every later batch (training and
   // held-out) to part `index` of `count` disjoint parts of the task, so parts trained in sequence

@@ -1,4 +1,4 @@
-// Checkpoints (issue 3 "Training"): a trial's model (parameters and buffers, the memory bank
+// Checkpoints: a trial's model (parameters and buffers, the memory bank
 // included), optimizer state and step, with the trial's resolved configuration, in one file.
 // The trainer writes them every [train] checkpoint_every steps; a resumed trial continues from
 // the last one; `mhd generate CHECKPOINT` rebuilds the model from it alone.

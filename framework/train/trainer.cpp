@@ -43,7 +43,7 @@ torch::Device resolve_device(const std::string& wanted) {
 }
 
 // ||f(z* + d) - f(z*)|| / ||d|| per sample with the graph kept, so the stability term can push
-// the dynamics towards contraction (the seeds' finite-difference estimate). [B]
+// the dynamics towards contraction (the original design's finite-difference estimate). [B]
 at::Tensor finite_difference_lipschitz(const TensorMap& f, const at::Tensor& z_star) {
   auto z = z_star.detach();
   auto d = at::randn_like(z);
@@ -166,7 +166,7 @@ class TrialTrainer {
     emit(step, metric::kDivergedStep, static_cast<double>(step));
   }
 
-  // The seeds' objective: task + energy * mean E(z*) + convergence * iterations / max_iter
+  // The original design's objective: task + energy * mean E(z*) + convergence * iterations / max_iter
   // + stability * relu(L_est - contraction_target) + jacobian * ||J_f(z*)||_F^2 / D; each weighted
   // term is logged as objective_<name> (only the terms whose weight is not zero).
   at::Tensor objective(std::int64_t step, const ModelOutput& out, const TaskScore& task) {
@@ -181,7 +181,7 @@ class TrialTrainer {
       emit(step, metric::kObjectivePrefix + name, weight * term.item<double>());
     };
     if (out.energy.total.defined()) add("energy", out.energy.total.mean());
-    // Iterations carry no gradient; the term is there so the objective's value is the seeds' one.
+    // Iterations carry no gradient; the term is there so the objective's value is the original design's one.
     const double convergence = static_cast<double>(out.forward_info.iterations) /
                                static_cast<double>(model_->forward_limits().max_iter);
     emit(step, metric::kConvergenceTerm, convergence);
@@ -316,7 +316,7 @@ class TrialTrainer {
     return accuracy / n;
   }
 
-  // --- curriculum, validation, continual learning, checkpoints (issue 3 "Training") ---
+  // --- curriculum, validation, continual learning, checkpoints ---
 
   // Evaluation and validation solve with the [solver] limits, whatever the curriculum's are now:
   // they measure the model as it will be used. Restores the training limits when it goes.
@@ -348,7 +348,7 @@ class TrialTrainer {
     emit(step, metric::kMemoryEnabled, c.memory_enabled ? 1.0 : 0.0);
   }
 
-  // The seeds' validation: held-out batches, one forward solve each; the share of solves that
+  // The original design's validation: held-out batches, one forward solve each; the share of solves that
   // reached tol and the distribution of their iterations.
   void validate(std::int64_t step) {
     model_->eval();

@@ -1,5 +1,5 @@
 // Training one trial: AdamW on the study's objective, metrics and solver traces per step,
-// held-out evaluation (DESIGN.md §4, issue "Foundation").
+// held-out evaluation (docs/design.md §4).
 #pragma once
 
 #include <cstdint>
@@ -45,7 +45,7 @@ struct TrainResult {
   std::map<std::string, double> final_metrics;  // last value of each metric
 };
 
-// Checkpoints and resume (issue 3 "Training", issue 5 exact resume).
+// Checkpoints and resume.
 struct TrainOptions {
   // Where the trial's checkpoint lives ("" = none). With [train] checkpoint_every = N > 0 the
   // trainer writes it every N steps (checkpoint.h; atomic), and beside it PATH.trainer, the
@@ -75,7 +75,7 @@ TrainResult train_trial(const TrialConfig& config, PluginRegistry& registry, con
 // naming the key. train_trial calls it; the study loader too, so a study fails before it runs.
 void check_training_config(const TrialConfig& config);
 
-// --- curriculum (seed 001 §5.2): the values in force at training step s (1, 2, ...) ---
+// --- curriculum: the values in force at training step s (1, 2, ...) ---
 struct CurriculumValues {
   double lr = 0;               // lr * min(1, s / warmup_steps)
   std::int64_t max_iter = 0;   // max_iter_start -> solver.max_iter linearly over schedule_steps
@@ -90,7 +90,7 @@ struct IterationStats {
 };
 IterationStats iteration_stats(std::vector<double> iterations);  // empty: all 0
 
-// --- continual learning (brief 001 §7.1) ---
+// --- continual learning ---
 // A[i][j]: accuracy on task j after training task i (K x K).
 // Average forgetting: mean over j < K-1 of (max over i < K-1 of A[i][j]) - A[K-1][j]; 0 for K < 2.
 double average_forgetting(const std::vector<std::vector<double>>& A);

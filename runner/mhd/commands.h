@@ -1,4 +1,4 @@
-// The `mhd` subcommands (DESIGN.md §7). Each returns the process exit code.
+// The `mhd` subcommands (docs/design.md §7). Each returns the process exit code.
 #pragma once
 
 #include <cstdint>

@@ -9,7 +9,7 @@
 //    one after the other; positions per second and mean solver iterations per position.
 // 2. Scores on WINDOWS held-out windows of the task's seq_len: bits per byte and accuracy of the
 //    causal prediction (the recurrent decode: byte t+1 from bytes <= t only) against the
-//    all-position forward the trainer evaluates, where z* (broadcast over L, DESIGN.md §4) has seen
+//    all-position forward the trainer evaluates, where z* (broadcast over L, docs/design.md §4) has seen
 //    the whole window, the bytes to predict included.
 #include <chrono>
 #include <cmath>

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Studies you can trust (issue 5), through the mhd command line: a faulty plugin crashes only its
+# Studies you can trust, through the mhd command line: a faulty plugin crashes only its
 # trial; SIGKILL and SIGINT mid-study then --resume finish it without duplicates; a changed
 # configuration is re-run; --jobs 2, shards + merge and a second run all give the metrics of a
 # single run exactly; merge refuses another study; Slurm scripts; two writers and a reader at once.

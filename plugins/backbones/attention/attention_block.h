@@ -1,6 +1,6 @@
 // One Transformer layer as an mhd::Backbone: causal multi-head softmax self-attention with rotary
 // position embeddings (RoPE) followed by a position-wise GELU MLP. The baseline against which the
-// unified model and the Mamba-only model are compared at matched parameter counts (issue 3).
+// unified model and the Mamba-only model are compared at matched parameter counts.
 //
 // The host wraps every layer as x <- x + layer(LayerNorm(x)), so the layer returns an *update* to the
 // residual stream. With h = the layer's (already normalised) input:

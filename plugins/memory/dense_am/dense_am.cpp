@@ -1,10 +1,10 @@
-// Memory plugin `dense_am`: the dense associative memory of seed 003 with continuous states.
+// Memory plugin `dense_am`: the dense associative memory of Krotov and Hopfield's dense associative memory with continuous states.
 //
 //   X: [M, D] stored patterns xi_mu (M slots), S = similarity, F = separation, Q = shaping (dense_am.h).
 //   energy(x)   = -Q( sum_mu F(S(xi_mu, x)) )                                      x: [B, D] -> [B]
 //   retrieve(x) = w X,  w_mu = F'(S_mu) / sum_nu |F'(S_nu)|                        x: [B, D] -> [B, D]
 //
-// retrieve() is the seed's update T(x) = Sign[X^T f(X x)] (eq. 2, f = F') with the sign replaced by
+// retrieve() is the original design's update T(x) = Sign[X^T f(X x)] (eq. 2, f = F') with the sign replaced by
 // a normalisation, so that it is differentiable in x and bounded by the largest pattern. With
 // separation = exp and similarity = dot it is the modern Hopfield update softmax(beta x X^T) X (the
 // `hopfield` plugin without its energy's norm terms); with poly of degree n it is the continuous
@@ -75,7 +75,7 @@ mhd::Manifest make_manifest() {
   m.name = "dense_am";
   m.version = "1.0.0";
   m.description =
-      "Dense associative memory (seed 003): E = -Q(sum F(S(xi, x))), retrieval w X with w ~ F'(S); queue replacement";
+      "Dense associative memory: E = -Q(sum F(S(xi, x))), retrieval w X with w ~ F'(S); queue replacement";
   m.params = {
       mhd::int_param("size", 1024, "number of pattern slots M", 1),
       mhd::choice_param("similarity", "dot", {"dot", "cosine", "neg_dist"},

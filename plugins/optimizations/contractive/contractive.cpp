@@ -1,5 +1,5 @@
 // Optimization plugin `contractive`: keeps the DEQ dynamics contractive, so that the fixed point
-// exists, is unique, and plain iteration converges (and the seeds' energy-descent hypothesis has a
+// exists, is unique, and plain iteration converges (and the original design's energy-descent hypothesis has a
 // chance to hold).
 //
 // 1. Spectral normalisation of every linear map of the dynamics (reparametrize_weight):

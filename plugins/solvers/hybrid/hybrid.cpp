@@ -1,5 +1,5 @@
-// Solver plugin `hybrid`: the seeds' unified equilibrium solver (brief 001, Phase 3.1), which looks for
-// a state that is both a fixed point z* = f(z*) and a minimum of the energy E (DESIGN.md §4), in the
+// Solver plugin `hybrid`: the original design's unified equilibrium solver, which looks for
+// a state that is both a fixed point z* = f(z*) and a minimum of the energy E (docs/design.md §4), in the
 // seeds' three modes:
 //
 //   alternating   fixed-point steps z <- z + damping (f(z) - z) and energy-descent steps
@@ -13,9 +13,9 @@
 //                 for the rest of the budget.
 //
 // grad E is the problem's grad_energy, which includes the consistency term's dependence on z through
-// f (DESIGN.md §4; the seeds' energy_gradient drops it).
+// f (docs/design.md §4; the original design's energy_gradient drops it).
 //
-// Stopping (the seeds' three criteria; the first that holds ends the solve, and info.extra
+// Stopping (the original design's three criteria; the first that holds ends the solve, and info.extra
 // "stop_rule" says which: 0 max_iter, 1 residual, 2 energy_grad, 3 plateau, 4 non-finite, 5 stalled):
 //   residual     the worst relative residual < tol (mhd::record_iteration, as every solver; this is
 //                also what info.converged means). Not in cascade's energy phase, which starts from
@@ -24,7 +24,7 @@
 //                steps, every simultaneous and cascade-refinement iterate).
 //   plateau      |change of the batch-mean energy| < plateau_tol for `patience` iterations in a row.
 // The seeds stop only when all three hold at once; fixed points and energy minima need not coincide
-// (DESIGN.md §4: the seeds' Theorem 2 is a hypothesis), so that rule would mostly run to max_iter.
+// (docs/design.md §4: the original design's Theorem 2 is a hypothesis), so that rule would mostly run to max_iter.
 //
 // Without an energy (the study's energy off, or the backward solve of implicit differentiation):
 // alternating is damped fixed-point iteration; simultaneous minimises w ||z - f(z)||^2; cascade
@@ -374,7 +374,7 @@ mhd::Manifest make_manifest() {
   m.name = "hybrid";
   m.version = "1.0.0";
   m.description =
-      "The seeds' hybrid equilibrium solver (fixed point and energy minimum): alternating, simultaneous or "
+      "the original design's hybrid equilibrium solver (fixed point and energy minimum): alternating, simultaneous or "
       "cascade, stopping on residual, energy gradient or energy plateau (extra stop_rule)";
   m.params = {
       mhd::choice_param(

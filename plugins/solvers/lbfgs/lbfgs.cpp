@@ -5,7 +5,7 @@
 // by batched L-BFGS (mhd::lbfgs_minimize: per-sample history, two-loop recursion, Armijo
 // backtracking, curvature-pair skipping). grad phi = r - J_f(z)^T r (+ energy_weight grad E), r = z - f(z),
 // with J^T r by autograd inside the solver (mhd::residual_objective: one f evaluation per trial point).
-// The seeds' LBFGSSolver (brief 001, advanced variants) minimises ||z - f(z)||^2 + lambda E(z); its
+// The original design's LBFGSSolver minimises ||z - f(z)||^2 + lambda E(z); its
 // early-exit predictor and mixed precision are other plugins' business.
 //
 // Iterations: one per L-BFGS step, plus the start point; each records the residual of its iterate

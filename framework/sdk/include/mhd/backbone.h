@@ -1,4 +1,4 @@
-// Backbone: the sequence mixer of the embedding stack and of the DEQ dynamics (DESIGN.md §3, §4).
+// Backbone: the sequence mixer of the embedding stack and of the DEQ dynamics (docs/design.md §3, §4).
 #pragma once
 
 #include <cstdint>

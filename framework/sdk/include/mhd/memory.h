@@ -1,4 +1,4 @@
-// Memory: an associative memory queried inside the DEQ dynamics (DESIGN.md §3, §4).
+// Memory: an associative memory queried inside the DEQ dynamics (docs/design.md §3, §4).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// Optimization: hooks at fixed points of the pipeline (DESIGN.md §3). Every hook has a neutral
+// Optimization: hooks at fixed points of the pipeline (docs/design.md §3). Every hook has a neutral
 // default, so a plugin overrides only what it changes.
 #pragma once
 

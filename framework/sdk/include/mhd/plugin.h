@@ -1,4 +1,4 @@
-// The plugin ABI (DESIGN.md §3).
+// The plugin ABI (docs/design.md §3).
 //
 // A plugin is a MODULE library that exports exactly one symbol, `mhd_plugin_entry`, made with
 // MHD_PLUGIN(make_manifest). The host reads the plain-C header of that entry (ABI number, kind,

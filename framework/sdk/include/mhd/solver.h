@@ -1,4 +1,4 @@
-// Solver: finds z* = f(z*) (DESIGN.md §3, §4). The same solvers serve the backward pass, where
+// Solver: finds z* = f(z*) (docs/design.md §3, §4). The same solvers serve the backward pass, where
 // f is the linear map g -> J^T g + grad.
 #pragma once
 
@@ -27,7 +27,7 @@ struct SolveLimits {
   double tol = 1e-3;  // on the largest relative residual in the batch
 };
 
-// Per-sample residuals of a candidate z with value fz = f(z) (DESIGN.md §4):
+// Per-sample residuals of a candidate z with value fz = f(z) (docs/design.md §4):
 // abs = ||f(z) - z||, rel = abs / (||f(z)|| + 1e-8). Both [B].
 struct Residuals {
   at::Tensor abs;

@@ -1,4 +1,4 @@
-// Dense associative memory (seed 003): the energy E = -Q( sum_mu F( S(xi_mu, x) ) ) built from three
+// Dense associative memory: the energy E = -Q( sum_mu F( S(xi_mu, x) ) ) built from three
 // choices, shared by the `dense_am` memory plugin (continuous states, differentiable) and the discrete
 // capacity experiment (capacity.h, +-1 states and sign updates).
 //
@@ -12,7 +12,7 @@
 //                         log        log z               (exp + log: E = -log sum exp(beta S), lse energy)
 //                         power      z^p, p > 1
 //
-// The seed's capacity section uses F(x) = x^n / n so that f = F' = x^(n-1); the positive factor 1/n
+// The original design's capacity section uses F(x) = x^n / n so that f = F' = x^(n-1); the positive factor 1/n
 // changes neither an update's sign nor the order of energies, so here F(S) = S^n (the seed's
 // "general form") and F'(S) = n S^(n-1).
 #pragma once
@@ -60,7 +60,7 @@ at::Tensor separation_derivative(const Spec& spec, const at::Tensor& s);
 at::Tensor energy(const Spec& spec, const at::Tensor& query, const at::Tensor& patterns);
 
 // The retrieval weights w_mu = F'(S_mu) / sum_nu |F'(S_nu)|: [B, M], rows of absolute sum 1.
-// retrieve(x) = w X is the direction of the seed's update T(x) = Sign[X^T f(X x)] (eq. 2) before the
+// retrieve(x) = w X is the direction of the original design's update T(x) = Sign[X^T f(X x)] (eq. 2) before the
 // sign, normalised so that ||retrieve(x)|| <= max ||xi|| instead of taking the sign. For dot
 // similarity it is the direction of -grad_x E; for neg_dist (exp only) it is the point -grad_x E
 // pulls x towards (-grad_x E = c (w X - x), c > 0). For exp it is softmax(beta S): the

@@ -1,6 +1,6 @@
 // Batched L-BFGS: every row of z [B, D] is an independent minimisation problem with its own
 // history, step and line search, so one slow or stuck sample never changes another's result.
-// Used by the `lbfgs` and `hybrid` solver plugins (DESIGN.md §2), written once here.
+// Used by the `lbfgs` and `hybrid` solver plugins (docs/design.md §2), written once here.
 #pragma once
 
 #include <cstdint>
