@@ -1,0 +1,22 @@
+# The README shows studies/quickstart.toml as it ships: the first ```toml block after
+# "## A first study" must equal the file byte for byte.
+#   cmake -DSOURCE_DIR=<repo> -P tests/docs/check_readme_quickstart.cmake
+file(READ ${SOURCE_DIR}/README.md readme)
+file(READ ${SOURCE_DIR}/studies/quickstart.toml study)
+string(FIND "${readme}" "## A first study" at)
+if(at EQUAL -1)
+  message(FATAL_ERROR "README.md has no section '## A first study'")
+endif()
+string(SUBSTRING "${readme}" ${at} -1 rest)
+string(FIND "${rest}" "```toml\n" open)
+if(open EQUAL -1)
+  message(FATAL_ERROR "README.md: no ```toml block after '## A first study'")
+endif()
+math(EXPR start "${open} + 8")
+string(SUBSTRING "${rest}" ${start} -1 rest)
+string(FIND "${rest}" "```\n" close)
+string(SUBSTRING "${rest}" 0 ${close} block)
+if(NOT block STREQUAL study)
+  message(FATAL_ERROR "README.md's quickstart block differs from studies/quickstart.toml: copy the file into the README")
+endif()
+message(STATUS "README.md shows studies/quickstart.toml as it ships")
