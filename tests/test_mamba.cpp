@@ -791,6 +791,25 @@ TEST(MambaPlugin, ManifestDeclaresTheSchema) {
   EXPECT_TRUE(mhd::check_param_value(*mhd::find_param(m.params, "scan"), std::string("cuda")).has_value());
 }
 
+// A study picks the scan's build with backbone.scan_build (process-wide), so builds can be compared
+// in one study; "auto" goes back to the widest the CPU has.
+TEST(MambaPlugin, ScanBuildParameterSelectsTheBuild) {
+  const mhd::Manifest m = mhd::mamba::make_manifest();
+  mhd::Params p = mhd::Params::defaults(m.params);
+  EXPECT_EQ(p.text("scan_build"), "auto");
+  const auto have = mhd::mamba::available_scan_isas();
+  for (const auto isa : have) {
+    if (isa == mhd::mamba::ScanIsa::Avx512) p.set("scan_build", std::string("avx512"));
+    if (isa == mhd::mamba::ScanIsa::Avx2) p.set("scan_build", std::string("avx2"));
+    if (isa == mhd::mamba::ScanIsa::Generic) p.set("scan_build", std::string("generic"));
+    m.make_backbone(p, mhd::ModelDims{16, 32});
+    EXPECT_EQ(mhd::mamba::active_scan_isa(), mhd::mamba::scan_isa_name(isa));
+  }
+  p.set("scan_build", std::string("auto"));
+  m.make_backbone(p, mhd::ModelDims{16, 32});
+  EXPECT_EQ(mhd::mamba::active_scan_isa(), mhd::mamba::scan_isa_name(have.back()));
+}
+
 TEST(MambaPlugin, LoadsThroughTheRegistryAndRuns) {
   auto& registry = mhd::PluginRegistry::global();
   const mhd::LoadedPlugin& plugin = registry.load_file(MHD_PLUGIN_MAMBA, mhd::PluginKind::Backbone);

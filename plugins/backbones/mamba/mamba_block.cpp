@@ -247,8 +247,16 @@ Manifest make_manifest() {
                   100.0),
       choice_param("scan", "fused", {"fused", "reference"},
                    "selective scan: fused CPU kernel, or the per-timestep LibTorch reference (for checking)"),
+      choice_param("scan_build", "auto", {"auto", "avx512", "avx2", "generic"},
+                   "build of the fused scan (process-wide): auto picks the widest the CPU has; the others "
+                   "compare builds in a study (docs/benchmarks.md, \"Selective scan\")"),
   };
   m.make_backbone = [](const Params& params, const ModelDims& dims) -> std::shared_ptr<Backbone> {
+    const std::string build = params.text("scan_build");
+    set_scan_isa(build == "avx512" ? ScanIsa::Avx512
+                 : build == "avx2" ? ScanIsa::Avx2
+                 : build == "generic" ? ScanIsa::Generic
+                                      : ScanIsa::Auto);
     return std::make_shared<MambaBlock>(config_from_params(params, dims));
   };
   return m;
