@@ -17,7 +17,7 @@
 #include <gtest/gtest.h>
 #include <torch/autograd.h>
 
-#include "broyden_core.h"
+#include "mhd/kits/broyden.h"
 #include "core/implicit.h"
 #include "mhd/error.h"
 #include "mhd/params.h"
@@ -338,17 +338,26 @@ TEST(Broyden, SolvesAnExpandingLinearMapThatPlainIterationCannot) {
 
 // The bench's rank_one family: f(z) = tanh(0.99 mean(z) 1 + x) with x_b equal across coordinates, so
 // every iterate from 0 is a multiple of 1 and Anderson's residual history is exactly rank one. Without
-// regularisation (lam = 0) its bordered system is singular (it falls back, each sample at least once);
-// Broyden's rank-one secant update captures this Jacobian (a multiple of 1 1^T) directly.
+// regularisation (lam = 0) its bordered system is singular (with fallback = raise_lam it takes damped
+// steps, each sample at least once); Broyden's rank-one secant update captures this Jacobian (a
+// multiple of 1 1^T) directly.
+mhd::TensorMap rank_one_map(std::int64_t batch, std::int64_t dim) {
+  const at::Tensor x = 0.1 * at::randn({batch, 1}) * at::ones({1, dim});  // [B, D]
+  return [x](const at::Tensor& z) { return at::tanh(0.99 * z.mean(1, true) + x); };
+}
+
+const Overrides kRaiseLam{{"fallback", std::string("raise_lam")}};
+const Overrides kBroyden{{"fallback", std::string("broyden")}};
+
 TEST(Broyden, RankOneMapWhereAndersonsSystemIsSingular) {
   at::manual_seed(8);
-  const at::Tensor x = 0.1 * at::randn({4, 1}) * at::ones({1, 64});  // [B, D]
-  const mhd::TensorMap f = [x](const at::Tensor& z) { return at::tanh(0.99 * z.mean(1, true) + x); };
+  const mhd::TensorMap f = rank_one_map(4, 64);
   const mhd::SolveLimits limits{2000, 1e-4};
   const at::Tensor z0 = at::zeros({4, 64});
   const auto fp = make_solver("fixed_point")->solve({f, {}, {}}, z0, limits);
-  const auto plain = make_solver("anderson", {{"lam", 0.0}})->solve({f, {}, {}}, z0, limits);
-  const auto aa = make_solver("anderson")->solve({f, {}, {}}, z0, limits);
+  const auto plain =
+      make_solver("anderson", {{"lam", 0.0}, {"fallback", std::string("raise_lam")}})->solve({f, {}, {}}, z0, limits);
+  const auto aa = make_solver("anderson", kRaiseLam)->solve({f, {}, {}}, z0, limits);
   const auto br = make_solver("broyden")->solve({f, {}, {}}, z0, limits);
   ASSERT_TRUE(fp.info.converged);
   ASSERT_TRUE(br.info.converged);
@@ -358,6 +367,69 @@ TEST(Broyden, RankOneMapWhereAndersonsSystemIsSingular) {
   EXPECT_LT(br.info.f_evals, plain.info.f_evals);
   EXPECT_LT(3 * br.info.f_evals, fp.info.f_evals);
   EXPECT_LT((br.z - fp.z).abs().max().item<double>(), 1e-3);
+}
+
+// ---------------------------------------------------------------- anderson's Broyden fallback
+
+// At the default lam the regularised system is regular, yet the rank-one history is degenerate at
+// lam's resolution: with fallback = broyden (and every other parameter at its default) Anderson hands
+// the solve to Broyden, logs it, and needs fewer evaluations than raising lam (which, never seeing a
+// failed solve, runs the biased regularised steps to the end).
+TEST(AndersonFallback, RankOneHistoryHandsTheSolveToBroyden) {
+  at::manual_seed(8);
+  const mhd::TensorMap f = rank_one_map(4, 64);
+  const mhd::SolveLimits limits{2000, 1e-4};
+  const at::Tensor z0 = at::zeros({4, 64});
+  const auto fp = make_solver("fixed_point")->solve({f, {}, {}}, z0, limits);
+  const auto fb = make_solver("anderson", kBroyden)->solve({f, {}, {}}, z0, limits);
+  const auto raised = make_solver("anderson", kRaiseLam)->solve({f, {}, {}}, z0, limits);
+  ASSERT_TRUE(fb.info.converged);
+  ASSERT_TRUE(raised.info.converged);
+  EXPECT_EQ(extra(fb.info, "anderson_broyden_fallbacks"), 1.0);
+  EXPECT_EQ(extra(fb.info, "anderson_degenerate_samples"), 4.0);
+  // Two history entries are the first with a system to solve, and a rank-one pair is already singular.
+  EXPECT_EQ(extra(fb.info, "anderson_fallback_iteration"), 1.0);
+  EXPECT_EQ(extra(fb.info, "anderson_fallbacks"), 0.0);
+  EXPECT_EQ(extra(raised.info, "anderson_broyden_fallbacks"), 0.0);
+  EXPECT_LT(fb.info.f_evals, raised.info.f_evals);
+  // One set of traces over both phases; the evaluations are the iterations plus Broyden's backtracking.
+  EXPECT_EQ(static_cast<std::int64_t>(fb.info.rel_trace.size()), fb.info.iterations);
+  const auto backtracking = static_cast<std::int64_t>(extra(fb.info, "broyden_line_search_evals"));
+  EXPECT_EQ(fb.info.f_evals, fb.info.iterations + backtracking);
+  EXPECT_LT(fb.info.rel_trace.back(), limits.tol);
+  EXPECT_LT((fb.z - fp.z).abs().max().item<double>(), 1e-3);
+  // The budget is the whole solve's, Broyden's steps included.
+  const auto capped = make_solver("anderson", kBroyden)->solve({f, {}, {}}, z0, {4, 1e-12});
+  EXPECT_EQ(capped.info.iterations, 4);
+  EXPECT_EQ(extra(capped.info, "anderson_broyden_fallbacks"), 1.0);
+}
+
+// Well-conditioned maps, float32 and float64: no fallback, and the very same iterates as with
+// fallback = raise_lam (the default, and the solver as it was before the fallback existed).
+TEST(AndersonFallback, WellConditionedMapsAreUnchanged) {
+  at::manual_seed(10);
+  const AffineMap lin32 = affine(8, 64, matrix_with_norm(64, 0.9, at::kFloat));
+  const AffineMap crit64 = affine(4, 32, near_critical(32, 0.95, at::kDouble));
+  const at::Tensor w = near_critical(64, 0.95, at::kFloat), x = at::randn({8, 64});
+  const mhd::TensorMap tanh_cell = [w, x](const at::Tensor& z) { return at::tanh(at::addmm(x, z, w.t())); };
+  const std::vector<std::tuple<mhd::TensorMap, at::Tensor, mhd::SolveLimits>> cases = {
+      {lin32.f(), at::zeros({8, 64}), {500, 1e-5}},
+      {tanh_cell, at::zeros({8, 64}), {500, 1e-5}},
+      {crit64.f(), at::zeros({4, 32}, at::kDouble), {500, 1e-11}},
+  };
+  for (const auto& [f, z0, limits] : cases) {
+    const auto fb = make_solver("anderson", kBroyden)->solve({f, {}, {}}, z0, limits);
+    const auto raised = make_solver("anderson", kRaiseLam)->solve({f, {}, {}}, z0, limits);
+    ASSERT_TRUE(fb.info.converged);
+    EXPECT_EQ(extra(fb.info, "anderson_broyden_fallbacks"), 0.0);
+    EXPECT_EQ(fb.info.f_evals, raised.info.f_evals);
+    EXPECT_EQ(fb.info.rel_trace, raised.info.rel_trace);
+    EXPECT_TRUE(at::equal(fb.z, raised.z));
+  }
+}
+
+TEST(AndersonFallback, UnknownFallbackIsRejected) {
+  EXPECT_THROW(make_solver("anderson", {{"fallback", std::string("restart")}}), mhd::Error);
 }
 
 // The core as another solver would use it on falling back: it continues from a state the caller has

@@ -302,8 +302,10 @@ TEST(Anderson, NeedsFewerEvaluationsThanFixedPoint) {
 TEST(Anderson, FallsBackOnASingularHistory) {
   // f(z) = z + 1 moves every iterate by the same vector, so every residual in the history is the
   // same: with lam = 0 the bordered system is exactly singular (integer arithmetic, no rounding).
+  // fallback = raise_lam: the damped step and a raised lam (the Broyden fallback: test_ode_broyden.cpp).
   const mhd::TensorMap shift = [](const at::Tensor& z) { return z + 1.0; };
-  const auto result = make_solver("anderson", {{"lam", 0.0}})->solve({shift, {}, {}}, at::zeros({3, 4}), {10, 1e-6});
+  const auto result = make_solver("anderson", {{"lam", 0.0}, {"fallback", std::string("raise_lam")}})
+                          ->solve({shift, {}, {}}, at::zeros({3, 4}), {10, 1e-6});
   EXPECT_FALSE(result.info.converged);
   EXPECT_EQ(result.info.iterations, 10);
   EXPECT_GE(extra(result.info, "anderson_fallbacks"), 3.0);  // every sample, at least once

@@ -90,7 +90,7 @@ TEST(Study, MinimalStudyResolvesEveryDefault) {
   EXPECT_EQ(t.memory.plugin, "hopfield");
   EXPECT_EQ(t.memory.params.integer("size"), 1024);
   EXPECT_EQ(t.solver.plugin, "anderson");
-  EXPECT_EQ(t.solver.params.values().size(), 3u);  // m, lam, beta
+  EXPECT_EQ(t.solver.params.values().size(), 4u);  // m, lam, beta, fallback
   EXPECT_EQ(t.solver.params.integer("m"), 5);
   EXPECT_EQ(t.backward_solver.plugin, "anderson");
   EXPECT_EQ(t.backward_solver.params.integer("m"), 5);
@@ -442,7 +442,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"syntax_error.toml", 6, 13, "TOML syntax error"},
         BadCase{"unknown_key.toml", 9, 6,
                 "unknown key 'solver.mm' for solver plugin 'anderson'; did you mean 'm'? (valid keys: plugin, "
-                "max_iter, tol, warm_start, m, lam, beta)"},
+                "max_iter, tol, warm_start, m, lam, beta, fallback)"},
         BadCase{"wrong_type.toml", 8, 11, "model.d_model: expected integer, got string \"big\""},
         BadCase{"float_for_int.toml", 8, 8,
                 "memory.size: expected integer, got float 1000.0 (write integers without a decimal point"},

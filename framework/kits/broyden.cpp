@@ -1,4 +1,4 @@
-#include "broyden_core.h"
+#include "mhd/kits/broyden.h"
 
 #include <algorithm>
 #include <limits>

@@ -1,7 +1,8 @@
 // Anderson, the hybrid solver's three modes, L-BFGS, neural_ode and broyden vs fixed point on contractive
 // maps, B = 32, D = 256, to tol 1e-4 (worst sample's relative residual), every plugin loaded through the
-// registry as the host loads it, with its default parameters (two variant rows: anderson_lam0 = Anderson
-// with lam 0, broyden_no_ls = Broyden with max_backtracks 0). These problems have no energy, so the
+// registry as the host loads it, with its default parameters (variant rows: anderson_broyden = Anderson
+// with fallback = broyden, the hand-over to Broyden on a degenerate system; anderson_lam0 = Anderson
+// with lam 0; broyden_no_ls = Broyden with max_backtracks 0). These problems have no energy, so the
 // hybrid modes run as they do without one: alternating = fixed-point iteration, simultaneous = descent
 // on ||z - f(z)||^2, cascade = fixed point for half the budget then L-BFGS on 1/2 ||z - f(z)||^2.
 //
@@ -18,8 +19,10 @@
 //                                             (lam = 0) bordered system is singular (run by fixed_point,
 //                                             the Anderson, neural_ode and Broyden rows only)
 // Counters per solve: f_evals, iterations, converged (0/1), final_rel (worst sample), and for Anderson
-// its fallbacks; for neural_ode its Dormand-Prince trials and rejected sample-steps; for broyden its
-// line search's extra evaluations and failures and its memory restarts; for the descent solvers
+// its fallbacks (raise_lam's damped sample-steps; broyden_fallback: 1 when the solve went over to
+// Broyden, at iteration fallback_iter); for neural_ode its Dormand-Prince trials and rejected
+// sample-steps; for broyden its line search's extra evaluations and failures and its memory
+// restarts; for the descent solvers
 // vjp_evals (backward passes through f, one per f evaluation of the residual objective), the line
 // search's failures and the hybrid's stop_rule. Time is wall time per solve, with one intra-op thread (see main).
 #include <cstdint>
@@ -105,6 +108,7 @@ double extra(const mhd::SolverInfo& info, const std::string& key) {
 
 // Single-entry overrides, as functions: a brace list would split into macro arguments at its commas.
 Overrides lam(double value) { return {{"lam", value}}; }
+Overrides fallback(const char* value) { return {{"fallback", std::string(value)}}; }
 Overrides mode(const char* value) { return {{"mode", std::string(value)}}; }
 Overrides backtracks(std::int64_t value) { return {{"max_backtracks", value}}; }
 
@@ -126,7 +130,11 @@ void BM_Solve(benchmark::State& state, const std::string& solver_name, const Ove
   state.counters["iterations"] = static_cast<double>(last.info.iterations);
   state.counters["converged"] = last.info.converged ? 1.0 : 0.0;
   state.counters["final_rel"] = last.info.rel_trace.back();
-  if (solver_name == "anderson") state.counters["fallbacks"] = extra(last.info, "anderson_fallbacks");
+  if (solver_name == "anderson") {
+    state.counters["fallbacks"] = extra(last.info, "anderson_fallbacks");
+    state.counters["broyden_fallback"] = extra(last.info, "anderson_broyden_fallbacks");
+    state.counters["fallback_iter"] = extra(last.info, "anderson_fallback_iteration");
+  }
   if (solver_name == "hybrid" || solver_name == "lbfgs") {
     state.counters["vjp_evals"] = extra(last.info, "vjp_evals");
     state.counters["ls_failures"] = extra(last.info, "line_search_failures");
@@ -148,6 +156,11 @@ BENCHMARK_CAPTURE(BM_Solve, fixed_point, std::string("fixed_point"))
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Solve, anderson, std::string("anderson"))
+    ->DenseRange(0, 3)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+// Anderson handing the solve to Broyden when its small system is degenerate (fallback = broyden).
+BENCHMARK_CAPTURE(BM_Solve, anderson_broyden, std::string("anderson"), fallback("broyden"))
     ->DenseRange(0, 3)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();

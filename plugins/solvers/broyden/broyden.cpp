@@ -1,5 +1,5 @@
 // Solver plugin `broyden`: limited-memory good Broyden on g(z) = f(z) - z with a per-sample
-// backtracking line search on ||g|| (the method: broyden_core.h).
+// backtracking line search on ||g|| (the method: mhd/kits/broyden.h).
 //
 // Iterations: the start point, then one per Broyden step; each records the residual of the accepted
 // point (mhd::record_iteration, the same stopping rule as every solver) and each sample returns its
@@ -17,7 +17,7 @@
 
 #include <ATen/ATen.h>
 
-#include "broyden_core.h"
+#include "mhd/kits/broyden.h"
 #include "mhd/error.h"
 #include "mhd/plugin.h"
 #include "mhd/solver.h"

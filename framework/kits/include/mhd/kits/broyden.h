@@ -1,6 +1,6 @@
 // Batched limited-memory Broyden ("good" Broyden) for z* = f(z*), i.e. the root of g(z) = f(z) - z.
 //
-// Kept apart from the `broyden` plugin's entry so that other solvers can run it as a fallback from a
+// In the kits (docs/design.md §2) so that other solvers can run it as a fallback from a
 // state they have already evaluated (run() continues the caller's traces and best iterate).
 //
 // Per sample b, the inverse Jacobian of g is approximated in low-rank form, the form DEQ solvers use:
