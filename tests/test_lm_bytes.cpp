@@ -104,6 +104,13 @@ TEST(LmBytes, StudyPathIsRelativeToTheStudyFolder) {
   const std::string e = error_of([&] { mhd::parse_study(bad, study_file, registry_with_all_plugins()); });
   EXPECT_NE(e.find("lm.toml:5:"), std::string::npos) << e;
   EXPECT_NE(e.find("nothere.txt"), std::string::npos) << e;
+  // A file too short for a variant's seq_len fails validation at that variant's key, not the trial.
+  const std::string long_window =
+      error_of([&] { mhd::parse_study(text + "[[variant]]\nname = \"long\"\ntask = { seq_len = 100000 }\n", study_file,
+                                      registry_with_all_plugins()); });
+  EXPECT_NE(long_window.find("lm.toml:17:20: error: task.path:"), std::string::npos) << long_window;
+  EXPECT_NE(long_window.find("too few for task.seq_len = 100000"), std::string::npos) << long_window;
+  EXPECT_NE(long_window.find("(in variant 'long')"), std::string::npos) << long_window;
 }
 
 }  // namespace

@@ -414,7 +414,7 @@ TEST_F(ReportTest, PicksAStudyAndRejectsUnknownMetrics) {
     mhd::format_report(*db, unknown);
     FAIL();
   } catch (const mhd::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("no metric named 'los'; did you mean 'loss'?"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("unknown metric 'los'; did you mean 'loss'?"), std::string::npos) << e.what();
   }
 }
 

@@ -516,6 +516,26 @@ TEST(StudyErrors, InlineCases) {
             std::string::npos);
 }
 
+// Keys that are each valid but cannot go together in [task] fail validation, not the trial's start,
+// at the key as this trial wrote it: the base's, a variant's or a sweep's element.
+TEST(StudyErrors, TaskCrossKeyConstraintsPointAtTheKeyTheTrialWrote) {
+  EXPECT_NE(error_of(kHead + "num_pairs = 12\nseq_len = 24\n")
+                .find("inline.toml:7:11: error: task.seq_len = 24 is too short for 12 pairs"),
+            std::string::npos);
+  const std::string variant =
+      error_of(kHead + "num_pairs = 12\nseq_len = 48\n[[variant]]\nname = \"short\"\ntask = { seq_len = 24 }\n");
+  EXPECT_NE(variant.find("inline.toml:10:20: error: task.seq_len = 24 is too short"), std::string::npos) << variant;
+  EXPECT_NE(variant.find("(in variant 'short')"), std::string::npos) << variant;
+  const std::string sweep = error_of(kHead + "seq_len = 24\n[sweep]\n\"task.num_pairs\" = [4, 12]\n");
+  EXPECT_NE(sweep.find("inline.toml:8:24: error: task.seq_len = 24 is too short for 12 pairs"), std::string::npos)
+      << sweep;
+  EXPECT_NE(sweep.find("at sweep point task.num_pairs=12"), std::string::npos) << sweep;
+  EXPECT_NE(error_of(kHead + "vocab_size = 8\nnum_pairs = 4\nseq_len = 64\n")
+                .find("inline.toml:7:13: error: task.num_pairs = 4 needs at least 4 distinct keys"),
+            std::string::npos);
+  EXPECT_EQ(error_of(kHead + "num_pairs = 12\nseq_len = 48\n"), "");  // exactly long enough
+}
+
 TEST(StudyErrors, MissingFileIsAClearError) {
   try {
     mhd::load_study(kData + "does_not_exist.toml", registry());

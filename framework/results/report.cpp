@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <sstream>
 
+#include "mhd/catalog.h"
 #include "mhd/error.h"
 #include "mhd/params.h"
 #include "results/results.h"
@@ -63,11 +64,7 @@ std::vector<std::string> check_requested(const std::vector<std::string>& request
                                          const std::vector<std::string>& known, const std::string& path) {
   for (const auto& name : requested) {
     if (std::find(known.begin(), known.end(), name) != known.end()) continue;
-    std::string msg = path + ": no metric named '" + name + "'";
-    if (auto hint = closest_name(name, known)) msg += "; did you mean '" + *hint + "'?";
-    std::string list;
-    for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
-    throw Error(msg + " (metrics: " + (list.empty() ? "none recorded" : list) + ")");
+    throw Error(path + ": " + unknown_name_message("metric", name, known));
   }
   return requested;
 }

@@ -252,6 +252,10 @@ class StudyParser {
   // configuration alone finds it.
   void resolve_task_file(Params& task, const RawTable& raw, const std::string& context) const;
 
+  // Keys of [task] that are each valid but cannot go together (the kind's TaskDefinition::check),
+  // reported at the key the message names as this trial wrote it.
+  void check_task_keys(const TrialConfig& c, const RawTable& raw, const std::string& context) const;
+
   // (framework keys, plugin) of a [backbone]/[memory]/[solver] table.
   std::pair<Params, ComponentConfig> resolve_component(const RawTable& raw, const std::string& section,
                                                        PluginKind kind, const std::string& context) const;

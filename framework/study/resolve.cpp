@@ -109,6 +109,7 @@ TrialConfig StudyParser::resolve(const RawConfig& raw, const std::string& contex
   c.task_kind = kind.name;
   c.task = resolve_table(table("task"), "task", {string_param("kind", "", "")}, &kind, {}, context).plugin;
   resolve_task_file(c.task, table("task"), context);
+  check_task_keys(c, table("task"), context);
 
   c.model = resolve_table(table("model"), "model", model_section().keys, nullptr, {}, context).framework;
   c.energy = resolve_table(table("energy"), "energy", energy_section().keys, nullptr, {}, context).framework;
@@ -150,6 +151,32 @@ void StudyParser::resolve_task_file(Params& task, const RawTable& raw, const std
     fail(raw.pos, msg + context);
   }
   task.set("path", file.string());
+}
+
+void StudyParser::check_task_keys(const TrialConfig& c, const RawTable& raw, const std::string& context) const {
+  try {
+    check_task(c.task_kind, c.task);
+  } catch (const StudyError&) {
+    throw;
+  } catch (const Error& e) {
+    // The message starts with the key at fault ("task.seq_len = 24 is too short ...") and names the
+    // others involved ("task.num_pairs"): point at the one this trial wrote last (a sweep's element
+    // over a variant's key over the base's), the first named on a tie, else at [task].
+    const std::string message = e.what();
+    const std::string ident = "abcdefghijklmnopqrstuvwxyz0123456789_";
+    std::string key;
+    for (auto at = message.find("task."); at != std::string::npos; at = message.find("task.", at + 1)) {
+      if (at > 0 && ident.find(message[at - 1]) != std::string::npos) continue;
+      const auto end = message.find_first_not_of(ident, at + 5);
+      const std::string name = message.substr(at + 5, end == std::string::npos ? std::string::npos : end - at - 5);
+      auto entry = raw.keys.find(name);
+      if (entry == raw.keys.end()) continue;
+      auto best = raw.keys.find(key);
+      if (best == raw.keys.end() || entry->second.layer > best->second.layer) key = name;
+    }
+    if (auto entry = raw.keys.find(key); entry != raw.keys.end()) fail(*entry->second.node, message + context);
+    fail(raw.pos, message + context);
+  }
 }
 
 std::pair<Params, ComponentConfig> StudyParser::resolve_component(const RawTable& raw, const std::string& section,

@@ -37,17 +37,25 @@ class AssociativeRecall final : public Task {
         seed_(seed),
         train_gen_(at::make_generator<at::CPUGeneratorImpl>(seed)),
         eval_seed_(held_out_seed()) {
-    const std::int64_t keys = vocab_ / 2 - 1;
-    if (pairs_ > keys) {
-      throw Error("task.num_pairs = " + std::to_string(pairs_) + " needs at least " + std::to_string(pairs_) +
-                  " distinct keys, but vocab_size = " + std::to_string(vocab_) + " gives " + std::to_string(keys) +
-                  "; raise task.vocab_size to at least " + std::to_string(2 * (pairs_ + 1)));
+    check(p);
+  }
+
+  // The keys' joint constraints, shared by the constructor and validation (TaskDefinition::check).
+  static void check(const Params& p) {
+    const std::int64_t vocab = p.integer("vocab_size"), pairs = p.integer("num_pairs"), seq_len = p.integer("seq_len");
+    const std::int64_t queries = p.integer("num_queries") == 0 ? pairs : p.integer("num_queries");
+    const std::int64_t keys = vocab / 2 - 1;
+    if (pairs > keys) {
+      throw Error("task.num_pairs = " + std::to_string(pairs) + " needs at least " + std::to_string(pairs) +
+                  " distinct keys, but vocab_size = " + std::to_string(vocab) + " gives " + std::to_string(keys) +
+                  "; raise task.vocab_size to at least " + std::to_string(2 * (pairs + 1)));
     }
-    if (pairs_ > vocab_ - vocab_ / 2) throw Error("task.num_pairs exceeds the number of distinct values V/2");
-    if (2 * pairs_ + 2 * queries_ > seq_len_) {
-      throw Error("task.seq_len = " + std::to_string(seq_len_) + " is too short for " + std::to_string(pairs_) +
-                  " pairs and " + std::to_string(queries_) + " queries; it needs at least " +
-                  std::to_string(2 * pairs_ + 2 * queries_));
+    if (pairs > vocab - vocab / 2)
+      throw Error("task.num_pairs exceeds the number of distinct values V/2 (task.vocab_size)");
+    if (2 * pairs + 2 * queries > seq_len) {
+      throw Error("task.seq_len = " + std::to_string(seq_len) + " is too short for " + std::to_string(pairs) +
+                  " pairs (task.num_pairs) and " + std::to_string(queries) +
+                  " queries (task.num_queries); it needs at least " + std::to_string(2 * pairs + 2 * queries));
     }
   }
 
@@ -146,7 +154,8 @@ MHD_REGISTER_TASK(associative_recall, [] {
                         associative_recall_schema(),
                         [](const Params& params, std::uint64_t seed) -> std::unique_ptr<Task> {
                           return std::make_unique<AssociativeRecall>(params, seed);
-                        }};
+                        },
+                        [](const Params& params) { AssociativeRecall::check(params); }};
 });
 
 }  // namespace mhd

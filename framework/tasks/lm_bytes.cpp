@@ -9,6 +9,7 @@
 // and its loss in nats / ln 2 is the bits per byte. Chance accuracy is 1 / (distinct bytes in the
 // file): guessing uniformly among the bytes that occur.
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <set>
@@ -45,16 +46,18 @@ class LmBytes final : public Task {
     std::copy(bytes.begin(), bytes.end(), data_.data_ptr<std::uint8_t>());
     data_ = data_.to(at::kLong);
 
-    train_end_ = n - static_cast<std::int64_t>(static_cast<double>(n) * p.real("holdout"));
-    // Each part must hold at least one window of L + 1 bytes (inputs and their targets).
-    const std::int64_t window = seq_len_ + 1;
-    if (train_end_ < window || n - train_end_ < window) {
-      const auto needed = static_cast<std::int64_t>(static_cast<double>(window) / p.real("holdout")) + window;
-      throw Error("task.path: \"" + path + "\" has " + std::to_string(n) + " bytes, too few for seq_len = " +
-                  std::to_string(seq_len_) + " and holdout = " + std::to_string(p.real("holdout")) +
-                  " (needs at least " + std::to_string(needed) + ")");
-    }
+    train_end_ = check_size(p, n);
     distinct_ = static_cast<std::int64_t>(std::set<char>(bytes.begin(), bytes.end()).size());
+  }
+
+  // Validation (TaskDefinition::check): the checks the constructor makes, from the file's size alone.
+  static void check(const Params& p) {
+    const std::string& path = p.text("path");
+    if (path.empty()) throw Error("task.path: lm_bytes needs a text file, e.g. path = \"data/tiny_corpus.txt\"");
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(path, ec);
+    if (ec) throw Error("task.path: cannot read \"" + path + "\"");
+    check_size(p, static_cast<std::int64_t>(size));
   }
 
   Batch train_batch(std::int64_t batch_size) override {
@@ -77,6 +80,20 @@ class LmBytes final : public Task {
   double chance_accuracy() const override { return 1.0 / static_cast<double>(distinct_); }
 
  private:
+  // Where the held-out part of an n-byte file starts; throws when a part is shorter than a window.
+  static std::int64_t check_size(const Params& p, std::int64_t n) {
+    const std::int64_t train_end = n - static_cast<std::int64_t>(static_cast<double>(n) * p.real("holdout"));
+    // Each part must hold at least one window of L + 1 bytes (inputs and their targets).
+    const std::int64_t window = p.integer("seq_len") + 1;
+    if (train_end < window || n - train_end < window) {
+      const auto needed = static_cast<std::int64_t>(static_cast<double>(window) / p.real("holdout")) + window;
+      throw Error("task.path: \"" + p.text("path") + "\" has " + std::to_string(n) + " bytes, too few for task.seq_len = " +
+                  std::to_string(p.integer("seq_len")) + " and task.holdout = " + std::to_string(p.real("holdout")) +
+                  " (needs at least " + std::to_string(needed) + ")");
+    }
+    return train_end;
+  }
+
   // SplitMix64 of the seed and the batch number: independent streams for neighbouring values.
   static std::uint64_t mix(std::uint64_t seed, std::uint64_t n) {
     std::uint64_t x = seed * 0x9E3779B97F4A7C15ull + n + 0x632BE59BD9B4E019ull;
@@ -106,7 +123,8 @@ MHD_REGISTER_TASK(lm_bytes, [] {
   return TaskDefinition{"lm_bytes", "Byte-level language modelling of a text file: the next byte at every position.",
                         lm_bytes_schema(), [](const Params& params, std::uint64_t seed) -> std::unique_ptr<Task> {
                           return std::make_unique<LmBytes>(params, seed);
-                        }};
+                        },
+                        [](const Params& params) { LmBytes::check(params); }};
 });
 
 }  // namespace mhd

@@ -16,4 +16,9 @@ std::unique_ptr<Task> make_task(const std::string& kind, const Params& params, s
   return task_catalog().require(kind).make(params, seed);
 }
 
+void check_task(const std::string& kind, const Params& params) {
+  const TaskDefinition& definition = task_catalog().require(kind);
+  if (definition.check) definition.check(params);
+}
+
 }  // namespace mhd

@@ -57,6 +57,11 @@ struct TaskDefinition {
   ParamSchema schema;       // the kind's [task] keys
   // params: validated against `schema`; seed: the trial's (training batches are a function of it).
   std::function<std::unique_ptr<Task>(const Params& params, std::uint64_t seed)> make;
+  // Optional: throws mhd::Error when keys that are each valid cannot go together (e.g. a sequence
+  // too short for its pairs). The study parser runs it on every resolved trial, so a study that
+  // would fail at a trial's start fails validation instead (docs/studies.md); the message starts
+  // with the offending "task.KEY", which the parser points at. `make` must throw the same errors.
+  std::function<void(const Params& params)> check;
 };
 
 // Every registered task kind.
@@ -66,6 +71,8 @@ std::vector<std::string> task_kinds();  // sorted
 // Throws mhd::Error naming the known kinds (with a "did you mean").
 const ParamSchema& task_schema(const std::string& kind);
 std::unique_ptr<Task> make_task(const std::string& kind, const Params& params, std::uint64_t seed);
+// Runs the kind's `check` (nothing when it has none); throws mhd::Error as `make_task` would.
+void check_task(const std::string& kind, const Params& params);
 
 }  // namespace mhd
 

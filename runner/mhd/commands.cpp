@@ -61,10 +61,19 @@ void print_plugin(const LoadedPlugin& plugin) {
   std::cout << to_string(m.kind) << " " << m.name << " " << m.version << " - " << m.description << "\n"
             << "  file: " << plugin.path << "\n";
   if (m.params.empty()) std::cout << "  (no parameters)\n";
+  // Each column as wide as its longest entry plus two spaces, so no two run together.
+  std::size_t name_w = 0, type_w = 0, default_w = 0, range_w = 0;
   for (const auto& spec : m.params) {
-    std::cout << "  " << std::left << std::setw(18) << spec.name << std::setw(8) << to_string(spec.type)
-              << " default " << std::setw(10) << format_param_value(spec.default_value) << " " << std::setw(16)
-              << describe_range(spec) << " " << spec.doc << "\n";
+    name_w = std::max(name_w, spec.name.size() + 2);
+    type_w = std::max(type_w, std::string(to_string(spec.type)).size() + 2);
+    default_w = std::max(default_w, format_param_value(spec.default_value).size() + 2);
+    range_w = std::max(range_w, describe_range(spec).size() + 2);
+  }
+  for (const auto& spec : m.params) {
+    std::cout << "  " << std::left << std::setw(static_cast<int>(name_w)) << spec.name
+              << std::setw(static_cast<int>(type_w)) << to_string(spec.type) << "default "
+              << std::setw(static_cast<int>(default_w)) << format_param_value(spec.default_value)
+              << std::setw(static_cast<int>(range_w)) << describe_range(spec) << spec.doc << "\n";
   }
 }
 
@@ -176,12 +185,22 @@ int plan(const std::string& path) {
     const int vw = static_cast<int>(variant_width), sw = static_cast<int>(sweep_width);
     std::cout << std::left << std::setw(6) << "#" << std::setw(vw) << "variant" << std::setw(sw) << "sweep"
               << std::setw(6) << "seed" << "components, config hash\n";
+    // Trials are numbered from 0 like trials.idx in the results file, with the whole config hash,
+    // and only the components the trial builds: no memory when use_memory = false, backbone only
+    // without the DEQ.
     for (std::size_t i = 0; i < study.trials.size(); ++i) {
       const auto& t = study.trials[i];
-      std::cout << std::setw(6) << i + 1 << std::setw(vw) << t.variant << std::setw(sw)
-                << (t.sweep_label().empty() ? "-" : t.sweep_label()) << std::setw(6) << t.seed
-                << t.backbone.plugin << "+" << t.memory.plugin << "+" << t.solver.plugin
-                << (t.model.flag("deq") ? "" : " (no DEQ)") << " " << t.hash().substr(0, 8) << "\n";
+      std::string components = t.backbone.plugin;
+      if (!t.model.flag("deq")) {
+        components += " (no DEQ)";
+      } else {
+        if (t.model.flag("use_memory")) components += "+" + t.memory.plugin;
+        components += "+" + t.solver.plugin;
+        if (!t.model.flag("use_memory")) components += " (no memory)";
+      }
+      std::cout << std::setw(6) << i << std::setw(vw) << t.variant << std::setw(sw)
+                << (t.sweep_label().empty() ? "-" : t.sweep_label()) << std::setw(6) << t.seed << components << " "
+                << t.hash() << "\n";
     }
     std::cout << std::flush;
     return kExitOk;
