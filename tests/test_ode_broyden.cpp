@@ -23,6 +23,7 @@
 #include "mhd/params.h"
 #include "mhd/plugin.h"
 #include "mhd/solver.h"
+#include "solver_test_maps.h"
 #include "plugin_host/registry.h"
 
 namespace {
@@ -43,31 +44,9 @@ std::shared_ptr<mhd::Solver> make_solver(const std::string& name, const Override
   return reg.make_solver(name, params);
 }
 
-double extra(const mhd::SolverInfo& info, const std::string& key) {
-  for (const auto& [k, v] : info.extra)
-    if (k == key) return v;
-  return std::nan("");
-}
-
-// A [d, d] matrix with spectral norm exactly `norm`.
-at::Tensor matrix_with_norm(std::int64_t d, double norm, at::ScalarType dtype) {
-  const at::Tensor a = at::randn({d, d}, at::TensorOptions().dtype(dtype));
-  return a * (norm / at::linalg_svdvals(a).max().item<double>());
-}
-
-// z -> z W^T + b row by row, with the exact fixed point from a linear solve: (I - W) Z^T = B^T.
-struct AffineMap {
-  at::Tensor w;  // [D, D]
-  at::Tensor b;  // [B, D]
-
-  mhd::TensorMap f() const {
-    return [w = w, b = b](const at::Tensor& z) { return at::addmm(b, z, w.t()); };
-  }
-  at::Tensor fixed_point() const {
-    const at::Tensor eye = at::eye(w.size(0), w.options());
-    return at::linalg_solve(eye - w, b.t()).t();
-  }
-};
+using solver_test::AffineMap;
+using solver_test::extra;
+using solver_test::matrix_with_norm;
 
 AffineMap affine(std::int64_t batch, std::int64_t dim, const at::Tensor& w) {
   return {w, at::randn({batch, dim}, w.options())};

@@ -18,6 +18,7 @@
 #include "mhd/plugin.h"
 #include "plugin_host/registry.h"
 #include "mhd/solver.h"
+#include "solver_test_maps.h"
 
 namespace {
 
@@ -42,31 +43,9 @@ std::shared_ptr<mhd::Solver> make_solver(const std::string& name, const Override
   return mhd::PluginRegistry::global().make_solver(name, params);
 }
 
-double extra(const mhd::SolverInfo& info, const std::string& key) {
-  for (const auto& [k, v] : info.extra)
-    if (k == key) return v;
-  return std::nan("");
-}
-
-// A [d, d] matrix with spectral norm exactly `norm`.
-at::Tensor matrix_with_norm(std::int64_t d, double norm, at::ScalarType dtype) {
-  const at::Tensor a = at::randn({d, d}, at::TensorOptions().dtype(dtype));
-  return a * (norm / at::linalg_svdvals(a).max().item<double>());
-}
-
-// z -> z W^T + b row by row (each row z_b -> W z_b + b_b), with the known fixed point (I - W)^{-1} b.
-struct AffineMap {
-  at::Tensor w;  // [D, D]
-  at::Tensor b;  // [B, D]
-
-  mhd::TensorMap f() const {
-    return [w = w, b = b](const at::Tensor& z) { return at::addmm(b, z, w.t()); };
-  }
-  at::Tensor fixed_point() const {  // (I - W) Z^T = B^T
-    const at::Tensor eye = at::eye(w.size(0), w.options());
-    return at::linalg_solve(eye - w, b.t()).t();
-  }
-};
+using solver_test::AffineMap;
+using solver_test::extra;
+using solver_test::matrix_with_norm;
 
 AffineMap contractive_affine(std::int64_t batch, std::int64_t dim, double norm, at::ScalarType dtype) {
   return {matrix_with_norm(dim, norm, dtype), at::randn({batch, dim}, at::TensorOptions().dtype(dtype))};
