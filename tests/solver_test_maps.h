@@ -7,6 +7,10 @@
 
 #include <ATen/ATen.h>
 
+#include <memory>
+#include <utility>
+
+#include "core/implicit.h"
 #include "mhd/solver.h"
 
 namespace solver_test {
@@ -35,6 +39,41 @@ struct AffineMap {
   at::Tensor fixed_point() const {  // (I - W) Z^T = B^T
     const at::Tensor eye = at::eye(w.size(0), w.options());
     return at::linalg_solve(eye - w, b.t()).t();
+  }
+};
+
+// A DEQ layer small enough for float64 gradient checks (as tests/test_implicit.cpp):
+// f(z) = tanh(W z + U x + b), ||W|| = 0.6, z: [3, 6].
+struct ToyLayer {
+  at::Tensor W, U, b, x;
+  ToyLayer() {
+    at::manual_seed(3);
+    const auto opts = at::TensorOptions().dtype(at::kDouble);
+    W = at::randn({6, 6}, opts);
+    W = (0.6 * W / at::linalg_matrix_norm(W, 2)).detach().requires_grad_(true);
+    U = (at::randn({6, 6}, opts) / std::sqrt(6.0)).requires_grad_(true);
+    b = (0.1 * at::randn({6}, opts)).requires_grad_(true);
+    x = at::randn({3, 6}, opts).requires_grad_(true);
+  }
+  mhd::TensorMap map() const {
+    return [this](const at::Tensor& z) { return at::tanh(at::matmul(z, W.t()) + at::matmul(x, U.t()) + b); };
+  }
+  // Gradients of sum(c * z*^2) with respect to W and x, with `backward` as the backward solver and
+  // the same forward equilibrium (`forward` to 1e-13) whatever the backward solver.
+  std::pair<at::Tensor, at::Tensor> gradients(mhd::Solver& forward, mhd::Solver& backward,
+                                              std::shared_ptr<mhd::SolverInfo> info) {
+    W.mutable_grad() = at::Tensor();
+    x.mutable_grad() = at::Tensor();
+    at::Tensor z_star;
+    {
+      at::NoGradGuard no_grad;
+      z_star = forward.solve({map(), {}, {}}, at::zeros_like(x), {500, 1e-13}).z;
+    }
+    at::manual_seed(5);
+    const at::Tensor c = at::randn({3, 6}, at::kDouble);
+    const at::Tensor z = mhd::implicit_equilibrium(map(), z_star, backward, {500, 1e-12}, std::move(info));
+    (c * z * z).sum().backward();
+    return {W.grad().clone(), x.grad().clone()};
   }
 };
 

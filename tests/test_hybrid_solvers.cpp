@@ -17,6 +17,7 @@
 #include "core/model.h"
 #include "plugin_host/registry.h"
 #include "mhd/solver.h"
+#include "solver_test_maps.h"
 #include "study/study.h"
 #include "test_plugins_loaded.h"
 
@@ -345,46 +346,15 @@ TEST(LbfgsSolver, EnergyWeightMovesTheMinimumTowardsTheEnergyMinimum) {
 // ---------------------------------------------------------------------------------------------
 // As the backward solver of implicit differentiation, and as the forward solver of the model
 
-// f(z) = tanh(W z + U x + b), ||W|| = 0.6 (as tests/test_implicit.cpp).
-struct ToyLayer {
-  at::Tensor W, U, b, x;
-  ToyLayer() {
-    at::manual_seed(3);
-    const auto opts = at::TensorOptions().dtype(at::kDouble);
-    W = at::randn({6, 6}, opts);
-    W = (0.6 * W / at::linalg_matrix_norm(W, 2)).detach().requires_grad_(true);
-    U = (at::randn({6, 6}, opts) / std::sqrt(6.0)).requires_grad_(true);
-    b = (0.1 * at::randn({6}, opts)).requires_grad_(true);
-    x = at::randn({3, 6}, opts).requires_grad_(true);
-  }
-  mhd::TensorMap map() const {
-    return [this](const at::Tensor& z) { return at::tanh(at::matmul(z, W.t()) + at::matmul(x, U.t()) + b); };
-  }
-  // Gradients of sum(c * z*^2) with respect to W and x, with `backward` as the backward solver.
-  std::pair<at::Tensor, at::Tensor> gradients(mhd::Solver& backward, std::shared_ptr<mhd::SolverInfo> info) {
-    W.mutable_grad() = at::Tensor();
-    x.mutable_grad() = at::Tensor();
-    at::Tensor z_star;
-    {
-      at::NoGradGuard no_grad;
-      auto anderson = make_solver("anderson");
-      z_star = anderson->solve({map(), {}, {}}, at::zeros_like(x), {500, 1e-13}).z;
-    }
-    at::manual_seed(5);
-    const at::Tensor c = at::randn({3, 6}, at::kDouble);
-    const at::Tensor z = mhd::implicit_equilibrium(map(), z_star, backward, {500, 1e-12}, std::move(info));
-    (c * z * z).sum().backward();
-    return {W.grad().clone(), x.grad().clone()};
-  }
-};
+using solver_test::ToyLayer;
 
 TEST_P(HybridModes, AsBackwardSolverMatchesAnderson) {
   ToyLayer layer;
   auto anderson = make_solver("anderson");
   auto hybrid = make_solver("hybrid", {{"mode", GetParam()}});
-  const auto reference = layer.gradients(*anderson, nullptr);
+  const auto reference = layer.gradients(*make_solver("anderson"), *anderson, nullptr);
   auto info = std::make_shared<mhd::SolverInfo>();
-  const auto got = layer.gradients(*hybrid, info);
+  const auto got = layer.gradients(*make_solver("anderson"), *hybrid, info);
   EXPECT_TRUE(info->converged);
   EXPECT_LT((got.first - reference.first).norm().item<double>() / reference.first.norm().item<double>(), 1e-8);
   EXPECT_LT((got.second - reference.second).norm().item<double>() / reference.second.norm().item<double>(), 1e-8);
@@ -396,7 +366,7 @@ TEST(LbfgsSolver, RefusesToBeABackwardSolverWithAClearError) {
   ToyLayer layer;
   auto lbfgs = make_solver("lbfgs");
   try {
-    layer.gradients(*lbfgs, nullptr);
+    layer.gradients(*make_solver("anderson"), *lbfgs, nullptr);
     FAIL() << "expected an error";
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("backward solver"), std::string::npos) << e.what();

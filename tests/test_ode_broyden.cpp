@@ -131,38 +131,7 @@ TEST_P(NewSolver, TracesAreConsistent) {
   EXPECT_GT(info.wall_ms, 0.0);
 }
 
-// The ToyLayer of test_implicit.cpp: f(z) = tanh(W z + U x + b), ||W|| = 0.6, float64.
-struct ToyLayer {
-  at::Tensor W, U, b, x;
-  ToyLayer() {
-    at::manual_seed(3);
-    const auto opts = at::TensorOptions().dtype(at::kDouble);
-    W = at::randn({6, 6}, opts);
-    W = (0.6 * W / at::linalg_matrix_norm(W, 2)).detach().requires_grad_(true);
-    U = (at::randn({6, 6}, opts) / std::sqrt(6.0)).requires_grad_(true);
-    b = (0.1 * at::randn({6}, opts)).requires_grad_(true);
-    x = at::randn({3, 6}, opts).requires_grad_(true);
-  }
-  mhd::TensorMap map() const {
-    return [this](const at::Tensor& z) { return at::tanh(at::matmul(z, W.t()) + at::matmul(x, U.t()) + b); };
-  }
-  // Gradients of sum(c * z*^2) with respect to W and x, with `backward` as the backward solver and
-  // the same forward equilibrium (anderson to 1e-13) whatever the backward solver.
-  std::pair<at::Tensor, at::Tensor> gradients(mhd::Solver& backward, std::shared_ptr<mhd::SolverInfo> info) {
-    W.mutable_grad() = at::Tensor();
-    x.mutable_grad() = at::Tensor();
-    at::Tensor z_star;
-    {
-      at::NoGradGuard no_grad;
-      z_star = make_solver("anderson")->solve({map(), {}, {}}, at::zeros_like(x), {500, 1e-13}).z;
-    }
-    at::manual_seed(5);
-    const at::Tensor c = at::randn({3, 6}, at::kDouble);
-    const at::Tensor z = mhd::implicit_equilibrium(map(), z_star, backward, {500, 1e-12}, std::move(info));
-    (c * z * z).sum().backward();
-    return {W.grad().clone(), x.grad().clone()};
-  }
-};
+using solver_test::ToyLayer;
 
 double relative_difference(const at::Tensor& a, const at::Tensor& b) {
   return ((a - b).norm() / b.norm()).item<double>();
@@ -170,10 +139,10 @@ double relative_difference(const at::Tensor& a, const at::Tensor& b) {
 
 TEST_P(NewSolver, AsBackwardSolverGivesTheGradientsOfAndersonAndFixedPoint) {
   ToyLayer layer;
-  const auto anderson = layer.gradients(*make_solver("anderson"), nullptr);
-  const auto fixed_point = layer.gradients(*make_solver("fixed_point"), nullptr);
+  const auto anderson = layer.gradients(*make_solver("anderson"), *make_solver("anderson"), nullptr);
+  const auto fixed_point = layer.gradients(*make_solver("anderson"), *make_solver("fixed_point"), nullptr);
   auto info = std::make_shared<mhd::SolverInfo>();
-  const auto got = layer.gradients(*make_solver(GetParam()), info);
+  const auto got = layer.gradients(*make_solver("anderson"), *make_solver(GetParam()), info);
 
   EXPECT_TRUE(info->converged) << "the backward solve must reach its tolerance";
   EXPECT_GT(info->iterations, 1);
