@@ -1,6 +1,7 @@
 // Dense associative memory energies and retrieval weights (dense_am.h).
 #include "mhd/kits/dense_am.h"
 
+#include <limits>
 #include <string>
 
 #include <ATen/ATen.h>
@@ -13,6 +14,12 @@ namespace {
 
 // Below this a sum of |F'| or an evidence z counts as zero (a division or log would blow up).
 constexpr double kTiny = 1e-30;
+constexpr double kInfinity = std::numeric_limits<double>::infinity();
+
+// values with `fill` where `visible` is false (undefined visible: all kept).
+at::Tensor hide(const at::Tensor& values, const at::Tensor& visible, double fill) {
+  return visible.defined() ? values.masked_fill(visible.logical_not(), fill) : values;
+}
 
 [[noreturn]] void unknown(const char* what, const std::string& name, const char* accepted) {
   throw Error(std::string("dense_am: ") + what + " must be one of " + accepted + ", got \"" + name + "\"");
@@ -69,16 +76,16 @@ void validate(const Spec& spec) {
 at::Tensor similarity(const Spec& spec, const at::Tensor& query, const at::Tensor& patterns) {
   switch (spec.similarity) {
     case Similarity::Dot:
-      return query.matmul(patterns.t());  // [B, M]
+      return query.matmul(patterns.transpose(-2, -1));  // [B, M] or [B, Lq, M]
     case Similarity::Cosine: {
-      const at::Tensor q = query / query.norm(2, -1, true).clamp_min(1e-12);        // [B, D]
-      const at::Tensor x = patterns / patterns.norm(2, -1, true).clamp_min(1e-12);  // [M, D]
-      return q.matmul(x.t());
+      const at::Tensor q = query / query.norm(2, -1, true).clamp_min(1e-12);        // [B, (Lq,) D]
+      const at::Tensor x = patterns / patterns.norm(2, -1, true).clamp_min(1e-12);  // [(B,) M, D]
+      return q.matmul(x.transpose(-2, -1));
     }
     case Similarity::NegDistance: {
-      // -||q - x||^2 = -(||q||^2 - 2 q.x + ||x||^2), clamped at 0 against rounding.   [B, M]
-      const at::Tensor sq = query.pow(2).sum(-1, true) - 2 * query.matmul(patterns.t()) +
-                            patterns.pow(2).sum(-1).unsqueeze(0);
+      // -||q - x||^2 = -(||q||^2 - 2 q.x + ||x||^2), clamped at 0 against rounding.
+      const at::Tensor sq = query.pow(2).sum(-1, true) - 2 * query.matmul(patterns.transpose(-2, -1)) +
+                            patterns.pow(2).sum(-1).unsqueeze(-2);
       return -sq.clamp_min(0);
     }
   }
@@ -108,18 +115,18 @@ at::Tensor separation_derivative(const Spec& spec, const at::Tensor& s) {
   throw Error("dense_am: unknown separation");
 }
 
-at::Tensor energy(const Spec& spec, const at::Tensor& query, const at::Tensor& patterns) {
+at::Tensor energy(const Spec& spec, const at::Tensor& query, const at::Tensor& patterns, const at::Tensor& visible) {
   const at::Tensor s = similarity(spec, query, patterns);  // [B, M]
   if (spec.separation == Separation::Exp) {
     // log z = logsumexp(beta S): Q(z) from log z without forming z.
-    const at::Tensor log_z = at::logsumexp(spec.beta * s, -1);  // [B]
+    const at::Tensor log_z = at::logsumexp(hide(spec.beta * s, visible, -kInfinity), -1);  // [B]
     switch (spec.shaping) {
       case Shaping::Linear: return -log_z.exp();
       case Shaping::Log: return -log_z;
       case Shaping::Power: return -(spec.power * log_z).exp();
     }
   }
-  const at::Tensor z = separation(spec, s).sum(-1);  // [B]
+  const at::Tensor z = hide(separation(spec, s), visible, 0.0).sum(-1);  // [B]
   switch (spec.shaping) {
     case Shaping::Linear: return -z;
     case Shaping::Log: return -z.clamp_min(kTiny).log();
@@ -128,14 +135,15 @@ at::Tensor energy(const Spec& spec, const at::Tensor& query, const at::Tensor& p
   throw Error("dense_am: unknown shaping");
 }
 
-at::Tensor retrieval_weights(const Spec& spec, const at::Tensor& query, const at::Tensor& patterns) {
-  const at::Tensor s = similarity(spec, query, patterns);  // [B, M]
-  if (spec.separation == Separation::Exp) return at::softmax(spec.beta * s, -1);
+at::Tensor retrieval_weights(const Spec& spec, const at::Tensor& query, const at::Tensor& patterns,
+                             const at::Tensor& visible) {
+  const at::Tensor s = hide(similarity(spec, query, patterns), visible, 0.0);  // [B, M]
+  if (spec.separation == Separation::Exp) return at::softmax(hide(spec.beta * s, visible, -kInfinity), -1);
   // F' is homogeneous of degree n - 1, so dividing S by its row maximum |S| first changes no weight
   // and keeps S^(n-1) in range for large n or large queries. The scale carries no gradient: the
   // weights do not depend on it.
   const at::Tensor scale = s.detach().abs().amax(-1, true).clamp_min(1e-12);  // [B, 1]
-  const at::Tensor f = separation_derivative(spec, s / scale);                 // [B, M]
+  const at::Tensor f = hide(separation_derivative(spec, s / scale), visible, 0.0);  // [B, M]
   return f / f.abs().sum(-1, true).clamp_min(kTiny);
 }
 

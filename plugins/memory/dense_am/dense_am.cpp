@@ -10,6 +10,10 @@
 // `hopfield` plugin without its energy's norm terms); with poly of degree n it is the continuous
 // Krotov-Hopfield dense memory, weights ~ S^(n-1): larger n separates patterns more sharply.
 //
+// The context source uses the sequence's visible keys as the patterns and reads out its values:
+//   retrieve_context(Q, K, V) = w V, w over the keys at positions <= each query's   -> [B, Lq, D]
+//   context_energy(Q, K)      = -Q( sum_visible F(S(k_j, q)) )                      -> [B, Lq]
+//
 // The bank and its queue replacement are PatternBankMemory's (pattern_bank.h).
 #include <algorithm>
 #include <cmath>
@@ -22,6 +26,7 @@
 
 #include "mhd/kits/dense_am.h"
 #include "mhd/error.h"
+#include "mhd/kits/context_memory.h"
 #include "mhd/kits/pattern_bank.h"
 #include "mhd/plugin.h"
 
@@ -49,6 +54,19 @@ class DenseAmMemory final : public mhd::PatternBankMemory {
   torch::Tensor energy(const torch::Tensor& query) override {
     check_query(query, "energy");
     return mhd::dam::energy(spec_, query, bank());  // [B]
+  }
+
+  torch::Tensor retrieve_context(const torch::Tensor& queries, const torch::Tensor& keys,
+                                 const torch::Tensor& values) override {
+    mhd::check_context("dense_am", "retrieve_context", queries, keys, values);
+    const at::Tensor visible = mhd::visible_keys(queries.size(1), keys.size(1), queries.device());  // [Lq, Lk]
+    return mhd::dam::retrieval_weights(spec_, queries, keys, visible).matmul(values);            // [B, Lq, D]
+  }
+
+  torch::Tensor context_energy(const torch::Tensor& queries, const torch::Tensor& keys) override {
+    mhd::check_context("dense_am", "context_energy", queries, keys, {});
+    const at::Tensor visible = mhd::visible_keys(queries.size(1), keys.size(1), queries.device());
+    return mhd::dam::energy(spec_, queries, keys, visible);  // [B, Lq]
   }
 
   std::map<std::string, double> stats(const torch::Tensor& query) override {

@@ -4,6 +4,11 @@
 //   retrieve(q) = softmax(beta q X^T) X                                  q: [B, D] -> [B, D]
 //   energy(q)   = -1/beta lse(beta X q) + 1/2 ||q||^2 + 1/beta log M + 1/2 max_i ||x_i||^2   -> [B]
 //
+// The context source (a sequence's own keys K and values V, causal) is the same retrieval with K in
+// the energy and V read out, i.e. causal softmax attention:
+//   retrieve_context(Q, K, V) = softmax_causal(beta Q K^T) V                     -> [B, Lq, D]
+//   context_energy(Q, K)      = the energy above with the visible keys as the bank -> [B, Lq]
+//
 // retrieve() is one step of the CCCP iteration on that energy, so E(retrieve(q)) <= E(q) for every q
 // (tested). The constant terms make E >= 0 and comparable across memory sizes.
 //
@@ -21,6 +26,7 @@
 #include <torch/nn/module.h>
 
 #include "mhd/error.h"
+#include "mhd/kits/context_memory.h"
 #include "mhd/kits/pattern_bank.h"
 #include "mhd/plugin.h"
 
@@ -49,6 +55,22 @@ class HopfieldMemory final : public mhd::PatternBankMemory {
     const at::Tensor lse = at::logsumexp(opt_.beta * query.matmul(bank().t()), -1);  // [B]
     const at::Tensor max_norm_sq = bank().pow(2).sum(-1).max();                      // scalar
     return -lse / opt_.beta + 0.5 * query.pow(2).sum(-1) + std::log(m) / opt_.beta + 0.5 * max_norm_sq;
+  }
+
+  torch::Tensor retrieve_context(const torch::Tensor& queries, const torch::Tensor& keys,
+                                 const torch::Tensor& values) override {
+    mhd::check_context("hopfield", "retrieve_context", queries, keys, values);
+    return mhd::causal_softmax(opt_.beta * queries.matmul(keys.transpose(1, 2))).matmul(values);  // [B, Lq, D]
+  }
+
+  torch::Tensor context_energy(const torch::Tensor& queries, const torch::Tensor& keys) override {
+    mhd::check_context("hopfield", "context_energy", queries, keys, {});
+    const std::int64_t Lq = queries.size(1), Lk = keys.size(1);
+    const at::Tensor lse = mhd::causal_logsumexp(opt_.beta * queries.matmul(keys.transpose(1, 2)));  // [B, Lq]
+    // max ||k_j||^2 over the keys each query sees: a running maximum along the sequence.
+    const at::Tensor max_norm_sq = std::get<0>(at::cummax(keys.pow(2).sum(-1), 1)).narrow(1, Lk - Lq, Lq);
+    const at::Tensor log_count = mhd::visible_counts(Lq, Lk, queries.options()).log();  // [Lq]
+    return -lse / opt_.beta + 0.5 * queries.pow(2).sum(-1) + log_count / opt_.beta + 0.5 * max_norm_sq;
   }
 
   std::map<std::string, double> stats(const torch::Tensor& query) override {

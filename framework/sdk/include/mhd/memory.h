@@ -1,4 +1,6 @@
-// Memory: an associative memory queried inside the DEQ dynamics (docs/design.md §3, §4).
+// Memory: an associative memory queried inside the DEQ dynamics (docs/design.md §3, §4). It serves
+// two sources: its own persistent bank (retrieve, energy, write) and a sequence's own keys and
+// values read causally (retrieve_context, context_energy): the Hopfield view of causal attention.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +22,16 @@ class BOOST_SYMBOL_VISIBLE Memory : public torch::nn::Module {
 
   // The memory's energy of a state, lower at stored patterns. query: [B, D] -> [B].
   virtual torch::Tensor energy(const torch::Tensor& query) = 0;
+
+  // Retrieval from a sequence's own keys and values instead of the bank. Query i of Lq sits at
+  // position Lk - Lq + i and reads only keys and values at positions <= its own (causal; a decoder
+  // passes one query and the prefix). queries: [B, Lq, D], keys, values: [B, Lk, D] -> [B, Lq, D].
+  // Keys after a query's position must not change its result at all, not even by rounding.
+  virtual torch::Tensor retrieve_context(const torch::Tensor& queries, const torch::Tensor& keys,
+                                         const torch::Tensor& values) = 0;
+
+  // The energy of that retrieval, per query, with the same visibility: [B, Lq].
+  virtual torch::Tensor context_energy(const torch::Tensor& queries, const torch::Tensor& keys) = 0;
 
   // Stores patterns: [N, D]. Runs outside autograd; the policy for what gets replaced is the
   // memory's own (Hopfield: queue, oldest first). Returns how many were written.

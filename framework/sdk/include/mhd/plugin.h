@@ -21,7 +21,7 @@
 namespace mhd {
 
 // Bumped whenever an interface header, Manifest or Params changes layout.
-constexpr std::uint32_t kPluginAbiVersion = 2;  // 2: Memory::max_similarity
+constexpr std::uint32_t kPluginAbiVersion = 3;  // 2: Memory::max_similarity; 3: Memory::retrieve_context
 
 enum class PluginKind : std::uint32_t { Backbone = 1, Memory = 2, Solver = 3, Optimization = 4 };
 

@@ -48,16 +48,20 @@ Shaping parse_shaping(const std::string& name);
 // neg_dist with a polynomial separation (S <= 0 there: F would reward distance or vanish).
 void validate(const Spec& spec);
 
-// S(xi_mu, x) for every query and pattern. query: [B, D], patterns: [M, D] -> [B, M].
+// S(xi_mu, x) for every query and pattern. query: [B, D], patterns: [M, D] -> [B, M]; or per
+// sequence (the context source): query [B, Lq, D], patterns [B, M, D] -> [B, Lq, M].
 at::Tensor similarity(const Spec& spec, const at::Tensor& query, const at::Tensor& patterns);
 
 // F(S) and F'(S), elementwise (any shape).
 at::Tensor separation(const Spec& spec, const at::Tensor& s);
 at::Tensor separation_derivative(const Spec& spec, const at::Tensor& s);
 
-// E(x) = -Q( sum_mu F(S_mu) ). query: [B, D], patterns: [M, D] -> [B]. exp + log is computed as a
-// logsumexp, so it does not overflow; differentiable with respect to the query and the patterns.
-at::Tensor energy(const Spec& spec, const at::Tensor& query, const at::Tensor& patterns);
+// E(x) = -Q( sum_mu F(S_mu) ). query: [B, D], patterns: [M, D] -> [B] (or the per-sequence
+// shapes of similarity -> [B, Lq]). exp + log is computed as a logsumexp, so it does not overflow;
+// differentiable with respect to the query and the patterns. `visible` (bool, broadcastable to the
+// similarities' shape; undefined: all) restricts the sum to the patterns a query may see.
+at::Tensor energy(const Spec& spec, const at::Tensor& query, const at::Tensor& patterns,
+                  const at::Tensor& visible = {});
 
 // The retrieval weights w_mu = F'(S_mu) / sum_nu |F'(S_nu)|: [B, M], rows of absolute sum 1.
 // retrieve(x) = w X is the direction of the original design's update T(x) = Sign[X^T f(X x)] (eq. 2) before the
@@ -67,6 +71,8 @@ at::Tensor energy(const Spec& spec, const at::Tensor& query, const at::Tensor& p
 // modern Hopfield update. Shaping rescales -grad E by Q'(z) > 0 alike for every mu, so it does not
 // change the weights. poly of even degree gives anti-aligned patterns negative weights (-xi is
 // stored too, as in the classical Hopfield network).
-at::Tensor retrieval_weights(const Spec& spec, const at::Tensor& query, const at::Tensor& patterns);
+// Hidden patterns (`visible` false) get exactly 0 weight.
+at::Tensor retrieval_weights(const Spec& spec, const at::Tensor& query, const at::Tensor& patterns,
+                             const at::Tensor& visible = {});
 
 }  // namespace mhd::dam
