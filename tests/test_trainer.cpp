@@ -20,6 +20,7 @@
 #include "core/model.h"
 #include "study/study.h"
 #include "tasks/task.h"
+#include "train/divergence.h"
 #include "train/trainer.h"
 #include "test_plugins_loaded.h"
 
@@ -352,6 +353,69 @@ TEST(Continual, AccuracyMatrixAndForgettingFromATrial) {
   EXPECT_DOUBLE_EQ(run.metrics.at("continual_avg_accuracy").at(6), mhd::average_final_accuracy(A));
 }
 
+// --- divergence beyond non-finite values (train/divergence.h) --------------------------------
+
+TEST(Divergence, LossFarAboveItsRunningMedianForPatienceStepsIsABlowUp) {
+  mhd::DivergenceOptions o;
+  o.loss_factor = 10;
+  o.residual_factor = 0;
+  o.window = 4;
+  o.patience = 3;
+  mhd::DivergenceMonitor monitor(o);
+  std::int64_t step = 0;
+  for (double loss : {2.0, 1.8, 1.9, 1.7}) EXPECT_FALSE(monitor.observe(++step, loss, std::nullopt)) << step;
+  // Two spikes, then back: a spike is not a blow-up.
+  EXPECT_FALSE(monitor.observe(++step, 500.0, std::nullopt));
+  EXPECT_FALSE(monitor.observe(++step, 500.0, std::nullopt));
+  EXPECT_FALSE(monitor.observe(++step, 1.6, std::nullopt));
+  // Median of the window (1.8, 1.9, 1.7, 1.6) is 1.75: 17.6 is above 10 x, 17.4 is not.
+  EXPECT_FALSE(monitor.observe(++step, 17.6, std::nullopt));
+  EXPECT_FALSE(monitor.observe(++step, 17.4, std::nullopt));  // resets the run
+  EXPECT_FALSE(monitor.observe(++step, 1e4, std::nullopt));
+  EXPECT_FALSE(monitor.observe(++step, 2e4, std::nullopt));
+  const auto why = monitor.observe(++step, 3e4, std::nullopt);
+  ASSERT_TRUE(why);
+  EXPECT_NE(why->find("loss 3e+04 above 10 x its running median"), std::string::npos) << *why;
+  EXPECT_NE(why->find("for 3 steps (from step 10)"), std::string::npos) << *why;
+}
+
+TEST(Divergence, ExplodingForwardResidualIsABlowUpAndZeroFactorsAreOff) {
+  mhd::DivergenceOptions o;
+  o.loss_factor = 10;
+  o.residual_factor = 1000;
+  o.window = 3;
+  o.patience = 2;
+  mhd::DivergenceMonitor monitor(o), off(mhd::DivergenceOptions{0, 0, 3, 2});
+  std::int64_t step = 0;
+  for (double r : {1e-3, 2e-3, 1e-3}) EXPECT_FALSE(monitor.observe(++step, 1.0, r));
+  EXPECT_FALSE(monitor.observe(++step, 1.0, 5.0));
+  const auto why = monitor.observe(++step, 1.0, 8.0);
+  ASSERT_TRUE(why);
+  EXPECT_EQ(why->rfind("forward abs_residual 8 above 1000 x", 0), 0u) << *why;
+  for (double loss : {1.0, 1.0, 1.0, 1e9, 1e9, 1e9}) EXPECT_FALSE(off.observe(++step, loss, loss));
+}
+
+// A planted blow-up: at lr 0.1 the forward residual of this model explodes from 1e-4 to 1e6 within
+// a few steps while the loss stays finite (about 3); the non-finite check alone passed it as done
+// (the negative control, with the rule off). The same trial at the default lr is done.
+TEST(Divergence, AHugeLearningRateEndsTheTrialDivergedANormalOneIsDone) {
+  const std::string keys = "steps = 40\neval_every = 0\ndiverge_window = 5\ndiverge_patience = 3\n";
+  const TrialRun blown = train(config(keys + "lr = 0.1\n"));
+  ASSERT_EQ(blown.result.status, mhd::TrialStatus::Diverged) << blown.result.error;
+  EXPECT_EQ(blown.result.error.rfind("forward abs_residual", 0), 0u) << blown.result.error;
+  EXPECT_NE(blown.result.error.find("above 1000 x its running median"), std::string::npos) << blown.result.error;
+  EXPECT_EQ(blown.metrics.at("diverged_step").begin()->first, blown.result.diverged_step);
+  EXPECT_LT(blown.result.diverged_step, 40);
+
+  const TrialRun unguarded = train(config(keys + "lr = 0.1\ndiverge_loss_factor = 0\ndiverge_residual_factor = 0\n"));
+  EXPECT_EQ(unguarded.result.status, mhd::TrialStatus::Done) << "the planted blow-up is finite";
+  EXPECT_GT(unguarded.metrics.at("abs_residual").rbegin()->second, 1e3);
+
+  const TrialRun normal = train(config(keys));
+  EXPECT_EQ(normal.result.status, mhd::TrialStatus::Done) << normal.result.error;
+  EXPECT_EQ(normal.metrics.count("diverged_step"), 0u);
+}
+
 // --- configuration errors --------------------------------------------------------------------
 
 TEST(TrainKeys, BadKeysAreOneLineErrors) {
@@ -368,6 +432,8 @@ TEST(TrainKeys, BadKeysAreOneLineErrors) {
   one_line(study_error("warmup_step = 3\n"), "warmup_steps");  // did you mean
   one_line(study_error("validate_every = -1\n"), "train.validate_every");
   one_line(study_error("objective = { lipschitz = \"power\" }\n"), "train.objective.lipschitz");
+  one_line(study_error("diverge_loss_factor = 0.5\n"), "train.diverge_loss_factor = 0.5");
+  one_line(study_error("diverge_patience = 30\n"), "train.diverge_patience = 30 is longer than train.diverge_window = 20");
 }
 
 }  // namespace

@@ -145,6 +145,18 @@ const SectionSchema& train_section() {
                     "Continual learning: K >= 2 trains K parts of the task (disjoint vocabulary slices) in sequence, "
                     "steps / K steps each, and evaluates every part after each: accuracy matrix and forgetting; 0 off.",
                     0, 1000),
+          // Divergence beyond non-finite values (train/divergence.h, docs/studies.md "Divergence").
+          float_param("diverge_loss_factor", 10.0,
+                      "Divergence: the trial is `diverged` when its loss stays above this factor x |median of the "
+                      "previous diverge_window steps| for diverge_patience steps in a row; 0 off.",
+                      0.0, 1e12),
+          float_param("diverge_residual_factor", 1000.0,
+                      "Divergence: the same rule on the forward solve's abs_residual (residuals that explode); 0 off.",
+                      0.0, 1e12),
+          int_param("diverge_window", 20, "Divergence: steps whose median is the running level (judged once full).", 2,
+                    100000),
+          int_param("diverge_patience", 5, "Divergence: consecutive steps above the level before the trial diverges.",
+                    1, 100000),
           // Data parallel (data_parallel.h): K processes, each on batch / K rows of the same global batch.
           int_param("world_size", 1, "Processes that train this trial data-parallel (gradients averaged with c10d: Gloo on CPU); 1 is off. `batch` must be divisible by it.", 1, 1024),
           string_param("rendezvous", "", "Where the ranks meet: \"tcp://HOST:PORT\" (rank 0 serves) or \"file:///PATH\"; empty: a file store in a fresh temporary folder."),

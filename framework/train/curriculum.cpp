@@ -7,6 +7,7 @@
 #include "distributed/data_parallel.h"
 #include "mhd/error.h"
 #include "tasks/task.h"
+#include "train/divergence.h"
 #include "train/trainer.h"
 
 namespace mhd {
@@ -31,6 +32,7 @@ void check_training_config(const TrialConfig& config) {
                 " (got " + std::to_string(t.integer("steps")) + ")");
   if (K >= 2) make_task(config.task_kind, config.task, 0)->select_part(K - 1, K);  // the task can be split so
   check_data_parallel_config(config);  // batch divisible by world_size, ... (data_parallel.h)
+  check_divergence_config(config);    // factors > 1, patience <= window (divergence.h)
 }
 
 CurriculumValues curriculum_at(const TrialConfig& config, std::int64_t step) {

@@ -19,6 +19,7 @@
 #include <torch/utils.h>
 
 #include "train/checkpoint.h"
+#include "train/divergence.h"
 #include "train/scoring.h"
 #include "train/trainer_state.h"
 #include "distributed/data_parallel.h"
@@ -159,10 +160,11 @@ class TrialTrainer {
     }
   }
 
-  void diverge(std::int64_t step, const std::string& what) {
+  void diverge(std::int64_t step, const std::string& what) { diverge_because(step, what + " became non-finite"); }
+  void diverge_because(std::int64_t step, const std::string& reason) {
     result_.status = TrialStatus::Diverged;
     result_.diverged_step = step;
-    result_.error = what + " became non-finite at step " + std::to_string(step);
+    result_.error = reason + " at step " + std::to_string(step);
     emit(step, metric::kDivergedStep, static_cast<double>(step));
   }
 
@@ -252,6 +254,15 @@ class TrialTrainer {
     progress.loss = loss.item<double>();
     progress.solver_iters = static_cast<double>(out.forward_info.iterations);
     progress.rel_residual = out.forward_info.rel_trace.empty() ? 0.0 : out.forward_info.rel_trace.back();
+    return !finite_blow_up(step, progress.loss, out.forward_info.abs_trace);
+  }
+
+  // A finite loss far above its running level, or residuals that explode (train/divergence.h);
+  // every rank takes the same branch.
+  bool finite_blow_up(std::int64_t step, double loss, const std::vector<double>& abs_trace) {
+    const auto why = divergence_.observe(step, loss, abs_trace.empty() ? std::nullopt : std::optional(abs_trace.back()));
+    if (!any_rank(why.has_value())) return false;
+    diverge_because(step, why ? *why : "another rank's loss or residual blew up");
     return true;
   }
 
@@ -498,6 +509,7 @@ class TrialTrainer {
   std::shared_ptr<UnifiedModel> model_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   TrainResult result_;
+  DivergenceMonitor divergence_{DivergenceOptions::from(config_)};
   static constexpr int kMaxSkippedInARow = 10;
   int skipped_in_a_row_ = 0;
   std::int64_t converged_solves_ = 0;
