@@ -1,0 +1,294 @@
+// Bucket-searched pattern bank shared by the sparse memories (bucketed_bank.h).
+#include "mhd/kits/bucketed_bank.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <utility>
+
+#include <ATen/ATen.h>
+
+#include "mhd/error.h"
+#include "mhd/kits/context_memory.h"
+
+namespace mhd {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// Queries per chunk so that the gathered candidates [n, C, D] stay near 2^24 floats.
+std::int64_t chunk_rows(std::int64_t per_row) { return std::max<std::int64_t>(1, (std::int64_t{1} << 24) / std::max<std::int64_t>(1, per_row)); }
+
+// softmax over masked scores with rows of no candidate reading nothing: s [.., C] with -inf where
+// hidden -> weights (exact 0 for hidden entries, all 0 in an empty row).
+at::Tensor masked_weights(const at::Tensor& s, const at::Tensor& empty_row) {
+  const at::Tensor safe = at::where(empty_row.unsqueeze(-1), at::zeros({}, s.options()), s);
+  return at::softmax(safe, -1).masked_fill(empty_row.unsqueeze(-1), 0.0);
+}
+
+// lse over masked scores, 0 in an empty row.
+at::Tensor masked_lse(const at::Tensor& s, const at::Tensor& empty_row) {
+  const at::Tensor safe = at::where(empty_row.unsqueeze(-1), at::zeros({}, s.options()), s);
+  return at::logsumexp(safe, -1).masked_fill(empty_row, 0.0);
+}
+
+}  // namespace
+
+BucketedBankMemory::BucketedBankMemory(std::string name, const at::Tensor& bank, bool learnable, double beta,
+                                       std::int64_t rounds, std::int64_t buckets, bool all_slots_filled)
+    : PatternBankMemory(std::move(name), bank, learnable),
+      beta_(beta),
+      rounds_(rounds),
+      buckets_(buckets),
+      all_slots_filled_(all_slots_filled) {}
+
+std::int64_t BucketedBankMemory::filled_slots() const { return all_slots_filled_ ? size() : stored(); }
+
+const at::Tensor& BucketedBankMemory::filing() {
+  if (!bucket_of_.defined() || bank_version_ != bank()._version()) refile_all();
+  if (!sorted_) rebuild_sorted();
+  return bucket_of_;
+}
+
+void BucketedBankMemory::refile_all() {
+  at::NoGradGuard no_grad;
+  const std::int64_t M = size(), filled = filled_slots();
+  bucket_of_ = at::full({rounds_, M}, -1, at::TensorOptions().dtype(at::kLong).device(bank().device()));
+  // Filed in chunks: the router's scores [n, R, buckets] would not fit at once for a large bank.
+  const std::int64_t step = chunk_rows(rounds_ * buckets_);
+  for (std::int64_t start = 0; start < filled; start += step) {
+    const std::int64_t n = std::min(step, filled - start);
+    bucket_of_.narrow(1, start, n).copy_(assign(bank().narrow(0, start, n).detach()).t());
+  }
+  bank_version_ = bank()._version();
+  sorted_ = false;
+}
+
+void BucketedBankMemory::rebuild_sorted() {
+  at::NoGradGuard no_grad;
+  const std::int64_t M = size();
+  // Empty slots (-1) sort first, so bucket b of round r starts after them: offsets from counts.
+  // order_[r M + i]: the slot at sorted position i of round r.
+  order_ = std::get<1>(bucket_of_.sort(1)).reshape({-1});
+  std::vector<at::Tensor> rows;
+  for (std::int64_t r = 0; r < rounds_; ++r) {
+    const at::Tensor b = bucket_of_[r];
+    const at::Tensor filed = b.masked_select(b.ge(0));
+    const at::Tensor counts = at::bincount(filed, {}, buckets_);  // [buckets]
+    const std::int64_t empty = M - filed.numel();
+    rows.push_back(at::cat({at::zeros({1}, counts.options()), counts.cumsum(0)}) + empty);
+  }
+  offsets_ = at::stack(rows);  // [R, buckets + 1]
+  sorted_ = true;
+}
+
+std::int64_t BucketedBankMemory::write(const torch::Tensor& patterns) {
+  at::NoGradGuard no_grad;
+  filing();  // bring the index up to date with the bank before this write
+  const std::int64_t before = written();
+  const std::int64_t n = PatternBankMemory::write(patterns);
+  if (n == 0) return 0;
+  // File only the slots just written (the queue's k mod M); the rest keep their buckets.
+  const at::Tensor slot =
+      at::remainder(at::arange(before, before + n, bucket_of_.options()), size());           // [n]
+  bucket_of_.index_copy_(1, slot, assign(bank().index_select(0, slot)).t());                 // [R, n]
+  bank_version_ = bank()._version();
+  sorted_ = false;
+  return n;
+}
+
+void BucketedBankMemory::consolidate() {
+  refile_all();
+  rebuild_sorted();
+}
+
+BucketedBankMemory::Candidates BucketedBankMemory::candidates(const at::Tensor& query) {
+  at::NoGradGuard no_grad;
+  filing();
+  const std::int64_t N = query.size(0), M = size();
+  const at::Tensor probes = search(query.detach());                                    // [N, R, P]
+  const std::int64_t P = probes.size(2);
+  const at::Tensor round_base = at::arange(rounds_, probes.options()).view({1, rounds_, 1});
+  // Flat bucket ids into offsets_ (row r at r * (buckets + 1)): the range of each searched bucket.
+  const at::Tensor flat_offsets = offsets_.reshape({-1});
+  const at::Tensor at_bucket = probes + round_base * (buckets_ + 1);                   // [N, R, P]
+  const at::Tensor starts = (flat_offsets.index({at_bucket}) + round_base * M).reshape({N, rounds_ * P});
+  const at::Tensor counts = (flat_offsets.index({at_bucket + 1}) - flat_offsets.index({at_bucket})).reshape({N, rounds_ * P});
+  // Range expansion: candidate c of a query lies in the range `which` whose running total passes c.
+  const at::Tensor ends = counts.cumsum(1);                                             // [N, S]
+  const at::Tensor total = ends.select(1, rounds_ * P - 1);                             // [N]
+  const std::int64_t C = std::max<std::int64_t>(1, total.max().item<std::int64_t>());
+  const at::Tensor pos = at::arange(C, probes.options()).unsqueeze(0).expand({N, C}).contiguous();
+  const at::Tensor which = at::searchsorted(ends, pos, /*out_int32=*/false, /*right=*/true).clamp_max(rounds_ * P - 1);
+  const at::Tensor within = pos - (ends - counts).gather(1, which);
+  const at::Tensor valid = pos.lt(total.unsqueeze(1));
+  const at::Tensor flat = (starts.gather(1, which) + within).clamp(0, rounds_ * M - 1);
+  at::Tensor index = at::where(valid, order_.index({flat}), at::zeros({}, flat.options()));
+  at::Tensor keep = valid;
+  if (rounds_ > 1) {
+    // A pattern filed in searched buckets of two rounds appears twice: keep one.
+    const at::Tensor sorted = std::get<0>(at::where(valid, index, at::full({}, M, index.options())).sort(1));
+    keep = sorted.lt(M);
+    keep.narrow(1, 1, C - 1).logical_and_(sorted.narrow(1, 1, C - 1).ne(sorted.narrow(1, 0, C - 1)));
+    index = at::where(keep, sorted, at::zeros({}, sorted.options()));
+  }
+  return {index, keep};
+}
+
+std::pair<at::Tensor, at::Tensor> BucketedBankMemory::candidate_scores(const at::Tensor& query, const Candidates& c) {
+  const std::int64_t N = query.size(0), C = c.index.size(1), D = query.size(1);
+  const at::Tensor x = bank().index_select(0, c.index.reshape({-1})).view({N, C, D}) *
+                       c.valid.unsqueeze(-1).to(bank().scalar_type());              // X_C: [N, C, D]
+  at::Tensor s = beta_ * x.bmm(query.unsqueeze(2)).squeeze(2);                        // [N, C]
+  const at::Tensor filed = bucket_of_.index_select(1, c.index.reshape({-1})).view({rounds_, N, C}).permute({1, 2, 0});
+  const at::Tensor g = log_gate(query.detach(), filed);                              // [N, C]
+  s = s + (g - g.detach());
+  return {s.masked_fill(c.valid.logical_not(), -kInf), x};
+}
+
+torch::Tensor BucketedBankMemory::retrieve(const torch::Tensor& query) {
+  check_query(query, "retrieve");
+  const at::Tensor q = query.reshape({-1, query.size(-1)});
+  const Candidates all = candidates(q);
+  std::vector<at::Tensor> out;
+  const std::int64_t N = q.size(0), step = chunk_rows(all.index.size(1) * q.size(1));
+  for (std::int64_t start = 0; start < N; start += step) {
+    const std::int64_t n = std::min(step, N - start);
+    const Candidates c{all.index.narrow(0, start, n), all.valid.narrow(0, start, n)};
+    const auto [s, x] = candidate_scores(q.narrow(0, start, n), c);
+    const at::Tensor w = masked_weights(s, c.valid.any(1).logical_not());  // [n, C]
+    out.push_back(w.unsqueeze(1).bmm(x).squeeze(1));                        // [n, D]
+  }
+  return at::cat(out).view(query.sizes());
+}
+
+torch::Tensor BucketedBankMemory::energy(const torch::Tensor& query) {
+  check_query(query, "energy");
+  const at::Tensor q = query.reshape({-1, query.size(-1)});
+  const Candidates all = candidates(q);
+  std::vector<at::Tensor> lse;
+  const std::int64_t N = q.size(0), step = chunk_rows(all.index.size(1) * q.size(1));
+  for (std::int64_t start = 0; start < N; start += step) {
+    const std::int64_t n = std::min(step, N - start);
+    const Candidates c{all.index.narrow(0, start, n), all.valid.narrow(0, start, n)};
+    lse.push_back(masked_lse(candidate_scores(q.narrow(0, start, n), c).first, c.valid.any(1).logical_not()));
+  }
+  const double m = static_cast<double>(size());
+  const at::Tensor max_norm_sq = bank().pow(2).sum(-1).max();
+  const at::Tensor e = -at::cat(lse) / beta_ + 0.5 * q.pow(2).sum(-1) + std::log(m) / beta_ + 0.5 * max_norm_sq;
+  return e.view(query.sizes().slice(0, query.dim() - 1));
+}
+
+namespace {
+
+// Which visible keys each query may read: visible and filed under a bucket the query searches in
+// some round. key_buckets: [B, Lk, R], probes: [B, Lq, R, P] -> [B, Lq, Lk] bool.
+at::Tensor context_mask(const at::Tensor& key_buckets, const at::Tensor& probes, std::int64_t Lq, std::int64_t Lk) {
+  at::Tensor match;
+  for (std::int64_t r = 0; r < key_buckets.size(2); ++r) {
+    const at::Tensor kb = key_buckets.select(2, r).unsqueeze(1).unsqueeze(-1);  // [B, 1, Lk, 1]
+    const at::Tensor pr = probes.select(2, r).unsqueeze(2);                     // [B, Lq, 1, P]
+    const at::Tensor m = kb.eq(pr).any(-1);                                      // [B, Lq, Lk]
+    match = match.defined() ? match.logical_or(m) : m;
+  }
+  return match.logical_and(visible_keys(Lq, Lk, key_buckets.device()));
+}
+
+}  // namespace
+
+torch::Tensor BucketedBankMemory::retrieve_context(const torch::Tensor& queries, const torch::Tensor& keys,
+                                                   const torch::Tensor& values) {
+  check_context("sparse memory", "retrieve_context", queries, keys, values);
+  const std::int64_t B = queries.size(0), Lq = queries.size(1), Lk = keys.size(1), D = queries.size(2);
+  at::Tensor mask, filed;
+  {
+    at::NoGradGuard no_grad;
+    filed = assign(keys.detach().reshape({-1, D})).view({B, Lk, rounds_});
+    const at::Tensor probes = search(queries.detach().reshape({-1, D}));
+    mask = context_mask(filed, probes.view({B, Lq, rounds_, probes.size(2)}), Lq, Lk);  // [B, Lq, Lk]
+  }
+  // g of each (query, key) pair: the query's log-probability of the key's buckets.
+  const at::Tensor g = log_gate(queries.detach().reshape({-1, D}),
+                                filed.unsqueeze(1).expand({B, Lq, Lk, rounds_}).reshape({B * Lq, Lk, rounds_}))
+                           .view({B, Lq, Lk});
+  const at::Tensor s = (beta_ * queries.matmul(keys.transpose(1, 2)) + (g - g.detach())).masked_fill(mask.logical_not(), -kInf);
+  return masked_weights(s, mask.any(-1).logical_not()).matmul(values);  // [B, Lq, D]
+}
+
+torch::Tensor BucketedBankMemory::context_energy(const torch::Tensor& queries, const torch::Tensor& keys) {
+  check_context("sparse memory", "context_energy", queries, keys, {});
+  const std::int64_t B = queries.size(0), Lq = queries.size(1), Lk = keys.size(1), D = queries.size(2);
+  at::Tensor mask, filed;
+  {
+    at::NoGradGuard no_grad;
+    filed = assign(keys.detach().reshape({-1, D})).view({B, Lk, rounds_});
+    const at::Tensor probes = search(queries.detach().reshape({-1, D}));
+    mask = context_mask(filed, probes.view({B, Lq, rounds_, probes.size(2)}), Lq, Lk);
+  }
+  const at::Tensor g = log_gate(queries.detach().reshape({-1, D}),
+                                filed.unsqueeze(1).expand({B, Lq, Lk, rounds_}).reshape({B * Lq, Lk, rounds_}))
+                           .view({B, Lq, Lk});
+  const at::Tensor s = (beta_ * queries.matmul(keys.transpose(1, 2)) + (g - g.detach())).masked_fill(mask.logical_not(), -kInf);
+  const at::Tensor lse = masked_lse(s, mask.any(-1).logical_not());                               // [B, Lq]
+  const at::Tensor max_norm_sq = std::get<0>(at::cummax(keys.pow(2).sum(-1), 1)).narrow(1, Lk - Lq, Lq);
+  const at::Tensor log_count = visible_counts(Lq, Lk, queries.options()).log();
+  return -lse / beta_ + 0.5 * queries.pow(2).sum(-1) + log_count / beta_ + 0.5 * max_norm_sq;
+}
+
+std::int64_t BucketedBankMemory::memory_bytes() const {
+  std::int64_t bytes = 0;
+  auto add = [&](const at::Tensor& t) {
+    if (t.defined()) bytes += t.numel() * static_cast<std::int64_t>(t.element_size());
+  };
+  for (const auto& p : parameters()) add(p);
+  for (const auto& b : buffers()) add(b);
+  add(bucket_of_);
+  add(order_);
+  add(offsets_);
+  return bytes;
+}
+
+std::map<std::string, double> BucketedBankMemory::bucket_stats(const at::Tensor& query) {
+  at::NoGradGuard no_grad;
+  check_query(query, "stats");
+  const at::Tensor q = query.reshape({-1, query.size(-1)});
+  filing();
+  const at::Tensor loads = (offsets_.narrow(1, 1, buckets_) - offsets_.narrow(1, 0, buckets_)).select(0, 0).to(at::kDouble);
+  const Candidates c = candidates(q);
+  const auto [s, x] = candidate_scores(q, c);
+  const at::Tensor w = masked_weights(s, c.valid.any(1).logical_not());                  // [N, C]
+  const at::Tensor entropy = -(w * w.clamp_min(1e-30).log()).sum(-1);                   // [N], nats
+  const std::int64_t held = memory_bytes();
+  const double filled = static_cast<double>(std::max<std::int64_t>(1, filled_slots()));
+  return {{"bucket_load_max", loads.max().item<double>()},
+          {"bucket_load_mean", loads.mean().item<double>()},
+          {"bucket_empty_share", loads.eq(0).to(at::kDouble).mean().item<double>()},
+          {"candidates_per_query", c.valid.sum(1).to(at::kDouble).mean().item<double>()},
+          {"attention_entropy", entropy.mean().item<double>()},
+          {"stored", static_cast<double>(stored())},
+          {"memory_bytes", static_cast<double>(held)},
+          {"bytes_per_pattern", static_cast<double>(held) / filled}};
+}
+
+void check_memory_fits(const std::string& who, const std::string& key, std::int64_t value, std::int64_t bytes,
+                       const std::string& what) {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string name;
+  std::int64_t kib = 0;
+  std::string unit;
+  while (meminfo >> name >> kib >> unit) {
+    if (name != "MemAvailable:") continue;
+    const std::int64_t available = kib * 1024;
+    if (bytes > available) {
+      std::ostringstream os;
+      os << who << ": " << key << " = " << value << " needs " << bytes << " bytes (" << what << "), more than the "
+         << available << " bytes of memory available";
+      throw Error(os.str());
+    }
+    return;
+  }
+}
+
+}  // namespace mhd

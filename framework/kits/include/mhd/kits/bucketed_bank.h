@@ -1,0 +1,105 @@
+// A pattern bank searched through buckets: the part that the sparse memories (sparse_hash,
+// product_key) share (docs/design.md §3, "Memory at scale"). Each stored pattern is filed under one
+// bucket per round (hash round or product-key head); a query searches a few buckets per round and
+// runs the Hopfield retrieval over the union of the patterns filed there:
+//
+//   C(q)        = { mu : bucket_r(x_mu) in search_r(q) for some round r }       the candidates
+//   s_mu(q)     = beta q . x_mu + (g_mu(q) - sg(g_mu(q)))                         mu in C(q)
+//   retrieve(q) = softmax_{C(q)}(s) X_C                                           q: [N, D] -> [N, D]
+//   energy(q)   = -1/beta lse_{C(q)}(s) + 1/2 ||q||^2 + 1/beta log M + 1/2 max_mu ||x_mu||^2
+//
+// g_mu(q) is the log-probability the router (hash W or product sub-keys) gives x_mu's bucket for the
+// detached query; g - sg(g) is exactly 0, so values are those of Hopfield over C(q) (with every
+// bucket searched: the `hopfield` plugin to rounding), while the gradient reaches the router as if
+// each candidate's weight were scaled by its bucket's probability: training raises the probability
+// of the buckets whose patterns lower the loss. Within a fixed candidate set grad_q E = q - retrieve(q),
+// as for Hopfield. A query with no candidate reads 0 (lse taken as 0).
+//
+// The index (patterns sorted by bucket, per round) follows writes incrementally; any other change of
+// the bank (an optimizer step on a learnable bank, a checkpoint load) refiles every pattern on the
+// next retrieval, and consolidate() refiles them under the router's current parameters.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+#include <boost/config.hpp>
+
+#include "mhd/kits/pattern_bank.h"
+
+namespace mhd {
+
+class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
+ public:
+  torch::Tensor retrieve(const torch::Tensor& query) override;
+  torch::Tensor energy(const torch::Tensor& query) override;
+  // The same bucketing applied to the sequence's keys: query i reads the visible keys filed under a
+  // bucket it searches (causal softmax over visible & same-bucket keys); the energy likewise, with
+  // the visible count and the running max ||k||^2 as hopfield's context energy.
+  torch::Tensor retrieve_context(const torch::Tensor& queries, const torch::Tensor& keys,
+                                 const torch::Tensor& values) override;
+  torch::Tensor context_energy(const torch::Tensor& queries, const torch::Tensor& keys) override;
+  std::int64_t write(const torch::Tensor& patterns) override;
+  // Refiles every stored pattern under the router's current parameters.
+  void consolidate() override;
+
+  // Bytes held: parameters, buffers and the index.
+  std::int64_t memory_bytes() const;
+
+ protected:
+  // all_slots_filled: the initial bank holds patterns (init "random"); otherwise a slot counts only
+  // once written (init "zeros": empty slots are never candidates).
+  BucketedBankMemory(std::string name, const at::Tensor& bank, bool learnable, double beta, std::int64_t rounds,
+                     std::int64_t buckets, bool all_slots_filled);
+
+  // The bucket of each pattern per round: x: [N, D] -> [N, R] int64 in [0, buckets). No autograd.
+  virtual at::Tensor assign(const at::Tensor& x) const = 0;
+  // The buckets a query searches per round: q: [N, D] -> [N, R, P] int64, distinct within a round.
+  virtual at::Tensor search(const at::Tensor& q) const = 0;
+  // g of the candidates: the router's log-probability of each candidate's buckets (combined over
+  // rounds) for query q ([N, D], already detached). buckets: [N, C, R] int64 -> [N, C].
+  virtual at::Tensor log_gate(const at::Tensor& q, const at::Tensor& buckets) const = 0;
+
+  // Diagnostics shared by the sparse memories: bucket loads (max, mean, empty share, round 0),
+  // candidates per query, attention entropy, stored, memory_bytes, bytes_per_pattern.
+  std::map<std::string, double> bucket_stats(const at::Tensor& query);
+
+  // The candidates of each query: index [N, C] into the bank (0 where invalid), valid [N, C].
+  struct Candidates {
+    at::Tensor index;
+    at::Tensor valid;
+  };
+  Candidates candidates(const at::Tensor& query);
+  // s over the candidates ([N, C], -inf where invalid) and the candidates' patterns [N, C, D] (0
+  // where invalid).
+  std::pair<at::Tensor, at::Tensor> candidate_scores(const at::Tensor& query, const Candidates& c);
+
+  double beta() const { return beta_; }
+  std::int64_t rounds() const { return rounds_; }
+  std::int64_t buckets() const { return buckets_; }
+  // The bucket of every slot per round: [R, M] int64, -1 for empty slots. Refreshed on demand.
+  const at::Tensor& filing();
+
+ private:
+  void refile_all();
+  void rebuild_sorted();
+  std::int64_t filled_slots() const;
+
+  double beta_;
+  std::int64_t rounds_, buckets_;
+  bool all_slots_filled_;
+  at::Tensor bucket_of_;  // [R, M] int64
+  at::Tensor order_;      // [R * M] int64: round r's slots sorted by bucket, at r * M ...
+  at::Tensor offsets_;    // [R, buckets + 1] int64: bucket b of round r at order_[r M + offsets_[r][b] ...]
+  std::int64_t bank_version_ = -1;  // the bank's version counter when bucket_of_ was last right
+  bool sorted_ = false;
+};
+
+// Throws mhd::Error "WHO: KEY = VALUE needs BYTES bytes (WHAT), more than the AVAILABLE bytes of
+// memory available" when `bytes` exceeds MemAvailable (/proc/meminfo; unchecked where unreadable).
+void check_memory_fits(const std::string& who, const std::string& key, std::int64_t value, std::int64_t bytes,
+                       const std::string& what);
+
+}  // namespace mhd

@@ -1,0 +1,123 @@
+// Memory plugin `sparse_hash`: Hopfield retrieval over the patterns of a few hash buckets only
+// (docs/design.md §3, "Memory at scale").
+//
+//   W_r: [D, NB] learnable random projections, one per hash round r = 1..R
+//   bucket_r(x) = argmax(x W_r)                     each stored pattern is filed under one bucket per round
+//   search_r(q) = the top_k buckets of q W_r         (multi-probe)
+//   retrieve(q) = softmax_{C(q)}(beta q X_C^T) X_C over the candidates C(q) filed in searched buckets
+//   energy(q)   = hopfield's energy with the lse over C(q)
+//
+// With top_k = buckets every pattern is a candidate and retrieval is the `hopfield` plugin's
+// (tested to 1e-5). Gradients reach W through the candidates' scores: each score carries
+// g - sg(g), g = mean_r log softmax(sg(q) W_r)[bucket_r(x)] (zero in value; bucketed_bank.h).
+// The context source applies the same hashing to the sequence's keys: a query reads the visible keys
+// filed under a bucket it searches (causal, exact 0 weight for the others).
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "mhd/error.h"
+#include "mhd/kits/bucketed_bank.h"
+#include "mhd/kits/pattern_bank.h"
+#include "mhd/plugin.h"
+
+namespace {
+
+struct SparseHashOptions {
+  std::int64_t slots = 4096;
+  std::int64_t buckets = 256;
+  std::int64_t top_k = 4;
+  std::int64_t rounds = 1;
+  double beta = 2.0;
+  std::string init = "random";
+  bool learnable = false;
+  bool learn_hash = true;
+};
+
+class SparseHashMemory final : public mhd::BucketedBankMemory {
+ public:
+  SparseHashMemory(const SparseHashOptions& o, std::int64_t dim)
+      : BucketedBankMemory("sparse_hash", mhd::initial_pattern_bank("sparse_hash", o.init, o.slots, dim), o.learnable,
+                           o.beta, o.rounds, o.buckets, o.init == "random"),
+        top_k_(o.top_k) {
+    // N(0, 1/D) entries: random hyperplanes whose scores x W have unit scale for ||x|| ~ 1.
+    const at::Tensor w = at::randn({o.rounds, dim, o.buckets}) / std::sqrt(static_cast<double>(dim));
+    hash_ = o.learn_hash ? register_parameter("hash", w) : register_buffer("hash", w);
+  }
+
+  std::map<std::string, double> stats(const torch::Tensor& query) override { return bucket_stats(query); }
+
+ protected:
+  // x W_r for every round: [N, D] -> [R, N, NB]
+  at::Tensor hash_scores(const at::Tensor& x) const { return at::matmul(x.unsqueeze(0), hash_); }
+
+  at::Tensor assign(const at::Tensor& x) const override {
+    at::NoGradGuard no_grad;
+    return hash_scores(x).argmax(-1).t().contiguous();  // [N, R]
+  }
+
+  at::Tensor search(const at::Tensor& q) const override {
+    at::NoGradGuard no_grad;
+    return std::get<1>(hash_scores(q).topk(top_k_, -1)).permute({1, 0, 2}).contiguous();  // [N, R, P]
+  }
+
+  at::Tensor log_gate(const at::Tensor& q, const at::Tensor& filed) const override {
+    const at::Tensor log_p = at::log_softmax(hash_scores(q), -1);  // [R, N, NB]
+    std::vector<at::Tensor> per_round;
+    for (std::int64_t r = 0; r < rounds(); ++r)
+      per_round.push_back(log_p[r].gather(1, filed.select(2, r).clamp_min(0)));  // [N, C]
+    return at::stack(per_round).mean(0);
+  }
+
+ private:
+  std::int64_t top_k_;
+  at::Tensor hash_;  // W: [R, D, NB]
+};
+
+mhd::Manifest make_manifest() {
+  mhd::Manifest m;
+  m.kind = mhd::PluginKind::Memory;
+  m.name = "sparse_hash";
+  m.version = "1.0.0";
+  m.description = "Sparse hash memory: Hopfield retrieval over the top-K buckets of a learnable argmax(W q) hash";
+  m.params = {
+      mhd::int_param("size", 4096, "number of pattern slots M", 1, std::int64_t{1} << 31),
+      mhd::int_param("buckets", 256, "hash buckets per round (columns of W)", 2, std::int64_t{1} << 20),
+      mhd::int_param("top_k", 4, "buckets searched per round (<= buckets; = buckets is dense Hopfield)", 1),
+      mhd::int_param("rounds", 1, "independent hash rounds; a query's candidates are the union over rounds", 1, 64),
+      mhd::float_param("beta", 2.0, "inverse temperature (> 0)", 1e-6),
+      mhd::choice_param("init", "random", {"random", "zeros"},
+                        "initial bank: \"random\" N(0, 1/D) entries, or \"zeros\" (empty slots are never candidates)"),
+      mhd::bool_param("learnable", false, "the bank is a trained parameter (true) or a buffer filled by write()"),
+      mhd::bool_param("learn_hash", true, "W is a trained parameter (gradients through the candidates' scores)"),
+  };
+  m.make_memory = [](const mhd::Params& p, const mhd::ModelDims& dims) -> std::shared_ptr<mhd::Memory> {
+    SparseHashOptions o;
+    o.slots = p.integer("size");
+    o.buckets = p.integer("buckets");
+    o.top_k = p.integer("top_k");
+    o.rounds = p.integer("rounds");
+    o.beta = p.real("beta");
+    o.init = p.text("init");
+    o.learnable = p.flag("learnable");
+    o.learn_hash = p.flag("learn_hash");
+    if (o.top_k > o.buckets)
+      throw mhd::Error("sparse_hash: top_k = " + std::to_string(o.top_k) + " exceeds buckets = " +
+                       std::to_string(o.buckets) + " (a query cannot search more buckets than there are)");
+    // Bank (float) + bucket per slot and round, the sorted index (int64) + W, before allocating any.
+    const std::int64_t bytes = o.slots * dims.d_model * 4 + 2 * o.rounds * o.slots * 8 +
+                               o.rounds * dims.d_model * o.buckets * 4 + o.rounds * (o.buckets + 1) * 8;
+    mhd::check_memory_fits("sparse_hash", "size", o.slots, bytes, "bank, hash W and bucket index");
+    return std::make_shared<SparseHashMemory>(o, dims.d_model);
+  };
+  return m;
+}
+
+}  // namespace
+
+MHD_PLUGIN(mhd::PluginKind::Memory, make_manifest)

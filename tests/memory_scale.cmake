@@ -1,0 +1,3 @@
+# Memory at scale: the sparse memories (sparse_hash, product_key) against dense hopfield retrieval,
+# finite differences, causality of the context source, memory use, parameter errors.
+mhd_add_test(NAME test_memory_scale SOURCES test_memory_scale.cpp PLUGINS hopfield sparse_hash product_key hierarchical)
