@@ -331,8 +331,8 @@ class ReportTest : public Results {
     const double acc_small[] = {0.5, 0.7, 0.9};
     for (std::int64_t seed = 0; seed < 3; ++seed) {
       const auto t = trial("base", seed, 64);
-      db->add_metric(t, 1, "loss", 100.0);  // an early value: not the final one
-      db->add_metric(t, 10, "loss", loss_small[seed]);
+      db->add_metric(t, 1, "loss", 100.0);  // an early value, before the last 10 steps: not in the final one
+      for (std::int64_t step = 2; step <= 11; ++step) db->add_metric(t, step, "loss", loss_small[seed]);
       db->add_metric(t, 10, "eval_accuracy", acc_small[seed]);
       db->add_metric(t, 10, "cache_hits", 7.0);
       db->finish_trial(t, mhd::TrialStatus::Done, "", 1.0);
@@ -360,17 +360,49 @@ TEST_F(ReportTest, CsvHasMeanStdAndCountPerGroupAndMetric) {
   options.csv = true;
   options.metrics = {"loss", "eval_accuracy"};
   EXPECT_EQ(mhd::format_report(*db, options),
-            "variant,sweep,metric,mean,std,n\n"
-            "base,memory.size=64,loss,2,1,3\n"
-            "base,memory.size=64,eval_accuracy,0.7,0.2,3\n"
-            "base,memory.size=128,loss,0.5,0,3\n"
-            "base,memory.size=128,eval_accuracy,1,0,3\n"
-            "fp,memory.size=64,loss,4,0,1\n"
-            "fp,memory.size=64,eval_accuracy,,,0\n");
+            "variant,sweep,metric,mean,std,n,final\n"
+            "base,memory.size=64,loss,2,1,3,mean_last_10\n"
+            "base,memory.size=64,eval_accuracy,0.7,0.2,3,last_eval\n"
+            "base,memory.size=128,loss,0.5,0,3,mean_last_10\n"
+            "base,memory.size=128,eval_accuracy,1,0,3,last_eval\n"
+            "fp,memory.size=64,loss,4,0,1,mean_last_10\n"
+            "fp,memory.size=64,eval_accuracy,,,0,last_eval\n");
 
   options.metrics.clear();  // every metric, by name
   const auto all = mhd::format_report(*db, options);
-  EXPECT_NE(all.find("base,memory.size=64,cache_hits,7,0,3\n"), std::string::npos) << all;
+  EXPECT_NE(all.find("base,memory.size=64,cache_hits,7,0,3,mean_last_10\n"), std::string::npos) << all;
+}
+
+// One noisy last step does not stand for the trial: a per-step metric's final value is the mean of
+// its last k steps, a held-out one its value at the last evaluation; the header says which.
+TEST_F(Results, ReportFinalIsTheMeanOfTheLastKStepsOrTheLastEvaluation) {
+  auto db = mhd::ResultsDb::open(file("final.sqlite"));
+  const auto id = db->begin_study(make_study("final"), env());
+  const auto t = db->add_trial(id, 0, make_trial("base", 0, 64));
+  db->mark_running(t);
+  for (std::int64_t step = 1; step <= 20; ++step) db->add_metric(t, step, "loss", step <= 10 ? 50.0 : 1.0);
+  db->add_metric(t, 20, "loss", 91.0);  // a spike at the last step (a second row at step 20 comes last)
+  db->add_metric(t, 10, "eval_accuracy", 0.9);
+  db->add_metric(t, 20, "eval_accuracy", 0.4);
+  db->finish_trial(t, mhd::TrialStatus::Done, "", 1.0);
+  mhd::ReportOptions csv;
+  csv.csv = true;
+  csv.metrics = {"loss", "eval_accuracy"};
+  // Last 10 rows of loss: steps 12..19 (1.0 each), the two rows of step 20 (1.0, 91.0): mean 10.
+  EXPECT_EQ(mhd::format_report(*db, csv),
+            "variant,sweep,metric,mean,std,n,final\n"
+            "base,memory.size=64,loss,10,0,1,mean_last_10\n"
+            "base,memory.size=64,eval_accuracy,0.4,0,1,last_eval\n");
+  csv.last_k = 1;
+  EXPECT_NE(mhd::format_report(*db, csv).find("loss,91,0,1,mean_last_1\n"), std::string::npos);
+  csv.last_k = 0;
+  EXPECT_THROW(mhd::format_report(*db, csv), mhd::Error);
+
+  const auto text = mhd::format_report(*db, {});
+  EXPECT_NE(text.find("final value per trial: eval_accuracy at the last evaluation; loss the mean of the last 10 "
+                      "logged steps"),
+            std::string::npos)
+      << text;
 }
 
 TEST_F(ReportTest, TextTableIsAlignedAndCountsFailures) {

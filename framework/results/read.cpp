@@ -82,6 +82,19 @@ std::map<std::string, double> ResultsDb::final_metrics(std::int64_t trial_id) co
   return out;
 }
 
+std::map<std::string, std::vector<double>> ResultsDb::last_metric_values(std::int64_t trial_id, std::int64_t k) const {
+  impl_->flush_if_writable();
+  // Newest first per name (step, then insertion), the first k kept; returned oldest first.
+  Statement s(impl_->db, path_,
+              "SELECT name, value FROM (SELECT name, value, step, rowid AS r, ROW_NUMBER() OVER "
+              "(PARTITION BY name ORDER BY step DESC, rowid DESC) AS newest FROM metrics WHERE trial_id = ?) "
+              "WHERE newest <= ? ORDER BY name, step, r");
+  s.bind(1, trial_id).bind(2, k);
+  std::map<std::string, std::vector<double>> out;
+  while (s.step()) out[s.text(0)].push_back(s.real(1));
+  return out;
+}
+
 std::vector<TracePoint> ResultsDb::traces(std::int64_t trial_id) const {
   impl_->flush_if_writable();
   Statement s(impl_->db, path_,

@@ -1,4 +1,5 @@
-// `mhd report`: final metrics per (variant, sweep point), mean +- std over seeds.
+// `mhd report`: final metrics per (variant, sweep point), mean +- std over seeds; what "final" is: FinalRule
+// (results.h).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -33,8 +34,23 @@ struct Group {
   std::map<std::string, std::vector<double>> finals;  // metric -> final value per done trial
 };
 
+// A done trial's final value of each metric (FinalRule).
+std::map<std::string, double> trial_finals(const ResultsDb& db, std::int64_t trial_id, std::int64_t k) {
+  std::map<std::string, double> out;
+  for (const auto& [name, values] : db.last_metric_values(trial_id, k)) {
+    if (final_rule(name) == FinalRule::LastEvaluation) {
+      out[name] = values.back();
+      continue;
+    }
+    double sum = 0;
+    for (const double v : values) sum += v;
+    out[name] = sum / static_cast<double>(values.size());
+  }
+  return out;
+}
+
 // Groups in the order of the study's expansion (first trial of each group).
-std::vector<Group> collect_groups(const ResultsDb& db, std::int64_t study_id) {
+std::vector<Group> collect_groups(const ResultsDb& db, std::int64_t study_id, std::int64_t k) {
   std::vector<Group> groups;
   for (const TrialRow& trial : db.trials(study_id)) {
     auto it = std::find_if(groups.begin(), groups.end(), [&](const Group& g) {
@@ -50,7 +66,7 @@ std::vector<Group> collect_groups(const ResultsDb& db, std::int64_t study_id) {
     switch (trial.status) {
       case TrialStatus::Done:
         ++it->done;
-        for (const auto& [name, value] : db.final_metrics(trial.id)) it->finals[name].push_back(value);
+        for (const auto& [name, value] : trial_finals(db, trial.id, k)) it->finals[name].push_back(value);
         break;
       case TrialStatus::Failed: ++it->failed; break;
       case TrialStatus::Diverged: ++it->diverged; break;
@@ -142,8 +158,27 @@ std::string wrap(const std::string& prefix, const std::vector<std::string>& item
   return out + line + "\n";
 }
 
+// "eval_accuracy at the last evaluation; loss, task_loss the mean of the last 10 logged steps"
+std::string final_rule_line(const std::vector<std::string>& columns, std::int64_t k) {
+  std::vector<std::string> held_out, per_step;
+  for (const auto& name : columns)
+    (final_rule(name) == FinalRule::LastEvaluation ? held_out : per_step).push_back(name);
+  auto join = [](const std::vector<std::string>& names) {
+    std::string out;
+    for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+    return out;
+  };
+  std::string line;
+  if (!held_out.empty()) line += join(held_out) + " at the last evaluation";
+  if (!per_step.empty())
+    line += (line.empty() ? "" : "; ") + join(per_step) + " the mean of the last " + std::to_string(k) +
+            " logged steps (--last K)";
+  return line;
+}
+
 std::string text_report(const StudyRow& study, const std::vector<Group>& groups,
-                        const std::vector<std::string>& columns, const std::vector<std::string>& known) {
+                        const std::vector<std::string>& columns, const std::vector<std::string>& known,
+                        std::int64_t k) {
   std::int64_t total = 0, done = 0, failed = 0, diverged = 0;
   for (const auto& g : groups) {
     done += g.done;
@@ -154,7 +189,8 @@ std::string text_report(const StudyRow& study, const std::vector<Group>& groups,
   std::ostringstream out;
   out << "study '" << study.name << "' (id " << study.id << ", started " << study.started_at << "): " << total
       << " trial(s), " << done << " done, " << failed << " failed, " << diverged << " diverged\n";
-  out << "final value per trial, mean +- std over seeds (n = done trials)\n";
+  out << "final value per trial: " << final_rule_line(columns, k) << "\n";
+  out << "mean +- std over seeds (n = done trials)\n";
 
   const bool any_sweep = std::any_of(groups.begin(), groups.end(), [](const Group& g) { return !g.sweep.empty(); });
   const bool any_note = std::any_of(groups.begin(), groups.end(), [](const Group& g) { return !note(g).empty(); });
@@ -189,26 +225,34 @@ std::string csv_field(const std::string& s) {
   return out + "\"";
 }
 
-std::string csv_report(const std::vector<Group>& groups, const std::vector<std::string>& metrics) {
+std::string csv_report(const std::vector<Group>& groups, const std::vector<std::string>& metrics, std::int64_t k) {
   std::ostringstream out;
-  out << "variant,sweep,metric,mean,std,n\n";
+  out << "variant,sweep,metric,mean,std,n,final\n";
   for (const auto& g : groups) {
     for (const auto& metric : metrics) {
       auto it = g.finals.find(metric);
       const std::vector<double> values = it == g.finals.end() ? std::vector<double>{} : it->second;
+      const std::string rule =
+          final_rule(metric) == FinalRule::LastEvaluation ? "last_eval" : "mean_last_" + std::to_string(k);
       out << csv_field(g.variant) << "," << csv_field(g.sweep) << "," << csv_field(metric) << ",";
       if (values.empty()) {
-        out << ",,0\n";  // the group has no finished trial with this metric
+        out << ",,0," << rule << "\n";  // the group has no finished trial with this metric
         continue;
       }
       const auto [mean, std] = mean_std(values);
-      out << format_csv_number(mean) << "," << format_csv_number(std) << "," << values.size() << "\n";
+      out << format_csv_number(mean) << "," << format_csv_number(std) << "," << values.size() << "," << rule << "\n";
     }
   }
   return out.str();
 }
 
 }  // namespace
+
+FinalRule final_rule(const std::string& metric) {
+  for (const char* prefix : {"eval_", "val_", "continual_"})
+    if (metric.rfind(prefix, 0) == 0) return FinalRule::LastEvaluation;
+  return FinalRule::MeanOfLastK;
+}
 
 std::pair<double, double> mean_std(const std::vector<double>& values) {
   if (values.empty()) return {std::nan(""), 0.0};
@@ -228,13 +272,14 @@ std::string format_report(const ResultsDb& db, const ReportOptions& options) {
                                               : std::string(": no study recorded yet")));
   }
   const std::vector<std::string> known = db.metric_names(study->id);
-  const std::vector<Group> groups = collect_groups(db, study->id);
+  if (options.last_k < 1) throw Error("--last " + std::to_string(options.last_k) + ": expected K >= 1 logged steps");
+  const std::vector<Group> groups = collect_groups(db, study->id, options.last_k);
   if (options.csv) {
     const auto metrics = options.metrics.empty() ? known : check_requested(options.metrics, known, db.path());
-    return csv_report(groups, metrics);
+    return csv_report(groups, metrics, options.last_k);
   }
   const auto columns = options.metrics.empty() ? default_columns(known) : check_requested(options.metrics, known, db.path());
-  std::string text = text_report(*study, groups, columns, known);
+  std::string text = text_report(*study, groups, columns, known, options.last_k);
   // What `mhd run --resume` and `--shard` did to this study, so the table is read for what it is.
   std::int64_t changed = 0;
   for (const TrialRow& trial : db.trials(study->id)) changed += trial.config_changes > 0 ? 1 : 0;

@@ -152,6 +152,8 @@ class ResultsDb {
   std::vector<MetricPoint> metric_series(std::int64_t trial_id, const std::string& name) const;
   // The last recorded value of every metric of a trial.
   std::map<std::string, double> final_metrics(std::int64_t trial_id) const;
+  // The last k recorded values of every metric of a trial (by step), oldest first.
+  std::map<std::string, std::vector<double>> last_metric_values(std::int64_t trial_id, std::int64_t k) const;
   std::vector<TracePoint> traces(std::int64_t trial_id) const;
   // The (probe, name) series a trial's probes stored, sorted; empty for a file without probes.
   std::vector<std::pair<std::string, std::string>> probe_series(std::int64_t trial_id) const;
@@ -170,16 +172,23 @@ class ResultsDb {
   std::string path_;
 };
 
-// `mhd report`: final metrics per variant and sweep point, mean +- std over seeds (sample std,
+// What `mhd report` calls a trial's final value of a metric (docs/studies.md, "Reading results"):
+// a held-out metric (eval_*, val_*, continual_*: measured at evaluations) its value at the last
+// evaluation; any other (measured every step) the mean of its last k logged values, so one noisy
+// last step does not stand for the trial.
+enum class FinalRule { LastEvaluation, MeanOfLastK };
+FinalRule final_rule(const std::string& metric);
+// `mhd report`: final metrics (FinalRule) per variant and sweep point, mean +- std over seeds (sample std,
 // n-1; 0 for a single seed), from trials whose status is done; failed and diverged trials are
 // counted per group. `metrics` empty means: in the text table, the usual headline metrics that
 // exist (loss, task_loss, eval_accuracy, solver_iters, rel_residual, energy, step_ms; the first
 // few metrics otherwise), with the other names listed below it; in CSV, every metric. An unknown
 // name in `metrics` throws mhd::Error listing the known ones. CSV has one row per group and
-// metric: variant,sweep,metric,mean,std,n.
+// metric: variant,sweep,metric,mean,std,n,final (final: last_eval or mean_last_K).
 struct ReportOptions {
   std::vector<std::string> metrics;
   bool csv = false;
+  std::int64_t last_k = 10;  // FinalRule::MeanOfLastK's k (mhd report --last K)
   std::optional<std::int64_t> study_id;  // default: the latest study in the file
 };
 std::string format_report(const ResultsDb& db, const ReportOptions& options);

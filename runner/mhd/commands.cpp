@@ -225,12 +225,13 @@ int plugins(const std::string& kind) {
   });
 }
 
-int report(const std::string& file, const std::vector<std::string>& metrics, bool csv) {
+int report(const std::string& file, const std::vector<std::string>& metrics, bool csv, std::int64_t last_k) {
   return guarded([&] {
     auto db = ResultsDb::open(file, /*read_only=*/true);
     ReportOptions options;
     options.metrics = metrics;
     options.csv = csv;
+    options.last_k = last_k;
     std::cout << format_report(*db, options) << std::flush;
     return kExitOk;
   });

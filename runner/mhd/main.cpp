@@ -75,10 +75,15 @@ int main(int argc, char** argv) {
   std::string file;
   std::vector<std::string> metrics;
   bool csv = false;
+  std::int64_t last_k = 10;
   auto* report = app.add_subcommand("report", "Final metrics per variant and sweep point, mean +- std over seeds");
   report->add_option("file", file, "Results file (.sqlite)")->required();
   report->add_option("--metric", metrics, "Metric(s) to show (repeatable); default a standard set");
   report->add_flag("--csv", csv, "Comma-separated output for machines");
+  report->add_option("--last", last_k,
+                     "A per-step metric's final value is the mean of its last K logged steps (held-out eval_*/val_* "
+                     "metrics: the last evaluation)")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1000000}));
 
   mhd::cli::GenerateArgs gen_args;
   auto* generate = app.add_subcommand("generate", "Generate from a checkpoint with the recurrent decode");
@@ -111,7 +116,7 @@ int main(int argc, char** argv) {
   if (*validate) return mhd::cli::validate(study_path);
   if (*plan) return mhd::cli::plan(study_path);
   if (*plugins) return mhd::cli::plugins(kind);
-  if (*report) return mhd::cli::report(file, metrics, csv);
+  if (*report) return mhd::cli::report(file, metrics, csv, last_k);
   if (*generate) return mhd::cli::generate(gen_args);
   return mhd::cli::kExitBadInput;
 }

@@ -64,7 +64,7 @@ check run 0 "2 trial\(s\): 2 done, 0 failed, 0 diverged" -- "$mhd" run "$work/ti
 check run-progress 0 "\[1/2 base seed=0\] step 3/3 +loss" -- "$mhd" run "$work/tiny.toml" --only base
 check only-unknown 2 "--only nope: study 'cli_tiny' has no such variant \(variants: base\)" -- "$mhd" run "$work/tiny.toml" --only nope
 check report 0 "^base +2 +" -- "$mhd" report "$work/tiny.sqlite"
-check report-csv 0 "^variant,sweep,metric,mean,std,n$" -- "$mhd" report "$work/tiny.sqlite" --csv
+check report-csv 0 "^variant,sweep,metric,mean,std,n,final$" -- "$mhd" report "$work/tiny.sqlite" --csv
 check report-metric 0 "eval_accuracy" -- "$mhd" report "$work/tiny.sqlite" --metric eval_accuracy
 check report-unknown-metric 2 "error: .*unknown metric 'lossy'; did you mean 'loss'\?" -- "$mhd" report "$work/tiny.sqlite" --metric lossy
 lines=$("$mhd" report "$work/tiny.sqlite" --metric lossy 2>&1 | wc -l)
