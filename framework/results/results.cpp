@@ -6,6 +6,8 @@
 // prepared statements, never pasted into SQL.
 #include "results/results.h"
 
+#include <cstdlib>
+
 #include <ctime>
 #include <algorithm>
 #include <cerrno>
@@ -145,6 +147,8 @@ std::unique_ptr<ResultsDb> ResultsDb::open(const std::string& path, bool read_on
   exec(impl.db, path, "PRAGMA journal_mode=WAL");
   exec(impl.db, path, "PRAGMA synchronous=NORMAL");
   exec(impl.db, path, "PRAGMA foreign_keys=ON");
+  if (const char* pages = std::getenv(kMaxPagesEnv); pages && *pages)
+    exec(impl.db, path, ("PRAGMA max_page_count=" + std::to_string(std::stoll(pages))).c_str());
   impl.ensure_schema();
   impl.check_format();
   impl.has_added_columns = true;

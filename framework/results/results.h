@@ -10,12 +10,26 @@
 #include <utility>
 #include <vector>
 
+#include "mhd/error.h"
 #include "train/records.h"
 
 namespace mhd {
 
 struct Study;
 struct TrialConfig;
+
+// The results file could not grow (SQLite's SQLITE_FULL: the disk, or the file's page limit, is
+// full). Not a trial's failure: `mhd run` stops the study with this one line, and `mhd run
+// --resume` continues it once there is space (docs/studies.md, "Running studies you can trust").
+class ResultsFileFull : public Error {
+ public:
+  explicit ResultsFileFull(const std::string& path)
+      : Error(path + ": disk full: free space, then mhd run --resume") {}
+};
+
+// For tests: a results file opened for writing may hold at most this many pages when the
+// environment variable is set (PRAGMA max_page_count), so a test can fill it without a small disk.
+inline constexpr const char* kMaxPagesEnv = "MHD_RESULTS_MAX_PAGES";
 
 // What the study row records about the run environment.
 struct RunEnvironment {

@@ -9,6 +9,7 @@
 #include <sqlite3.h>
 
 #include "mhd/error.h"
+#include "results/results.h"
 
 namespace mhd::results_detail {
 
@@ -67,6 +68,7 @@ class Statement {
     return *this;
   }
   [[noreturn]] void fail(const char* what) const {
+    if ((sqlite3_extended_errcode(db_) & 0xff) == SQLITE_FULL) throw ResultsFileFull(path_);
     throw Error(path_ + ": SQLite " + what + " failed: " + sqlite3_errmsg(db_) + " (in: " +
                 std::string(stmt_ ? sqlite3_sql(stmt_) : "?").substr(0, 80) + ")");
   }
@@ -81,6 +83,7 @@ inline void exec(sqlite3* db, const std::string& path, const char* sql) {
   if (sqlite3_exec(db, sql, nullptr, nullptr, &message) != SQLITE_OK) {
     const std::string text = message ? message : sqlite3_errmsg(db);
     sqlite3_free(message);
+    if ((sqlite3_extended_errcode(db) & 0xff) == SQLITE_FULL) throw ResultsFileFull(path);
     throw Error(path + ": SQLite error: " + text);
   }
 }

@@ -12,6 +12,7 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <thread>
 
@@ -91,8 +92,10 @@ void print_progress(std::ostream& log, const std::string& prefix, const TrainPro
                 static_cast<long long>(p.steps), p.loss);
   log << line;
   if (p.accuracy >= 0) {
+    // Between evaluations the last one's accuracy is shown with the step it was measured at.
     std::snprintf(line, sizeof line, "  eval_acc %.3f", p.accuracy);
     log << line;
+    if (p.accuracy_step != p.step) log << " (@" << p.accuracy_step << ")";
   }
   std::snprintf(line, sizeof line, "  iters %.0f  rel_res %.1e  %.2fs/step  ETA %s", p.solver_iters, p.rel_residual,
                 p.seconds_per_step, format_duration(p.seconds_per_step * static_cast<double>(p.steps - p.step)).c_str());
@@ -127,6 +130,10 @@ std::vector<std::pair<std::int64_t, const TrialConfig*>> selected_trials(const S
 std::string checkpoint_path_for(const std::string& results, const std::string& config_hash) {
   return results + ".checkpoints/" + config_hash + ".pt";
 }
+
+struct Slot;
+// Where this run's checkpoints go, or that it writes none ([train] checkpoint_every).
+std::string checkpoint_line(const std::vector<Slot>& slots, const std::string& results);
 
 void remove_checkpoint(const std::string& path) {
   std::error_code ec;
@@ -169,6 +176,8 @@ bool train_claimed(ResultsDb& db, std::int64_t id, const TrialConfig& trial, Plu
     db.release_trial(id);
     log << prefix << " interrupted after " << format_duration(watch.seconds()) << std::endl;
     return false;
+  } catch (const ResultsFileFull&) {
+    throw;  // not the trial's failure: the study stops (run_study)
   } catch (const std::exception& e) {
     result.status = TrialStatus::Failed;
     result.error = e.what();
@@ -243,14 +252,23 @@ struct Slot {
   std::string prefix;
 };
 
+std::string checkpoint_line(const std::vector<Slot>& slots, const std::string& results) {
+  std::int64_t with = 0;
+  for (const auto& slot : slots) with += slot.trial.train.integer("checkpoint_every") > 0 ? 1 : 0;
+  if (with == 0) return "checkpoints: none ([train] checkpoint_every = 0)";
+  return "checkpoints: " + std::to_string(with) + " of " + std::to_string(slots.size()) + " trial(s) -> " +
+         checkpoint_path_for(results, "<config hash>") + " (mhd generate reads them)";
+}
+
 // Runs `slots` in child processes, at most `jobs` at once; returns false when interrupted.
 bool run_isolated(ResultsDb& db, const std::vector<Slot>& slots, const RunOptions& options, std::int64_t threads,
                   const std::vector<std::string>& plugin_path, const std::string& output, std::ostream& log) {
   std::size_t next = 0;
   std::vector<Worker> running;
   bool interrupted = false;
+  bool results_full = false;  // a worker found the results file full: start no more trials
   while (true) {
-    while (!g_stop && running.size() < static_cast<std::size_t>(std::max(1, options.jobs)) && next < slots.size()) {
+    while (!g_stop && !results_full && running.size() < static_cast<std::size_t>(std::max(1, options.jobs)) && next < slots.size()) {
       const Slot& slot = slots[next++];
       if (!db.claim_trial(slot.id, threads)) {
         log << slot.prefix << " skipped: another runner has it or it finished" << std::endl;
@@ -307,7 +325,9 @@ bool run_isolated(ResultsDb& db, const std::vector<Slot>& slots, const RunOption
       const auto row = db.trial(it->trial_id);
       const bool by_sigint = (WIFEXITED(status) && WEXITSTATUS(status) == 130) ||
                              (WIFSIGNALED(status) && WTERMSIG(status) == SIGINT);
-      if (row && row->status == TrialStatus::Running) {
+      if (WIFEXITED(status) && WEXITSTATUS(status) == kWorkerExitResultsFull) {
+        results_full = true;  // the trial stays running: --resume restarts it
+      } else if (row && row->status == TrialStatus::Running) {
         if (g_stop && by_sigint) {
           db.release_trial(it->trial_id);
         } else {
@@ -326,6 +346,7 @@ bool run_isolated(ResultsDb& db, const std::vector<Slot>& slots, const RunOption
       it = running.erase(it);
     }
   }
+  if (results_full) throw ResultsFileFull(output);
   return !interrupted && !g_stop;
 }
 
@@ -450,6 +471,7 @@ RunSummary run_study(const Study& study, PluginRegistry& registry, const RunOpti
       << " trial(s), " << slots.size() << " to run"
       << (options.worker_executable.empty() ? "" : ", " + std::to_string(options.jobs) + " at a time") << ", "
       << threads << " thread(s) each -> " << summary.output << std::endl;
+  log << checkpoint_line(slots, summary.output) << std::endl;
 
   bool complete = true;
   if (options.worker_executable.empty()) {
@@ -509,7 +531,12 @@ int run_trial_worker(const WorkerArgs& args, PluginRegistry& registry, std::ostr
                 ", not claimed (running); mhd run starts trial processes itself");
   TrialConfig trial = TrialConfig::from_json(row->config_json);
   if (!args.device.empty()) trial.run.set("device", args.device);
-  return train_claimed(*db, args.trial_id, trial, registry, log, args.prefix) ? 0 : 130;
+  try {
+    return train_claimed(*db, args.trial_id, trial, registry, log, args.prefix) ? 0 : 130;
+  } catch (const ResultsFileFull& e) {
+    std::cerr << e.what() << std::endl;
+    return kWorkerExitResultsFull;
+  }
 }
 
 std::vector<std::string> write_slurm_scripts(const Study& study, const SlurmOptions& options) {

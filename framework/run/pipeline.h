@@ -43,7 +43,8 @@ struct RunSummary {
 
 // Runs the study's trials and prints progress and a closing summary table to `log`.
 // A trial that throws (or, isolated, crashes) is marked failed with the message and the study
-// goes on. Returns early with `interrupted` when request_stop() was called: the running trials
+// goes on; a full results file (ResultsFileFull) stops the study instead, throwing that error once
+// the running trials have ended. Returns early with `interrupted` when request_stop() was called: the running trials
 // flush their rows and go back to pending.
 RunSummary run_study(const Study& study, PluginRegistry& registry, const RunOptions& options, std::ostream& log);
 
@@ -60,6 +61,9 @@ struct WorkerArgs {
   std::vector<std::string> plugin_path;  // directories the caller scans into the registry
 };
 int run_trial_worker(const WorkerArgs& args, PluginRegistry& registry, std::ostream& log);
+// run_trial_worker's exit code when the results file is full (ResultsFileFull): the parent stops
+// starting trials and ends the study with that one line.
+inline constexpr int kWorkerExitResultsFull = 75;
 
 // SIGINT: a handler that asks the running study to stop after the current flush (a second SIGINT
 // exits at once; `mhd run --resume` then restarts the interrupted trials).

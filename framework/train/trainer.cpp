@@ -109,6 +109,7 @@ class TrialTrainer {
       const bool eval_now = (step == steps || (eval_every > 0 && step % eval_every == 0)) && !dp_follower();
       if (eval_now) {
         progress.accuracy = evaluate(step);
+        progress.accuracy_step = step;
         if (sink_.flush) sink_.flush();
       }
       if (validate_every > 0 && step % validate_every == 0 && !dp_follower()) validate(step);

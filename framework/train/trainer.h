@@ -31,6 +31,7 @@ struct TrainedModel {
 struct TrainProgress {
   std::int64_t step = 0, steps = 0;
   double loss = 0, accuracy = -1;  // accuracy < 0: no evaluation yet
+  std::int64_t accuracy_step = 0;  // the evaluation step `accuracy` comes from (<= step)
   double solver_iters = 0, rel_residual = 0, seconds_per_step = 0;
 };
 

@@ -34,6 +34,9 @@ int guarded(Body&& body) {
   } catch (const StudyError& e) {
     std::cerr << e.what() << std::endl;
     return kExitBadInput;
+  } catch (const ResultsFileFull& e) {  // not the input's fault: free space, then --resume
+    std::cerr << "mhd: error: " << e.what() << std::endl;
+    return kExitFailure;
   } catch (const Error& e) {
     std::cerr << "mhd: error: " << e.what() << std::endl;
     return kExitBadInput;
@@ -280,10 +283,14 @@ int generate(const GenerateArgs& args) {
     options.warm_start = !args.cold;
     const auto prompt = prompt_tokens(args.prompt, bytes, vocab);
     const auto result = mhd::generate(*loaded.model, prompt, options);
+    // The prompt first, then what was generated: the text as it reads on.
     if (bytes) {
+      for (std::int64_t t : prompt) std::cout << static_cast<char>(t);
       for (std::int64_t t : result.tokens) std::cout << static_cast<char>(t);
     } else {
-      for (std::size_t i = 0; i < result.tokens.size(); ++i) std::cout << (i ? " " : "") << result.tokens[i];
+      for (std::size_t i = 0; i < prompt.size(); ++i) std::cout << (i ? " " : "") << prompt[i];
+      std::cout << " |";
+      for (std::int64_t t : result.tokens) std::cout << " " << t;
     }
     std::cout << std::endl;
     std::cerr << "mhd generate: " << result.tokens.size() << " tokens after a " << prompt.size()
