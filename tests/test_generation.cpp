@@ -20,7 +20,7 @@ mhd::PluginRegistry& registry() {
 }
 
 // A tight solve, so the decode's equilibrium and the full forward's agree to far below 1e-4.
-std::string study(const std::string& backbone) {
+std::string study(const std::string& backbone, const std::string& model_keys, const std::string& task_keys) {
   return R"(
 [study]
 name = "generation_test"
@@ -29,10 +29,11 @@ kind = "associative_recall"
 vocab_size = 16
 num_pairs = 2
 seq_len = 8
+)" + task_keys + R"(
 [model]
 d_model = 16
 n_layers = 2
-residual = false
+)" + model_keys + R"(
 [backbone]
 plugin = ")" + backbone + R"("
 [memory]
@@ -45,8 +46,9 @@ tol = 1e-10
 )";
 }
 
-std::shared_ptr<mhd::UnifiedModel> make_model(const std::string& backbone, bool deq = true) {
-  auto config = mhd::parse_study(study(backbone), "generation_test.toml", registry()).trials.front();
+std::shared_ptr<mhd::UnifiedModel> make_model(const std::string& backbone, bool deq = true,
+                                              const std::string& model_keys = "", const std::string& task_keys = "") {
+  auto config = mhd::parse_study(study(backbone, model_keys, task_keys), "generation_test.toml", registry()).trials.front();
   config.model.set("deq", deq);
   torch::manual_seed(3);
   auto model = std::make_shared<mhd::UnifiedModel>(mhd::model_options(config, 16), registry());
@@ -55,15 +57,18 @@ std::shared_ptr<mhd::UnifiedModel> make_model(const std::string& backbone, bool 
   return model;
 }
 
-// Every position t of the decode against forward(tokens[:, :t+1]).logits[:, -1].
-void expect_decode_matches_forward(mhd::UnifiedModel& model, std::int64_t L) {
+// Every position t of the decode against the full forward's logits at t. The sequence form is
+// causal, so one forward of all L tokens serves every position; the pooled form's state depends on
+// the whole input, so it is compared with forward(tokens[:, :t+1]).logits[:, -1] instead.
+void expect_decode_matches_forward(mhd::UnifiedModel& model, std::int64_t L, bool pooled = false) {
   at::manual_seed(11);
   const auto tokens = at::randint(16, {2, L}, at::kLong);  // [B, L]
   auto state = model.initial_decode_state(2);
   at::NoGradGuard no_grad;
+  const auto all = model.forward(tokens).logits;  // [B, L, V]
   for (std::int64_t t = 0; t < L; ++t) {
     auto step = model.step(tokens.select(1, t), state);
-    auto full = model.forward(tokens.slice(1, 0, t + 1)).logits.select(1, t);  // [B, V]
+    auto full = pooled ? model.forward(tokens.slice(1, 0, t + 1)).logits.select(1, t) : all.select(1, t);  // [B, V]
     EXPECT_LT((step.logits - full).abs().max().item<double>(), 1e-4) << "position " << t;
     if (model.deq_enabled()) EXPECT_TRUE(step.info.converged) << "position " << t;
   }
@@ -74,6 +79,19 @@ TEST(RecurrentDecode, MambaMatchesTheFullForwardAtEveryPosition) { expect_decode
 
 TEST(RecurrentDecode, AttentionMatchesTheFullForwardAtEveryPosition) {
   expect_decode_matches_forward(*make_model("attention"), 10);
+}
+
+TEST(RecurrentDecode, ContextMemoryMatchesTheFullForward) {
+  expect_decode_matches_forward(*make_model("mamba", true, "memory_source = \"context\""), 10);
+}
+
+TEST(RecurrentDecode, BothMemorySourcesMatchTheFullForward) {
+  expect_decode_matches_forward(*make_model("attention", true, "memory_source = \"both\""), 10);
+}
+
+TEST(RecurrentDecode, PooledFormMatchesTheForwardOfEachPrefix) {
+  expect_decode_matches_forward(*make_model("mamba", true, "equilibrium = \"pooled\"", "query_at_end = true"), 8,
+                                /*pooled=*/true);
 }
 
 TEST(RecurrentDecode, BackboneOnlyBaselineMatchesToo) {

@@ -66,7 +66,7 @@ TEST(UnifiedModel, LogitsHaveTheVocabularyAndPluginsAreSubmodules) {
   mhd::UnifiedModel model(mhd::model_options(config_with(), 16), registry());
   auto out = model.forward(tokens(3, 8));
   EXPECT_EQ(out.logits.sizes(), (std::vector<std::int64_t>{3, 8, 16}));
-  EXPECT_EQ(out.z_star.sizes(), (std::vector<std::int64_t>{3, 16}));
+  EXPECT_EQ(out.z_star.sizes(), (std::vector<std::int64_t>{3, 8 * 16})) << "one state per position, flattened";
   bool has_layer = false, has_block = false, has_w_out = false;
   for (const auto& item : model.named_parameters()) {
     has_layer |= item.key().rfind("layer0.", 0) == 0;
@@ -102,17 +102,28 @@ TEST(UnifiedModel, GradientsReachEveryComponent) {
   EXPECT_GT(out.backward_info->iterations, 0) << "the implicit backward solve ran";
 }
 
+// f is rebuilt here from the parts docs/design.md §4 names, with the model's own weights:
+// f(Z) = W_out(g * S + (1 - g) * R), S = block(tanh(Z) + X), R = softmax(beta Q M^T) M, g = sigmoid(W_g [S ; R]).
 TEST(UnifiedDynamics, ComponentsComposeAsDesigned) {
   torch::manual_seed(0);
   mhd::UnifiedModel model(mhd::model_options(config_with(), 16), registry());
   at::NoGradGuard no_grad;
-  auto X = model.context(tokens(2, 8));
+  auto X = model.context(tokens(2, 8));  // [2, 8, 16]
   auto ctx = model.dynamics().prepare(X);
-  auto z = at::randn({2, 16});
-  auto c = model.dynamics().components(z, ctx);
-  EXPECT_TRUE(c.gate.gt(0).all().item<bool>() && c.gate.lt(1).all().item<bool>()) << "sigmoid gate in (0, 1)";
-  EXPECT_TRUE(c.next.allclose(model.dynamics().forward(z, ctx)));
+  auto z = at::randn({2, 8 * 16});
+  auto p = model.named_parameters();
+  auto bank = model.named_buffers()["dynamics.memory.patterns"];  // [8, 16]
+  auto Z = z.view({2, 8, 16});
+  auto S = model.dynamics().block().forward(at::tanh(Z) + X);
+  auto Q = at::linear(Z, p["dynamics.W_q.weight"], p["dynamics.W_q.bias"]);
+  auto R = at::softmax(1.0 * Q.matmul(bank.t()), -1).matmul(bank);  // beta = 1
+  auto g = at::sigmoid(at::linear(at::cat({S, R}, -1), p["dynamics.W_g.weight"], p["dynamics.W_g.bias"]));
+  auto expected = at::linear(g * S + (1 - g) * R, p["dynamics.W_out.weight"], p["dynamics.W_out.bias"]);
+  EXPECT_TRUE(model.dynamics().forward(z, ctx).allclose(expected.reshape({2, -1}), 1e-5, 1e-6));
+  // E = E_mem + alpha ||z - f(z)||^2 + lambda_l2 ||z||^2 with the defaults alpha = 1, lambda_l2 = 1e-3.
   auto e = model.dynamics().energy(z, ctx);
+  EXPECT_TRUE(e.consistency.allclose((z - expected.reshape({2, -1})).pow(2).sum(1), 1e-4, 1e-5));
+  EXPECT_TRUE(e.l2.allclose(1e-3 * z.pow(2).sum(1)));
   EXPECT_TRUE(e.total.allclose(e.memory + e.consistency + e.l2 + e.extra));
 }
 
@@ -123,10 +134,10 @@ TEST(UnifiedDynamics, EnergyGradientIncludesTheConsistencyTermThroughF) {
   at::NoGradGuard no_grad;
   auto X = model.context(tokens(2, 8));
   auto ctx = model.dynamics().prepare(X);
-  auto z = at::randn({2, 16}, at::kDouble);
+  auto z = at::randn({2, 8 * 16}, at::kDouble);
   auto grad = model.dynamics().grad_energy(z, ctx);
   const double eps = 1e-6;
-  for (std::int64_t i = 0; i < 16; i += 3) {
+  for (std::int64_t i = 0; i < 8 * 16; i += 11) {
     auto up = z.clone(), down = z.clone();
     up[0][i] += eps;
     down[0][i] -= eps;
@@ -143,16 +154,16 @@ TEST(UnifiedDynamics, SmoothnessTermIsTheSquaredMemoryEnergyGradient) {
   model.to(at::kDouble);
   at::NoGradGuard no_grad;
   auto ctx = model.dynamics().prepare(model.context(tokens(2, 8)));
-  auto z = at::randn({2, 16}, at::kDouble);
+  auto z = at::randn({2, 8 * 16}, at::kDouble);
   auto e = model.dynamics().energy(z, ctx);
   // Central differences of E_mem give its gradient; the term is 0.3 ||grad||^2.
   const double eps = 1e-6;
   auto grad = at::zeros_like(z);
-  for (std::int64_t i = 0; i < 16; ++i) {
+  for (std::int64_t i = 0; i < 8 * 16; ++i) {
     auto up = z.clone(), down = z.clone();
     up.select(1, i) += eps;
     down.select(1, i) -= eps;
-    grad.select(1, i).copy_((model.dynamics().memory_energy(up) - model.dynamics().memory_energy(down)) / (2 * eps));
+    grad.select(1, i).copy_((model.dynamics().memory_energy(up, ctx) - model.dynamics().memory_energy(down, ctx)) / (2 * eps));
   }
   EXPECT_TRUE(e.smooth.allclose(0.3 * grad.pow(2).sum(1), 1e-6, 1e-9)) << e.smooth << 0.3 * grad.pow(2).sum(1);
   EXPECT_GT(e.smooth.min().item<double>(), 0.0);
@@ -194,7 +205,9 @@ TEST(UnifiedModel, NoveltyGatedWritesStoreOnlyWhatTheMemoryLacks) {
   EXPECT_EQ(model.commit_memory_writes(), 0) << "a commit writes once";
   {
     at::NoGradGuard no_grad;
-    auto stored = model.dynamics().memory()->max_similarity(model.dynamics().query(first.z_star.detach()));
+    // One query per sequence: its last position's W_q z*_{L-1}.
+    auto last = first.z_star.detach().narrow(1, 7 * 16, 16);
+    auto stored = model.dynamics().memory()->max_similarity(model.dynamics().query(last));
     EXPECT_TRUE(at::allclose(stored, at::ones_like(stored), 1e-5, 1e-5)) << "the queries W_q z* were stored";
   }
   auto never = config_with("");
@@ -234,12 +247,17 @@ TEST(UnifiedModel, ImplicitGradientMatchesUnrolledBackprop) {
   a.logits.pow(2).sum().backward();
   b.logits.pow(2).sum().backward();
   auto pa = implicit_model.named_parameters();
+  std::size_t compared = 0;
   for (const auto& item : unrolled_model.named_parameters()) {
-    if (!item.value().grad().defined()) continue;
     const auto& ga = pa[item.key()].grad();
+    ASSERT_EQ(ga.defined(), item.value().grad().defined()) << item.key() << ": a gradient in one mode only";
+    if (!ga.defined()) continue;
     const double scale = std::max(item.value().grad().norm().item<double>(), 1e-8);
     EXPECT_LT((ga - item.value().grad()).norm().item<double>() / scale, 1e-4) << item.key();
+    if (item.key().rfind("dynamics.", 0) == 0) ++compared;
   }
+  // The dynamics' own maps (W_q, W_g, W_out, the block's weights) are where the two modes differ.
+  EXPECT_GE(compared, 6u) << "too few dynamics parameters had gradients to compare";
 }
 
 }  // namespace
@@ -288,6 +306,80 @@ TEST(UnifiedModel, HeadAtTheLabelledPositionsGivesTheFullLossAccuracyAndGradient
     ++compared;
   }
   EXPECT_GT(compared, params.size() / 2) << "most parameters must receive a gradient to compare";
+}
+
+}  // namespace
+
+namespace {
+
+std::string with(const std::string& anchor, const std::string& added) {
+  std::string text = kStudy;
+  const auto at = text.find(anchor);
+  return text.insert(at + anchor.size(), "\n" + added);
+}
+
+// The pooled form gives every position the state of the whole sequence: the validator refuses it
+// with a task scored before the last position, at the key, and accepts it with the seed's recall
+// experiment (one query, at the end).
+TEST(UnifiedModel, PooledFormOnlyWithTargetsAtTheLastPosition) {
+  const std::string pooled = with("residual = false", "equilibrium = \"pooled\"");
+  try {
+    mhd::parse_study(pooled, "pooled.toml", registry());
+    FAIL() << "pooled with targets at every query position must not validate";
+  } catch (const mhd::Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("pooled.toml:"), std::string::npos) << message;
+    EXPECT_NE(message.find("model.equilibrium"), std::string::npos) << message;
+    EXPECT_NE(message.find("would see tokens after t"), std::string::npos) << message;
+  }
+  std::string text = with("seq_len = 8", "query_at_end = true");
+  text.insert(text.find("residual = false") + 16, "\nequilibrium = \"pooled\"");
+  auto trial = mhd::parse_study(text, "pooled_ok.toml", registry()).trials.front();
+  torch::manual_seed(0);
+  mhd::UnifiedModel model(mhd::model_options(trial, 16), registry());
+  auto out = model.forward(tokens(3, 8));
+  EXPECT_EQ(out.z_star.sizes(), (std::vector<std::int64_t>{3, 16})) << "one state per sequence";
+  // Broadcast over L: every position's logits see the same z*, so they differ only through X.
+  EXPECT_EQ(out.logits.sizes(), (std::vector<std::int64_t>{3, 8, 16}));
+}
+
+// query_at_end: one query, its key the last token and its label there; nothing else is scored.
+TEST(UnifiedModel, RecallWithTheQueryAtTheEndScoresOnlyTheLastPosition) {
+  const auto trial = mhd::parse_study(with("seq_len = 8", "query_at_end = true"), "end.toml", registry()).trials.front();
+  auto task = mhd::make_task(trial.task_kind, trial.task, 5);
+  const mhd::Batch batch = task->train_batch(6);
+  const auto labelled = batch.targets != mhd::kIgnoreIndex;  // [B, L]
+  EXPECT_TRUE(labelled.select(1, 7).all().item<bool>());
+  EXPECT_EQ(labelled.sum().item<std::int64_t>(), 6);
+  // The query key is one of the row's context keys (positions 0, 2), and the label its value.
+  for (std::int64_t b = 0; b < 6; ++b) {
+    const auto row = batch.inputs[b];
+    const auto key = row[7].item<std::int64_t>();
+    const auto label = batch.targets[b][7].item<std::int64_t>();
+    bool found = false;
+    for (std::int64_t p = 0; p < 2; ++p)
+      if (row[2 * p].item<std::int64_t>() == key) found = row[2 * p + 1].item<std::int64_t>() == label;
+    EXPECT_TRUE(found) << "row " << b;
+  }
+}
+
+// The context source adds W_k and W_v (keys and values from X); the bank source has neither.
+TEST(UnifiedModel, ContextSourceReadsKeysAndValuesProjectedFromX) {
+  auto has = [](mhd::UnifiedModel& m, const std::string& name) {
+    for (const auto& item : m.named_parameters())
+      if (item.key() == name) return true;
+    return false;
+  };
+  torch::manual_seed(0);
+  mhd::UnifiedModel bank(mhd::model_options(config_with(), 16), registry());
+  auto context_trial = mhd::parse_study(with("residual = false", "memory_source = \"context\""), "c.toml", registry())
+                           .trials.front();
+  mhd::UnifiedModel context(mhd::model_options(context_trial, 16), registry());
+  EXPECT_FALSE(has(bank, "dynamics.W_k.weight"));
+  EXPECT_TRUE(has(context, "dynamics.W_k.weight") && has(context, "dynamics.W_v.weight"));
+  auto out = context.forward(tokens(2, 8));
+  out.logits.pow(2).mean().backward();
+  EXPECT_GT(context.named_parameters()["dynamics.W_v.weight"].grad().abs().sum().item<double>(), 0.0);
 }
 
 }  // namespace

@@ -24,6 +24,19 @@ BackwardMode backward_mode_from(const std::string& text) {
   throw Error("backward.mode must be \"implicit\", \"phantom\" or \"unrolled\", got \"" + text + "\"");
 }
 
+Equilibrium equilibrium_from(const std::string& text) {
+  if (text == "sequence") return Equilibrium::Sequence;
+  if (text == "pooled") return Equilibrium::Pooled;
+  throw Error("model.equilibrium must be \"sequence\" or \"pooled\", got \"" + text + "\"");
+}
+
+MemorySource memory_source_from(const std::string& text) {
+  if (text == "bank") return MemorySource::Bank;
+  if (text == "context") return MemorySource::Context;
+  if (text == "both") return MemorySource::Both;
+  throw Error("model.memory_source must be \"bank\", \"context\" or \"both\", got \"" + text + "\"");
+}
+
 }  // namespace
 
 ModelOptions model_options(const TrialConfig& config, std::int64_t vocab_size) {
@@ -36,6 +49,8 @@ ModelOptions model_options(const TrialConfig& config, std::int64_t vocab_size) {
   o.deq = m.flag("deq");
   o.dynamics.d_model = o.d_model;
   o.dynamics.use_memory = m.flag("use_memory");
+  o.dynamics.equilibrium = equilibrium_from(m.text("equilibrium"));
+  o.dynamics.memory_source = memory_source_from(m.text("memory_source"));
   o.dynamics.gate = gate_from(m.text("gate"));
   o.dynamics.out_init_scale = m.real("out_init_scale");
   o.dynamics.state_norm = state_norm_from(m.text("state_norm"));

@@ -26,18 +26,25 @@ const SectionSchema& model_section() {
       {
           int_param("d_model", 64, "Width D of tokens, context and equilibrium state.", 4, 8192),
           int_param("n_layers", 2, "Backbone layers building the context X before the DEQ.", 0, 128),
-          bool_param("deq", true, "Solve for the equilibrium z*; false gives the backbone-only baseline."),
+          bool_param("deq", true, "Solve for the equilibrium Z*; false gives the backbone-only baseline."),
+          choice_param("equilibrium", "sequence", {"sequence", "pooled"},
+                       "sequence: one state per position, Z: [B, L, D], solved jointly; causal (docs/design.md §4). "
+                       "pooled: one z per sequence from the state after the whole sequence, broadcast over L; only "
+                       "for tasks scored at the last position (position t would see tokens after t)."),
+          choice_param("memory_source", "bank", {"bank", "context", "both"},
+                       "What retrieval reads: the memory's persistent bank, the sequence's own keys W_k X and values "
+                       "W_v X at positions <= t (causal Hopfield retrieval), or both (their mean)."),
           bool_param("use_memory", true, "Retrieve from the memory inside the dynamics; false drops that branch."),
           bool_param("memory_writes", false,
                      "During training, store each equilibrium's memory query W_q z* whose largest cosine similarity "
                      "to the bank is below write_threshold (novelty-gated; the memory replaces its oldest slots)."),
           float_param("write_threshold", 0.7, "Novelty threshold of memory writes on the cosine similarity.", -1.0, 1.0),
           choice_param("gate", "sigmoid", {"sigmoid", "tanh"}, "Activation of the learned gate g that blends the Mamba update and the memory retrieval."),
-          bool_param("residual", true,
-                     "f(z) = z + W_out(...) as in docs/design.md §4; false gives f(z) = W_out(...), the original design's theory form "
-                     "z' = g(Mamba(z, x), Hopfield(z, M)), whose Lipschitz constant the contractive plugin can bound."),
+          bool_param("residual", false,
+                     "true: f(z) = z + W_out(...), whose Jacobian has spectral norm >= 1 at initialisation (measured not to "
+                     "converge); false (default): the theory form f(z) = W_out(...) of docs/design.md §4."),
           choice_param("state_norm", "none", {"none", "layernorm"},
-                       "layernorm: f(z) = LayerNorm(z + W_out(...)), which keeps the iterates of the residual form bounded; none is docs/design.md §4."),
+                       "layernorm: f(z) = LayerNorm(W_out(...)) (or of z + W_out(...) in the residual form), which bounds the iterates; none is docs/design.md §4."),
           float_param("out_init_scale", 1.0, "Initial scale of W_out relative to the default init (a small value keeps the residual form near the identity at the start).", 0.0, 10.0),
       },
       ""};

@@ -1,5 +1,6 @@
 #include "core/dynamics.h"
 
+#include <ATen/TensorIndexing.h>
 #include <torch/autograd.h>
 
 #include "mhd/error.h"
@@ -7,6 +8,36 @@
 #include "mhd/optimization.h"
 
 namespace mhd {
+namespace {
+
+torch::Tensor repeated(const torch::Tensor& t, std::int64_t sample, std::int64_t n) {
+  if (!t.defined()) return t;
+  std::vector<std::int64_t> sizes = t.sizes().vec();
+  sizes[0] = n;
+  return t.detach().narrow(0, sample, 1).expand(sizes).contiguous();
+}
+
+}  // namespace
+
+std::int64_t DynamicsContext::batch() const {
+  if (!recurrent) return X.size(0);
+  if (inject.defined()) return inject.size(0);
+  if (!block.tensors.empty()) return block.tensors.front().size(0);
+  return keys.defined() ? keys.size(0) : 0;
+}
+
+std::int64_t DynamicsContext::positions() const { return recurrent ? 1 : X.size(1); }
+
+DynamicsContext DynamicsContext::repeated_row(std::int64_t sample, std::int64_t n) const {
+  DynamicsContext c;
+  c.recurrent = recurrent;
+  c.X = repeated(X, sample, n);
+  c.inject = repeated(inject, sample, n);
+  for (const auto& t : block.tensors) c.block.tensors.push_back(repeated(t, sample, n));
+  c.keys = repeated(keys, sample, n);
+  c.values = repeated(values, sample, n);
+  return c;
+}
 
 UnifiedDynamics::UnifiedDynamics(const DynamicsOptions& options, std::shared_ptr<Backbone> block,
                                  std::shared_ptr<Memory> memory,
@@ -20,10 +51,15 @@ UnifiedDynamics::UnifiedDynamics(const DynamicsOptions& options, std::shared_ptr
   W_q_ = register_module("W_q", torch::nn::Linear(D, D));
   W_g_ = register_module("W_g", torch::nn::Linear(2 * D, D));
   W_out_ = register_module("W_out", torch::nn::Linear(D, D));
+  if (options_.use_memory && reads_context()) {
+    // Keys and values come from X, not Z: they are fixed for the whole solve (computed once, not per
+    // iteration), a decoder appends exactly the ones the full forward uses, and the fixed point
+    // couples positions only through the causal block (docs/design.md §4).
+    W_k_ = register_module("W_k", torch::nn::Linear(D, D));
+    W_v_ = register_module("W_v", torch::nn::Linear(D, D));
+  }
   if (options_.state_norm == StateNorm::LayerNorm)
     state_norm_ = register_module("state_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
-  // A small W_out keeps f close to the identity at the start, where every solver converges at once;
-  // training grows it.
   torch::NoGradGuard no_grad;
   W_out_->weight.mul_(options_.out_init_scale);
   W_out_->bias.zero_();
@@ -35,61 +71,147 @@ torch::Tensor UnifiedDynamics::linear(const std::string& name, const torch::nn::
   return at::linear(x, weight, layer->bias);
 }
 
-torch::Tensor UnifiedDynamics::memory_energy(const torch::Tensor& z) {
-  return retrieving() ? memory_->energy(query(z)) : at::zeros({z.size(0)}, z.options());
+torch::Tensor UnifiedDynamics::positions_of(const torch::Tensor& z, const DynamicsContext& context) const {
+  return z.reshape({z.size(0), context.positions(), options_.d_model});  // [B, P, D]
 }
-
-torch::Tensor UnifiedDynamics::memory_energy_gradient(const torch::Tensor& z) {
-  // dE_mem/dz with a graph when the caller trains through it (z carries a graph), detached otherwise
-  // (inside a solve, under NoGradGuard, where only the value is traced).
-  const bool train_through = at::GradMode::is_enabled() && z.requires_grad();
-  torch::AutoGradMode enable(true);
-  auto zz = train_through ? z : z.detach().requires_grad_(true);
-  auto energy = memory_energy(zz).sum();
-  if (!energy.requires_grad()) return at::zeros_like(z);  // memory off: E_mem is constant
-  auto grad = torch::autograd::grad({energy}, {zz}, {}, /*retain_graph=*/true, /*create_graph=*/train_through)[0];
-  return train_through ? grad : grad.detach();
-}
-
-RecurrentState UnifiedDynamics::prepare(const torch::Tensor& X) { return block_->forward_with_state(X).second; }
 
 torch::Tensor UnifiedDynamics::query(const torch::Tensor& z) { return linear("W_q", W_q_, z); }
 
-DynamicsComponents UnifiedDynamics::components(const torch::Tensor& z, const RecurrentState& context) {
+torch::Tensor UnifiedDynamics::query_rows(const torch::Tensor& z) {
+  return query(z.reshape({-1, options_.d_model}));  // [B * P, D]
+}
+
+DynamicsContext UnifiedDynamics::prepare(const torch::Tensor& X) {
+  DynamicsContext c;
+  if (options_.equilibrium == Equilibrium::Sequence) {
+    c.X = X;
+  } else {
+    c.recurrent = true;
+    c.block = block_->forward_with_state(X).second;
+  }
+  if (W_k_) {
+    c.keys = linear("W_k", W_k_, X);    // K: [B, L, D]
+    c.values = linear("W_v", W_v_, X);  // V: [B, L, D]
+  }
+  return c;
+}
+
+torch::Tensor UnifiedDynamics::initial_state(const DynamicsContext& context, const torch::Tensor& X) const {
+  if (context.recurrent) return X.select(1, X.size(1) - 1);  // pooled: z0 = X[:, -1]: [B, D]
+  return at::zeros({X.size(0), X.size(1) * X.size(2)}, X.options());
+}
+
+DynamicsContext UnifiedDynamics::position_context(const torch::Tensor& x_t, const RecurrentState& block_state,
+                                                  const torch::Tensor& keys, const torch::Tensor& values) {
+  DynamicsContext c;
+  c.recurrent = true;
+  c.inject = x_t;
+  c.block = block_state;
+  if (W_k_) {
+    const auto k = linear("W_k", W_k_, x_t).unsqueeze(1), v = linear("W_v", W_v_, x_t).unsqueeze(1);  // [B, 1, D]
+    c.keys = keys.defined() ? at::cat({keys, k}, 1) : k;
+    c.values = values.defined() ? at::cat({values, v}, 1) : v;
+  }
+  return c;
+}
+
+RecurrentState UnifiedDynamics::advance(const torch::Tensor& z_t, const DynamicsContext& position) {
+  auto input = at::tanh(z_t);
+  if (position.inject.defined()) input = input + position.inject;
+  return block_->step(input, position.block).second;
+}
+
+DynamicsContext UnifiedDynamics::last_position(const DynamicsContext& sequence, const torch::Tensor& z_star) {
+  if (sequence.recurrent) return sequence;
+  const auto& X = sequence.X;  // [B, L, D]
+  const std::int64_t B = X.size(0), L = X.size(1);
+  const auto Z = positions_of(z_star, sequence);  // [B, L, D]
+  DynamicsContext c;
+  c.recurrent = true;
+  c.inject = X.select(1, L - 1);
+  c.block = L > 1 ? block_->forward_with_state(at::tanh(Z.narrow(1, 0, L - 1)) + X.narrow(1, 0, L - 1)).second
+                  : block_->initial_state(B);
+  c.keys = sequence.keys;
+  c.values = sequence.values;
+  return c;
+}
+
+torch::Tensor UnifiedDynamics::retrieval(const torch::Tensor& Q, const DynamicsContext& context) {
+  const auto D = options_.d_model;
+  torch::Tensor bank, from_context;
+  if (reads_bank()) bank = memory_->retrieve(Q.reshape({-1, D})).view(Q.sizes());  // [B, P, D]
+  if (reads_context()) {
+    if (!context.keys.defined()) throw Error("unified dynamics: the context source needs the context's keys");
+    from_context = memory_->retrieve_context(Q, context.keys, context.values);  // [B, P, D]
+  }
+  if (!bank.defined()) return from_context;
+  if (!from_context.defined()) return bank;
+  return 0.5 * (bank + from_context);
+}
+
+DynamicsComponents UnifiedDynamics::components(const torch::Tensor& z, const DynamicsContext& context) {
   DynamicsComponents c;
-  // The block sees tanh(z): a Mamba step grows like ||z||^3 in its input (the input, the step size
+  const auto Z = positions_of(z, context);  // [B, P, D]
+  // The block sees tanh(Z): a Mamba step grows like ||z||^3 in its input (the input, the step size
   // and the read-out are all linear in it), so one wild extrapolation of a solver would send the
-  // iterates to infinity. tanh bounds the input with Lipschitz constant 1; LayerNorm, the other
-  // candidate, is scale-invariant and amplifies small states (measured: solves stopped converging).
-  c.mamba = block_->step(at::tanh(z), context).first;  // u: [B, D]
-  c.memory = retrieving() ? memory_->retrieve(query(z)) : at::zeros_like(z);  // r: [B, D]
-  auto gate_in = at::cat({c.mamba, c.memory}, 1);  // [B, 2D]
-  auto pre = linear("W_g", W_g_, gate_in);
+  // iterates to infinity. tanh bounds the input with Lipschitz constant 1; the injected X is added
+  // after it, so the block always sees the token content at its own scale.
+  if (!context.recurrent) {
+    c.block = block_->forward(at::tanh(Z) + context.X);  // S: [B, L, D]
+  } else {
+    auto input = at::tanh(Z.squeeze(1));
+    if (context.inject.defined()) input = input + context.inject;
+    c.block = block_->step(input, context.block).first.unsqueeze(1);  // S: [B, 1, D]
+  }
+  c.memory = retrieving() ? retrieval(query(Z), context) : at::zeros_like(Z);  // R: [B, P, D]
+  auto pre = linear("W_g", W_g_, at::cat({c.block, c.memory}, -1));          // [B, P, D]
   c.gate = options_.gate == Gate::Sigmoid ? at::sigmoid(pre) : at::tanh(pre);
-  auto blended = c.gate * c.mamba + (1 - c.gate) * c.memory;
+  auto blended = c.gate * c.block + (1 - c.gate) * c.memory;
   c.next = linear("W_out", W_out_, blended);
-  if (options_.residual) c.next = z + c.next;
+  if (options_.residual) c.next = Z + c.next;
   if (state_norm_) c.next = state_norm_->forward(c.next);
   return c;
 }
 
-torch::Tensor UnifiedDynamics::forward(const torch::Tensor& z, const RecurrentState& context) {
-  return components(z, context).next;
+torch::Tensor UnifiedDynamics::forward(const torch::Tensor& z, const DynamicsContext& context) {
+  return components(z, context).next.reshape({z.size(0), -1});  // [B, P * D]
 }
 
-TensorMap UnifiedDynamics::solver_map(const RecurrentState& context) {
+TensorMap UnifiedDynamics::solver_map(const DynamicsContext& context) {
   TensorMap f = [this, context](const at::Tensor& z) { return forward(z, context); };
   for (const auto& opt : optimizations_) f = opt->wrap_dynamics(f);
   return f;
 }
 
-EnergyComponents UnifiedDynamics::energy(const torch::Tensor& z, const RecurrentState& context) {
+torch::Tensor UnifiedDynamics::memory_energy(const torch::Tensor& z, const DynamicsContext& context) {
+  if (!retrieving()) return at::zeros({z.size(0)}, z.options());
+  const auto Q = query(positions_of(z, context));  // [B, P, D]
+  const auto B = Q.size(0), P = Q.size(1);
+  auto energy = at::zeros({B}, z.options());
+  if (reads_bank()) energy = energy + memory_->energy(Q.reshape({B * P, -1})).view({B, P}).sum(1);
+  if (reads_context()) energy = energy + memory_->context_energy(Q, context.keys).sum(1);
+  return energy;
+}
+
+torch::Tensor UnifiedDynamics::memory_energy_gradient(const torch::Tensor& z, const DynamicsContext& context) {
+  // dE_mem/dz with a graph when the caller trains through it (z carries a graph), detached otherwise
+  // (inside a solve, under NoGradGuard, where only the value is traced).
+  const bool train_through = at::GradMode::is_enabled() && z.requires_grad();
+  torch::AutoGradMode enable(true);
+  auto zz = train_through ? z : z.detach().requires_grad_(true);
+  auto energy = memory_energy(zz, context).sum();
+  if (!energy.requires_grad()) return at::zeros_like(z);  // memory off: E_mem is constant
+  auto grad = torch::autograd::grad({energy}, {zz}, {}, /*retain_graph=*/true, /*create_graph=*/train_through)[0];
+  return train_through ? grad : grad.detach();
+}
+
+EnergyComponents UnifiedDynamics::energy(const torch::Tensor& z, const DynamicsContext& context) {
   EnergyComponents e;
   const auto f = solver_map(context);
-  e.memory = memory_energy(z);
+  e.memory = memory_energy(z, context);
   e.consistency = options_.alpha * (z - f(z)).pow(2).sum(1);
   e.l2 = options_.lambda_l2 * z.pow(2).sum(1);
-  e.smooth = options_.lambda_smooth > 0 ? options_.lambda_smooth * memory_energy_gradient(z).pow(2).sum(1)
+  e.smooth = options_.lambda_smooth > 0 ? options_.lambda_smooth * memory_energy_gradient(z, context).pow(2).sum(1)
                                         : at::zeros({z.size(0)}, z.options());
   e.extra = at::zeros({z.size(0)}, z.options());
   for (const auto& opt : optimizations_) {
@@ -100,7 +222,7 @@ EnergyComponents UnifiedDynamics::energy(const torch::Tensor& z, const Recurrent
   return e;
 }
 
-torch::Tensor UnifiedDynamics::grad_energy(const torch::Tensor& z, const RecurrentState& context) {
+torch::Tensor UnifiedDynamics::grad_energy(const torch::Tensor& z, const DynamicsContext& context) {
   torch::AutoGradMode enable(true);
   auto zz = z.detach().requires_grad_(true);
   auto total = energy(zz, context).total.sum();

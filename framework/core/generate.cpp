@@ -40,28 +40,35 @@ DecodeStep UnifiedModel::step(const torch::Tensor& tokens, DecodeState& state, b
     out.logits = head_->forward(head_norm_->forward(x));
     return out;
   }
-  // The dynamics' context after the prefix and x_t (what prepare(X) computes over the whole X).
-  state.dynamics = dynamics_->block().step(x, state.dynamics).second;
-  const RecurrentState& context = state.dynamics;
+  const bool pooled = dynamics_->options().equilibrium == Equilibrium::Pooled;
+  // Pooled: z* is solved against the block's state after the whole prefix (what prepare(X) keeps),
+  // with no injection. Sequence: the block is stepped from the states of the positions before t,
+  // fed tanh(z_t) + x_t, and only z_t: [B, D] is solved.
+  if (pooled) state.dynamics = dynamics_->block().step(x, state.dynamics).second;
+  DynamicsContext context = dynamics_->position_context(x, state.dynamics, state.keys, state.values);
+  if (pooled) context.inject = torch::Tensor();
+  state.keys = context.keys;
+  state.values = context.values;
   FixedPointProblem problem;
   problem.f = dynamics_->solver_map(context);
   if (energy_on_) {
     problem.energy = [&](const at::Tensor& z) { return dynamics_->energy(z, context).total; };
     problem.grad_energy = [&](const at::Tensor& z) { return dynamics_->grad_energy(z, context); };
   }
-  // z0 = X_t, as the full forward of the prefix starts; the previous z* instead when warm: the
-  // context moved by one token, so the previous equilibrium is usually the closer start.
-  at::Tensor start = x;
+  // Without warm start each position starts where the full forward starts (zeros; pooled: X_t);
+  // warm, from the previous position's z*, usually the closer start.
+  at::Tensor start = pooled ? x : at::zeros_like(x);
   if (warm_start && state.z_star.defined() && state.z_star.sizes() == x.sizes()) {
     start = state.z_star;
     out.warm_started = true;
   } else {
     for (const auto& opt : optimizations_)
-      if (auto warm = opt->warm_start(x)) start = *warm;
+      if (auto warm = opt->warm_start(x); warm && warm->sizes() == start.sizes()) start = *warm;
   }
   SolveResult solved = solver_->solve(problem, start, forward_limits_);
   out.info = solved.info;
   state.z_star = solved.z;
+  if (!pooled) state.dynamics = dynamics_->advance(solved.z, context);
   out.logits = head_->forward(head_norm_->forward(x + solved.z));  // [B, V]
   return out;
 }

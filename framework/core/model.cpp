@@ -71,18 +71,19 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe, con
     out.logits = head(X, scored);
     return out;
   }
-  out.z0 = X.select(1, X.size(1) - 1);  // [B, D]
   out.context = dynamics_->prepare(X);
+  out.z0 = dynamics_->initial_state(out.context, X).detach();  // [B, P * D]
+  out.key = X.select(1, X.size(1) - 1).detach();               // [B, D]
   const TensorMap f = dynamics_->solver_map(out.context);
 
-  at::Tensor start = out.z0.detach();
+  at::Tensor start = out.z0;
   torch::Tensor& previous = is_training() ? last_train_z_ : last_eval_z_;
   if (warm_start_ && previous.defined() && previous.sizes() == start.sizes()) {
     start = previous;
     out.warm_started = true;
   }
   for (const auto& opt : optimizations_)
-    if (auto warm = opt->warm_start(out.z0.detach())) start = *warm;
+    if (auto warm = opt->warm_start(out.key); warm && warm->sizes() == start.sizes()) start = *warm;
 
   if (backward_mode_ != BackwardMode::Unrolled) {
     FixedPointProblem problem;
@@ -107,22 +108,25 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe, con
   }
   if (observe) {
     torch::NoGradGuard no_grad;
-    for (const auto& opt : optimizations_) opt->on_equilibrium(f, out.z_star.detach(), out.z0.detach());
+    for (const auto& opt : optimizations_) opt->on_equilibrium(f, out.z_star.detach(), out.key);
   }
   if (warm_start_) previous = out.z_star.detach();
   if (memory_writes_ && memory_enabled_ && is_training()) out.memory_writes = stage_novel_patterns(out.z_star.detach());
   if (energy_on_) out.energy = dynamics_->energy(out.z_star, out.context);
-  auto combined = X + out.z_star.unsqueeze(1);  // z* broadcast over L: [B, L, D]
+  // X + Z*: [B, L, D] (the pooled z*: [B, 1, D], broadcast over L)
+  auto combined = X + out.z_star.view({X.size(0), out.context.positions(), X.size(2)});
   out.logits = head(combined, scored);
   return out;
 }
 
 std::int64_t UnifiedModel::stage_novel_patterns(const torch::Tensor& z_star) {
   // The original design's policy: store what the memory does not already hold. Queries W_q z* are stored, the
-  // space retrieval compares against; outside autograd.
+  // space retrieval compares against; outside autograd. One per sequence, its last position's: the
+  // state that has read the whole sequence (every position's would flood the bank L times faster).
   torch::NoGradGuard no_grad;
   Memory& memory = *dynamics_->memory();
-  auto queries = dynamics_->query(z_star);                           // [B, D]
+  const auto D = dynamics_->options().d_model;
+  auto queries = dynamics_->query(z_star.narrow(1, z_star.size(1) - D, D));  // [B, D]
   auto novel = memory.max_similarity(queries).lt(write_threshold_);  // [B]
   pending_writes_ = queries.index({novel}).clone();                  // [N, D]
   return pending_writes_.size(0);

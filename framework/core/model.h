@@ -1,7 +1,8 @@
 // The Unified Mamba-Hopfield-DEQ model (docs/design.md §4):
-//   tokens -> Embedding -> n_layers x (x + layer(LayerNorm(x))) -> X: [B, L, D], z0 = X[:, -1]
-//   z* = DEQ solve of the unified dynamics (dynamics.h)
-//   logits = Head(LayerNorm(X + z* broadcast over L))
+//   tokens -> Embedding -> n_layers x (x + layer(LayerNorm(x))) -> X: [B, L, D]
+//   Z* = DEQ solve of the unified dynamics (dynamics.h) over the whole sequence: [B, L, D]
+//        (pooled form: one z* [B, D] from the state after the sequence, broadcast over L)
+//   logits = Head(LayerNorm(X + Z*))
 #pragma once
 
 #include <cstdint>
@@ -25,13 +26,14 @@ class Optimization;
 
 struct ModelOutput {
   torch::Tensor logits;  // [B, L, V]; [N, V] at the N scored positions when forward() was given a mask
-  torch::Tensor z_star;  // [B, D]; gradients reach the parameters through the backward mode
+  torch::Tensor z_star;  // [B, P * D] (P = L, or 1 pooled); gradients reach the parameters through the backward mode
   SolverInfo forward_info;
   // Filled by the implicit backward solve once loss.backward() has run.
   std::shared_ptr<SolverInfo> backward_info = std::make_shared<SolverInfo>();
   EnergyComponents energy;  // at z*, with a graph (defined only when [energy] enabled and deq on)
-  RecurrentState context;   // the dynamics' context state
-  torch::Tensor z0;         // [B, D]
+  DynamicsContext context;  // what the solve ran against
+  torch::Tensor z0;         // [B, P * D] where the solve started without warm start
+  torch::Tensor key;        // [B, D] X[:, -1], the context summary optimizations' hooks see
   bool warm_started = false;  // the solve started from the previous equilibrium
   std::int64_t memory_writes = -1;  // patterns written by novelty-gated writes (-1: writes off)
 };
@@ -39,7 +41,8 @@ struct ModelOutput {
 // Recurrent decoding (generate.h): everything the model keeps about a prefix, O(1) in its length.
 struct DecodeState {
   std::vector<RecurrentState> layers;  // each context layer's backbone state
-  RecurrentState dynamics;             // the dynamics' block after the prefix: the solve's context
+  RecurrentState dynamics;             // the dynamics' block after the prefix (run on tanh(z*) + x)
+  torch::Tensor keys, values;          // [B, t, D] the context memory's keys and values so far
   torch::Tensor z_star;                // [B, D] the last position's equilibrium (undefined before any)
   std::int64_t position = 0;           // tokens consumed
 };
@@ -86,9 +89,10 @@ class UnifiedModel : public torch::nn::Module {
   // Recurrent decoding, defined in generate.cpp. The state before any token, for B streams.
   DecodeState initial_decode_state(std::int64_t batch);
   // Consumes tokens: [B] (one per stream) and returns the logits for the next position, equal to
-  // forward(prefix + tokens).logits[:, -1] when the solve converges: each context layer and the
-  // dynamics' block take one recurrent step, then z* is re-solved against the new context, from the
-  // previous position's z* when `warm_start` (docs/design.md §4), else from z0 = X_t. No autograd.
+  // forward(prefix + tokens).logits[:, -1] up to the solver's tolerance: each context layer takes one
+  // recurrent step, then only the new position's z_t is solved with the dynamics' block stepped from
+  // the states of the positions before it, from the previous position's z* when `warm_start`
+  // (docs/design.md §4). O(1) per token, except the context memory's keys (O(t)). No autograd.
   DecodeStep step(const torch::Tensor& tokens, DecodeState& state, bool warm_start = true);
 
  private:

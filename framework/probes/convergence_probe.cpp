@@ -154,7 +154,7 @@ class ConvergenceProbe : public Probe {
       const Batch batch = c.task.eval_batch(batch_size, b);
       ModelOutput out = c.model.forward(batch.inputs.to(c.device));
       UnifiedDynamics& dynamics = c.model.dynamics();
-      const RecurrentState& context = out.context;
+      const DynamicsContext& context = out.context;
       const TensorMap f = dynamics.solver_map(context);
       const TensorMap energy = [&](const at::Tensor& z) { return dynamics.energy(z, context).total; };
       ConvergenceOptions options = options_;

@@ -117,10 +117,8 @@ LandscapeOptions read_options(const Params& p) {
 // about at once (the dynamics act on rows independently).
 class SampleDynamics {
  public:
-  SampleDynamics(UnifiedDynamics& dynamics, const RecurrentState& context, std::int64_t sample)
-      : dynamics_(dynamics) {
-    for (const auto& t : context.tensors) row_.tensors.push_back(t.detach().narrow(0, sample, 1));
-  }
+  SampleDynamics(UnifiedDynamics& dynamics, const DynamicsContext& context, std::int64_t sample)
+      : dynamics_(dynamics), context_(context), sample_(sample) {}
 
   TensorMap map() {
     return [this](const at::Tensor& z) { return dynamics_.solver_map(context(z.size(0)))(z); };
@@ -133,21 +131,16 @@ class SampleDynamics {
   }
 
  private:
-  const RecurrentState& context(std::int64_t n) {
+  const DynamicsContext& context(std::int64_t n) {
     auto it = cache_.find(n);
     if (it != cache_.end()) return it->second;
-    RecurrentState s;
-    for (const auto& t : row_.tensors) {
-      std::vector<std::int64_t> sizes = t.sizes().vec();
-      sizes[0] = n;
-      s.tensors.push_back(t.expand(sizes).contiguous());
-    }
-    return cache_.emplace(n, std::move(s)).first->second;
+    return cache_.emplace(n, context_.repeated_row(sample_, n)).first->second;
   }
 
   UnifiedDynamics& dynamics_;
-  RecurrentState row_;
-  std::map<std::int64_t, RecurrentState> cache_;
+  DynamicsContext context_;
+  std::int64_t sample_;
+  std::map<std::int64_t, DynamicsContext> cache_;
 };
 
 // The memory's stored patterns ([M, D]): the bank registered as "patterns" (buffer or parameter).
@@ -164,6 +157,9 @@ at::Tensor memory_bank(UnifiedDynamics& dynamics) {
               "\"patterns\"; use \"random\" or \"trajectory_pca\"");
 }
 
+// The last D entries of each row: the last position's state of [B, L * D] (all of [B, D]).
+at::Tensor last_d(const at::Tensor& z, std::int64_t D) { return z.narrow(1, z.size(1) - D, D); }
+
 class LandscapeProbe final : public Probe {
  public:
   explicit LandscapeProbe(const Params& params) : o_(read_options(params)) {}
@@ -174,12 +170,19 @@ class LandscapeProbe final : public Probe {
       throw Error("the landscape is that of the DEQ dynamics' energy; this model has model.deq = false");
     const Batch batch = ctx.task.eval_batch(o_.sample + 1, 0);
     const ModelOutput out = model.forward(batch.inputs.to(ctx.device));
-    const at::Tensor z_star = out.z_star.detach().narrow(0, o_.sample, 1);  // [1, D]
-    const at::Tensor z0 = out.z0.detach().narrow(0, o_.sample, 1);          // [1, D]
-    const std::int64_t D = z_star.size(1);
+    // In the sequence form the landscape is the last position's: z_{L-1}: [D] with the earlier
+    // positions held at their equilibrium (a fixed point of its own; docs/design.md §4).
+    DynamicsContext position;
+    {
+      at::NoGradGuard no_grad;
+      position = model.dynamics().last_position(out.context, out.z_star.detach());
+    }
+    const std::int64_t D = model.dynamics().options().d_model;
+    const at::Tensor z_star = last_d(out.z_star.detach(), D).narrow(0, o_.sample, 1);  // [1, D]
+    const at::Tensor z0 = last_d(out.z0.detach(), D).narrow(0, o_.sample, 1);          // [1, D]
     const double norm = z_star.norm().item<double>();
     scale_ = norm > 1e-6 ? norm : 1.0;  // lengths in units of ||z*||
-    SampleDynamics sd(model.dynamics(), out.context, o_.sample);
+    SampleDynamics sd(model.dynamics(), position, o_.sample);
     f_ = sd.map();
     energy_ = sd.energy();
     grad_ = sd.grad_energy();

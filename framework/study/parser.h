@@ -255,6 +255,8 @@ class StudyParser {
   // Keys of [task] that are each valid but cannot go together (the kind's TaskDefinition::check),
   // reported at the key the message names as this trial wrote it.
   void check_task_keys(const TrialConfig& c, const RawTable& raw, const std::string& context) const;
+  // The pooled equilibrium only with a task scored at the last position (docs/design.md §4).
+  void check_equilibrium_fits_task(const TrialConfig& c, const RawTable& model, const std::string& context) const;
 
   // (framework keys, plugin) of a [backbone]/[memory]/[solver] table.
   std::pair<Params, ComponentConfig> resolve_component(const RawTable& raw, const std::string& section,

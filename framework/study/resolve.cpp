@@ -112,6 +112,7 @@ TrialConfig StudyParser::resolve(const RawConfig& raw, const std::string& contex
   check_task_keys(c, table("task"), context);
 
   c.model = resolve_table(table("model"), "model", model_section().keys, nullptr, {}, context).framework;
+  check_equilibrium_fits_task(c, table("model"), context);
   c.energy = resolve_table(table("energy"), "energy", energy_section().keys, nullptr, {}, context).framework;
   c.backbone = resolve_component(table("backbone"), "backbone", PluginKind::Backbone, context).second;
   c.memory = resolve_component(table("memory"), "memory", PluginKind::Memory, context).second;
@@ -177,6 +178,18 @@ void StudyParser::check_task_keys(const TrialConfig& c, const RawTable& raw, con
     if (auto entry = raw.keys.find(key); entry != raw.keys.end()) fail(*entry->second.node, message + context);
     fail(raw.pos, message + context);
   }
+}
+
+void StudyParser::check_equilibrium_fits_task(const TrialConfig& c, const RawTable& model,
+                                              const std::string& context) const {
+  if (!c.model.flag("deq") || c.model.text("equilibrium") != "pooled") return;
+  if (scores_last_position_only(c.task_kind, c.task)) return;
+  const std::string message =
+      "model.equilibrium = \"pooled\" gives every position the state solved from the whole sequence, so position t "
+      "would see tokens after t; task \"" + c.task_kind + "\" has targets before the last position: use "
+      "equilibrium = \"sequence\" (or a task scored at the last position only)";
+  if (auto entry = model.keys.find("equilibrium"); entry != model.keys.end()) fail(*entry->second.node, message + context);
+  fail(model.pos, message + context);
 }
 
 std::pair<Params, ComponentConfig> StudyParser::resolve_component(const RawTable& raw, const std::string& section,

@@ -4,6 +4,8 @@
 //   vocabulary: 0 = filler, keys in [1, V/2), values in [V/2, V)
 //   inputs:     k1 v1 k2 v2 ... kP vP | 0 .. kq vq .. 0 .. kq' vq' ..
 //   targets:    -100 everywhere except at each query key, where the label is its value
+//   query_at_end: the seed's recall experiment: k1 v1 ... kP vP 0 .. 0 kq, one query whose key is the
+//               last token and whose label sits there (the only layout the pooled equilibrium may train on)
 //   part k of K (continual learning): keys and values from the k-th of K equal disjoint slices of
 //               their ranges, so a model that learned one part has not seen the other parts' tokens
 #include <algorithm>
@@ -23,6 +25,9 @@ const ParamSchema& associative_recall_schema() {
       int_param("num_pairs", 4, "Key-value pairs P in each context.", 1, 100000),
       int_param("seq_len", 32, "Sequence length L; needs 2 P + 2 Q <= L.", 4, 1000000),
       int_param("num_queries", 0, "Queries Q after the context; 0 asks about every pair once.", 0, 100000),
+      bool_param("query_at_end", false,
+                 "One query, its key the last token and its label there (the seed's recall experiment; allows "
+                 "model.equilibrium = \"pooled\"). Needs num_queries = 0 or 1 and 2 P + 1 <= L."),
   };
   return schema;
 }
@@ -33,7 +38,8 @@ class AssociativeRecall final : public Task {
       : vocab_(p.integer("vocab_size")),
         pairs_(p.integer("num_pairs")),
         seq_len_(p.integer("seq_len")),
-        queries_(p.integer("num_queries") == 0 ? pairs_ : p.integer("num_queries")),
+        queries_(p.flag("query_at_end") ? 1 : p.integer("num_queries") == 0 ? pairs_ : p.integer("num_queries")),
+        at_end_(p.flag("query_at_end")),
         seed_(seed),
         train_gen_(at::make_generator<at::CPUGeneratorImpl>(seed)),
         eval_seed_(held_out_seed()) {
@@ -43,8 +49,17 @@ class AssociativeRecall final : public Task {
   // The keys' joint constraints, shared by the constructor and validation (TaskDefinition::check).
   static void check(const Params& p) {
     const std::int64_t vocab = p.integer("vocab_size"), pairs = p.integer("num_pairs"), seq_len = p.integer("seq_len");
+    const bool at_end = p.flag("query_at_end");
     const std::int64_t queries = p.integer("num_queries") == 0 ? pairs : p.integer("num_queries");
     const std::int64_t keys = vocab / 2 - 1;
+    if (at_end && p.integer("num_queries") > 1)
+      throw Error("task.num_queries = " + std::to_string(p.integer("num_queries")) +
+                  " cannot go with task.query_at_end = true, which asks one query at the last position; use 0 or 1");
+    if (at_end && 2 * pairs + 1 > seq_len) {
+      throw Error("task.seq_len = " + std::to_string(seq_len) + " is too short for " + std::to_string(pairs) +
+                  " pairs (task.num_pairs) and a final query key (task.query_at_end); it needs at least " +
+                  std::to_string(2 * pairs + 1));
+    }
     if (pairs > keys) {
       throw Error("task.num_pairs = " + std::to_string(pairs) + " needs at least " + std::to_string(pairs) +
                   " distinct keys, but vocab_size = " + std::to_string(vocab) + " gives " + std::to_string(keys) +
@@ -52,7 +67,7 @@ class AssociativeRecall final : public Task {
     }
     if (pairs > vocab - vocab / 2)
       throw Error("task.num_pairs exceeds the number of distinct values V/2 (task.vocab_size)");
-    if (2 * pairs + 2 * queries > seq_len) {
+    if (!at_end && 2 * pairs + 2 * queries > seq_len) {
       throw Error("task.seq_len = " + std::to_string(seq_len) + " is too short for " + std::to_string(pairs) +
                   " pairs (task.num_pairs) and " + std::to_string(queries) +
                   " queries (task.num_queries); it needs at least " + std::to_string(2 * pairs + 2 * queries));
@@ -94,7 +109,7 @@ class AssociativeRecall final : public Task {
   // held-out data; the offset keeps them apart from any training stream (seeds are small ints).
   std::uint64_t held_out_seed() const {
     return 0x9E3779B97F4A7C15ull ^ (static_cast<std::uint64_t>(vocab_) * 1000003u + pairs_ * 10007u +
-                                    seq_len_ * 101u + queries_);
+                                    seq_len_ * 101u + queries_ + (at_end_ ? 0x5bd1e995u : 0u));
   }
 
   // SplitMix64 of the seed and the step: independent streams for neighbouring steps and seeds.
@@ -122,6 +137,13 @@ class AssociativeRecall final : public Task {
     auto context = at::stack({keys, values}, 2).reshape({batch, 2 * pairs_});
     inputs.slice(1, 0, 2 * pairs_).copy_(context);
 
+    if (at_end_) {
+      // One query: its key is the last token, its label there ([B, 1] each).
+      auto asked = distinct_per_row(batch, pairs_, 1, gen);
+      inputs.select(1, seq_len_ - 1).copy_(keys.gather(1, asked).squeeze(1));
+      targets.select(1, seq_len_ - 1).copy_(values.gather(1, asked).squeeze(1));
+      return {inputs, targets};
+    }
     // Queries: which pair each asks about ([B, Q]) and which 2-token slot of the query region
     // holds it ([B, Q], distinct).
     const std::int64_t slots = (seq_len_ - 2 * pairs_) / 2;
@@ -138,6 +160,7 @@ class AssociativeRecall final : public Task {
   }
 
   std::int64_t vocab_, pairs_, seq_len_, queries_;
+  bool at_end_;
   // The selected part's key range [key_lo_, key_lo_ + key_count_) and value range (the whole task
   // by default).
   std::int64_t key_lo_ = 1, key_count_ = vocab_ / 2 - 1, value_lo_ = vocab_ / 2, value_count_ = vocab_ - vocab_ / 2;
@@ -155,7 +178,8 @@ MHD_REGISTER_TASK(associative_recall, [] {
                         [](const Params& params, std::uint64_t seed) -> std::unique_ptr<Task> {
                           return std::make_unique<AssociativeRecall>(params, seed);
                         },
-                        [](const Params& params) { AssociativeRecall::check(params); }};
+                        [](const Params& params) { AssociativeRecall::check(params); },
+                        [](const Params& params) { return params.flag("query_at_end"); }};
 });
 
 }  // namespace mhd

@@ -21,4 +21,9 @@ void check_task(const std::string& kind, const Params& params) {
   if (definition.check) definition.check(params);
 }
 
+bool scores_last_position_only(const std::string& kind, const Params& params) {
+  const TaskDefinition& definition = task_catalog().require(kind);
+  return definition.last_position_only && definition.last_position_only(params);
+}
+
 }  // namespace mhd

@@ -62,6 +62,10 @@ struct TaskDefinition {
   // would fail at a trial's start fails validation instead (docs/studies.md); the message starts
   // with the offending "task.KEY", which the parser points at. `make` must throw the same errors.
   std::function<void(const Params& params)> check;
+  // Optional: true when these parameters put every target at the last position, the only tasks the
+  // pooled equilibrium (one state per sequence) may train on without seeing the future. Absent:
+  // targets may sit anywhere.
+  std::function<bool(const Params& params)> last_position_only;
 };
 
 // Every registered task kind.
@@ -73,6 +77,8 @@ const ParamSchema& task_schema(const std::string& kind);
 std::unique_ptr<Task> make_task(const std::string& kind, const Params& params, std::uint64_t seed);
 // Runs the kind's `check` (nothing when it has none); throws mhd::Error as `make_task` would.
 void check_task(const std::string& kind, const Params& params);
+// The kind's last_position_only (false when it has none).
+bool scores_last_position_only(const std::string& kind, const Params& params);
 
 }  // namespace mhd
 

@@ -315,8 +315,10 @@ class TrialTrainer {
       accuracy += s.accuracy;
       iters += static_cast<double>(out.forward_info.iterations);
       if (i == 0 && model_->deq_enabled()) {
-        if (auto* memory = model_->dynamics().memory(); memory && model_->dynamics().retrieving())
-          for (const auto& [name, value] : memory->stats(model_->dynamics().query(out.z_star))) emit(step, std::string(metric::kMemoryPrefix) + name, value);
+        UnifiedDynamics& dynamics = model_->dynamics();
+        if (auto* memory = dynamics.memory(); memory && dynamics.retrieving() && dynamics.reads_bank())
+          for (const auto& [name, value] : memory->stats(dynamics.query_rows(out.z_star.detach())))
+            emit(step, std::string(metric::kMemoryPrefix) + name, value);
         for (const auto& opt : model_->optimizations())
           for (const auto& [name, value] : opt->metrics()) emit(step, name, value);
       }
