@@ -261,14 +261,20 @@ TEST(DataParallel, TwoRankTrainingMatchesSingleProcessLossCurve) {
   const auto r2 = mhd::train_trial(tiny_config(2), registry(), sink2);
   ASSERT_EQ(r1.status, mhd::TrialStatus::Done) << r1.error;
   ASSERT_EQ(r2.status, mhd::TrialStatus::Done) << r2.error;
-  ASSERT_EQ(parallel["loss"].size(), 6u);
-  for (const auto& [step, loss] : single["loss"])
-    EXPECT_NEAR(parallel["loss"][step], loss, 1e-4 * std::abs(loss)) << "step " << step;
-  EXPECT_NEAR(parallel["task_loss"][6], single["task_loss"][6], 1e-4 * single["task_loss"][6]);
-  EXPECT_NEAR(parallel["grad_norm"][6], single["grad_norm"][6], 1e-3 * single["grad_norm"][6]);
-  EXPECT_NEAR(parallel["eval_loss"][6], single["eval_loss"][6], 1e-3 * single["eval_loss"][6]);
-  ASSERT_EQ(parallel["dp_param_drift"].count(6), 1u);
-  EXPECT_EQ(parallel["dp_param_drift"][6], 0.0) << "the ranks' parameters drifted apart";
+  // .at(): a metric missing on one side is a failure, not 0 vs 0.
+  ASSERT_EQ(parallel.at("loss").size(), 6u);
+  ASSERT_EQ(single.at("loss").size(), 6u);
+  for (const auto& [step, loss] : single.at("loss")) {
+    ASSERT_EQ(parallel.at("loss").count(step), 1u) << "step " << step;
+    EXPECT_NEAR(parallel.at("loss").at(step), loss, 1e-4 * std::abs(loss)) << "step " << step;
+  }
+  for (const auto& [name, tolerance] : std::map<std::string, double>{{"task_loss", 1e-4}, {"grad_norm", 1e-3}, {"eval_loss", 1e-3}}) {
+    const double expected = single.at(name).at(6);
+    EXPECT_GT(std::abs(expected), 0.0) << name << ": a zero would make the comparison vacuous";
+    EXPECT_NEAR(parallel.at(name).at(6), expected, tolerance * std::abs(expected)) << name;
+  }
+  ASSERT_EQ(parallel.at("dp_param_drift").count(6), 1u);
+  EXPECT_EQ(parallel.at("dp_param_drift").at(6), 0.0) << "the ranks' parameters drifted apart";
   EXPECT_EQ(single.count("dp_param_drift"), 0u);
 }
 
@@ -315,8 +321,10 @@ TEST(DataParallel, BadSpecsAreOneLineErrors) {
   EXPECT_EQ(tcp.port, 29500);
   try {
     mhd::Rendezvous::parse("udp://x");
+    FAIL() << "udp://x accepted";
   } catch (const mhd::Error& e) {
     EXPECT_NE(std::string(e.what()).find("train.rendezvous = \"udp://x\""), std::string::npos) << e.what();
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
   }
   auto config = tiny_config(2);
   config.train.set("batch", std::int64_t{7});

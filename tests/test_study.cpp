@@ -258,7 +258,31 @@ TEST_F(Ablation, OverridesDeepMerge) {
 TEST_F(Ablation, JsonIsCanonicalAndRoundTrips) {
   const auto& a = study_->trials[0];
   const auto& b = study_->trials[1];  // same but the seed
-  EXPECT_EQ(a.to_json(), mhd::TrialConfig(a).to_json());
+  // Canonical: the same configuration written with its tables and keys in another order gives the
+  // same text and hash; one value changed gives another.
+  const std::string tables_one_way = kHead + "vocab_size = 32\nnum_pairs = 2\n[memory]\nplugin = \"hopfield\"\nsize = 64\n"
+                                             "beta = 2.0\n[train]\nlr = 0.01\nsteps = 9\n";
+  const std::string tables_other_way = R"(
+[train]
+steps = 9
+lr = 0.01
+[memory]
+beta = 2.0
+size = 64
+plugin = "hopfield"
+[task]
+num_pairs = 2
+vocab_size = 32
+kind = "associative_recall"
+[study]
+name = "t"
+)";
+  const auto one = parse(tables_one_way).trials.at(0), other = parse(tables_other_way).trials.at(0);
+  EXPECT_EQ(one.to_json(), other.to_json());
+  EXPECT_EQ(one.hash(), other.hash());
+  std::string changed_text = tables_other_way;
+  changed_text.replace(changed_text.find("size = 64"), 9, "size = 65");
+  EXPECT_NE(parse(changed_text).trials.at(0).hash(), one.hash());
   EXPECT_NE(a.hash(), b.hash());
   EXPECT_EQ(a.hash().size(), 16u);
   EXPECT_EQ(a.hash().find_first_not_of("0123456789abcdef"), std::string::npos);
@@ -274,6 +298,13 @@ TEST_F(Ablation, JsonIsCanonicalAndRoundTrips) {
     ASSERT_EQ(back.to_json(), t.to_json());
     EXPECT_EQ(back.hash(), t.hash());
     EXPECT_EQ(back.label(), t.label());
+    // The values themselves come back, not just a text that prints the same.
+    EXPECT_EQ(back.seed, t.seed);
+    EXPECT_EQ(back.solver.plugin, t.solver.plugin);
+    EXPECT_EQ(back.memory.params.real("beta"), t.memory.params.real("beta"));
+    EXPECT_EQ(back.train.integer("steps"), t.train.integer("steps"));
+    EXPECT_EQ(back.optimizations.size(), t.optimizations.size());
+    EXPECT_EQ(back.sweep_json(), t.sweep_json());
   }
   EXPECT_THROW(mhd::TrialConfig::from_json("{\"study\": 1}"), mhd::Error);
   EXPECT_THROW(mhd::TrialConfig::from_json("not json"), mhd::Error);

@@ -204,12 +204,15 @@ TEST(Validation, EveryNStepsWithConvergenceAndIterations) {
   EXPECT_EQ(run.metrics.at("val_iters_median").at(4), 3.0);
   EXPECT_EQ(run.metrics.at("val_iters_max").at(4), 3.0);
 
-  // A loose tolerance: every validation solve converges.
+  // A loose tolerance: every validation solve converges, well before the cap of 50 (a count that
+  // reported max_iter, or the training solves' limit of 3, would fail here).
   c.solve.set("max_iter", std::int64_t{50});
   c.solve.set("tol", 0.5);
   const TrialRun loose = train(c);
   EXPECT_EQ(loose.metrics.at("val_convergence_rate").at(4), 1.0);
-  EXPECT_LE(loose.metrics.at("val_iters_max").at(4), 50.0);
+  EXPECT_GE(loose.metrics.at("val_iters_max").at(4), 1.0);
+  EXPECT_LT(loose.metrics.at("val_iters_max").at(4), 3.0);
+  EXPECT_LE(loose.metrics.at("val_iters_mean").at(4), loose.metrics.at("val_iters_max").at(4));
 }
 
 // --- stability term --------------------------------------------------------------------------
@@ -241,6 +244,21 @@ TEST(Stability, PowerIterationEstimateIsLoggedAndTrains) {
   EXPECT_GT(run.metrics.at("lipschitz_power").at(1), 0.0);
   // contraction_target 0: the term is the estimate itself.
   EXPECT_NEAR(run.metrics.at("objective_stability").at(1), run.metrics.at("lipschitz_power").at(1), 1e-6);
+
+  // And it trains: with the term at weight 1 the spectral norm of J_f(z*) ends lower than with it
+  // at a weight too small to matter, from the same start (same seed, same value at step 1).
+  const std::string keys = "steps = 12\neval_every = 0\nlr = 0.01\n";
+  const auto trained = train(config(keys + "objective = { stability = 1.0, contraction_target = 0.0, "
+                                           "lipschitz = \"power_iteration\", lipschitz_iterations = 5 }\n"));
+  const auto control = train(config(keys + "objective = { stability = 1e-9, contraction_target = 0.0, "
+                                           "lipschitz = \"power_iteration\", lipschitz_iterations = 5 }\n"));
+  ASSERT_EQ(trained.result.status, mhd::TrialStatus::Done) << trained.result.error;
+  ASSERT_EQ(control.result.status, mhd::TrialStatus::Done) << control.result.error;
+  const auto& with = trained.metrics.at("lipschitz_power");
+  const auto& without = control.metrics.at("lipschitz_power");
+  EXPECT_NEAR(with.at(1), without.at(1), 1e-6);
+  EXPECT_LT(with.at(12), 0.8 * without.at(12)) << "with " << with.at(12) << " without " << without.at(12);
+  EXPECT_LT(with.at(12), with.at(1));
 }
 
 // --- exact resume ----------------------------------------------------------------------------
@@ -332,7 +350,8 @@ TEST(Continual, TaskPartsAreDisjointVocabularySlices) {
 }
 
 TEST(Continual, AccuracyMatrixAndForgettingFromATrial) {
-  const auto c = config("steps = 6\neval_every = 0\neval_batches = 2\ncontinual_tasks = 3\n");
+  // Enough steps at a high enough lr that the matrix is not all chance (a forgetting of 0 either way).
+  const auto c = config("steps = 30\nlr = 0.03\neval_every = 0\neval_batches = 4\ncontinual_tasks = 3\n");
   const TrialRun run = train(c);
   ASSERT_EQ(run.result.status, mhd::TrialStatus::Done) << run.result.error;
   std::vector<std::vector<double>> A(3, std::vector<double>(3, -1));
@@ -345,12 +364,19 @@ TEST(Continual, AccuracyMatrixAndForgettingFromATrial) {
     A[p.i][p.j] = p.value;
   }
   EXPECT_EQ(cells.size(), 9u);
-  // Rows after steps 2, 4, 6; the column series are the same numbers.
+  // Rows after steps 10, 20, 30; the column series are the same numbers.
   for (std::int64_t j = 0; j < 3; ++j)
     for (std::int64_t i = 0; i < 3; ++i)
-      EXPECT_EQ(run.metrics.at("continual_acc_task" + std::to_string(j)).at(2 * (i + 1)), A[i][j]);
-  EXPECT_DOUBLE_EQ(run.metrics.at("continual_forgetting").at(6), mhd::average_forgetting(A));
-  EXPECT_DOUBLE_EQ(run.metrics.at("continual_avg_accuracy").at(6), mhd::average_final_accuracy(A));
+      EXPECT_EQ(run.metrics.at("continual_acc_task" + std::to_string(j)).at(10 * (i + 1)), A[i][j]);
+  // Forgetting by hand (docs/studies.md): mean over j < K-1 of max_{i < K-1} A[i][j] - A[K-1][j];
+  // the average accuracy is the mean of the last row. Not the trainer's own functions.
+  const double forgetting =
+      (std::max(A[0][0], A[1][0]) - A[2][0] + std::max(A[0][1], A[1][1]) - A[2][1]) / 2.0;
+  EXPECT_NE(forgetting, 0.0) << "a matrix without forgetting would pass a trainer that logs 0";
+  EXPECT_NEAR(run.metrics.at("continual_forgetting").at(30), forgetting, 1e-12);
+  EXPECT_NEAR(run.metrics.at("continual_avg_accuracy").at(30), (A[2][0] + A[2][1] + A[2][2]) / 3.0, 1e-12);
+  for (const auto& row : A)
+    for (const double a : row) EXPECT_TRUE(a >= 0.0 && a <= 1.0) << a;
 }
 
 // --- divergence beyond non-finite values (train/divergence.h) --------------------------------
