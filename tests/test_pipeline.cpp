@@ -1,6 +1,8 @@
 // A tiny study end to end: TOML -> plugins -> training -> SQLite, then the report.
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -120,8 +122,12 @@ TEST(Pipeline, TinyStudyLandsInSqlite) {
 }
 
 TEST(Pipeline, SameSeedSameNumbers) {
+  // Two runs of the same study: each seed's whole loss curve and accuracy repeat exactly, and the
+  // other seed's differ (a run that ignored the seed would repeat too).
   const auto dir = fresh_dir("repro");
-  std::vector<double> losses;
+  using Curves = std::map<std::int64_t, std::vector<mhd::MetricPoint>>;  // seed -> loss curve
+  std::vector<Curves> losses(2);
+  std::vector<std::map<std::int64_t, double>> accuracy(2);
   for (int run = 0; run < 2; ++run) {
     const auto out = dir / ("run" + std::to_string(run) + ".sqlite");
     auto study = mhd::parse_study(tiny_study(out), (dir / "tiny.toml").string(), registry());
@@ -130,10 +136,25 @@ TEST(Pipeline, SameSeedSameNumbers) {
     options.only_variant = "base";
     mhd::run_study(study, registry(), options, log);
     auto db = mhd::ResultsDb::open(out.string(), true);
-    auto trial = db->trials(db->latest_study()->id).front();
-    losses.push_back(db->final_metrics(trial.id).at("loss"));
+    const auto trials = db->trials(db->latest_study()->id);
+    ASSERT_EQ(trials.size(), 2u) << log.str();
+    for (const auto& trial : trials) {
+      ASSERT_EQ(trial.status, mhd::TrialStatus::Done) << trial.error;
+      losses[run][trial.seed] = db->metric_series(trial.id, "loss");
+      accuracy[run][trial.seed] = db->final_metrics(trial.id).at("eval_accuracy");
+    }
   }
-  EXPECT_EQ(losses[0], losses[1]);
+  auto values = [](const std::vector<mhd::MetricPoint>& curve) {
+    std::vector<double> v;
+    for (const auto& p : curve) v.push_back(p.value);
+    return v;
+  };
+  for (const std::int64_t seed : {0, 1}) {
+    ASSERT_GE(losses[0].at(seed).size(), 2u);
+    EXPECT_EQ(values(losses[0].at(seed)), values(losses[1].at(seed))) << "seed " << seed;
+    EXPECT_EQ(accuracy[0].at(seed), accuracy[1].at(seed)) << "seed " << seed;
+  }
+  EXPECT_NE(values(losses[0].at(0)), values(losses[0].at(1))) << "seeds 0 and 1 trained identically";
 }
 
 }  // namespace
