@@ -1,4 +1,4 @@
-// Retention (docs/design.md §4, "Backbones: retnet"), the three forms of one computation. Per head h
+// Retention (docs/design.md §4, "Backbones"), the three forms of one computation. Per head h
 // with decay gamma_h (passed as log_gamma [H]), q, k: [B, H, L, dk], v: [B, H, L, dv] and the state
 // S0: [B, H, dk, dv] before the first position (zeros for a fresh sequence):
 //

@@ -231,7 +231,7 @@ struct WkvFunction : public torch::autograd::Function<WkvFunction> {
 
 WkvResult wkv(const at::Tensor& k, const at::Tensor& v, const at::Tensor& w, const at::Tensor& u) {
   check_args(k, v, w, u);
-  // Sums in float32 unless the inputs are float64 (docs/design.md §4, "Backbones: rwkv").
+  // Sums in float32 unless the inputs are float64 (docs/design.md §4, "Backbones").
   const at::ScalarType acc = k.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto prep = [&](const at::Tensor& t) { return t.to(acc).contiguous(); };
   const torch::autograd::variable_list out = WkvFunction::apply(prep(k), prep(v), prep(w), prep(u));

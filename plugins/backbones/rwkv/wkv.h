@@ -1,4 +1,4 @@
-// The WKV recurrence of RWKV (docs/design.md §4, "Backbones: rwkv") as a fused CPU kernel with its
+// The WKV recurrence of RWKV (docs/design.md §4, "Backbones") as a fused CPU kernel with its
 // own backward. Per batch b, channel d, with k, v: [B, L, D], the decay rate w: [B, L, D] (w > 0,
 // decay factor e^{-w_t}) and the bonus u: [D]:
 //
