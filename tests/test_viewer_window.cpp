@@ -13,7 +13,9 @@
 #include <QCheckBox>
 #include <QComboBox>
 #include <QElapsedTimer>
+#include <QLineSeries>
 #include <QListWidget>
+#include <QValueAxis>
 #include <QSlider>
 #include <QStatusBar>
 #include <QTabWidget>
@@ -82,6 +84,27 @@ class ViewerWindow : public ::testing::Test {
     db_->finish_trial(id, status, status == TrialStatus::Done ? "" : "loss became NaN at step 5", 1.0);
   }
 
+  static QChart* chart_on(QWidget* page) {
+    auto* view = page->findChild<QChartView*>();
+    return view ? view->chart() : nullptr;
+  }
+  static QAbstractAxis::AxisType y_axis_type(QWidget* page) {
+    QChart* chart = chart_on(page);
+    const auto axes = chart ? chart->axes(Qt::Vertical) : QList<QAbstractAxis*>{};
+    return axes.isEmpty() ? QAbstractAxis::AxisType(-1) : axes.front()->type();
+  }
+  // y values of the first line series of the page's chart (a mean line).
+  static std::vector<double> first_line_y(QWidget* page) {
+    std::vector<double> out;
+    QChart* chart = chart_on(page);
+    if (!chart) return out;
+    for (auto* series : chart->series())
+      if (auto* line = qobject_cast<QLineSeries*>(series)) {
+        for (const QPointF& p : line->points()) out.push_back(p.y());
+        break;
+      }
+    return out;
+  }
   // Number of series the visible chart of `page` has (0 when it shows a message instead).
   static int series_on(QWidget* page) {
     auto* view = page->findChild<QChartView*>();
@@ -126,13 +149,30 @@ TEST_F(ViewerWindow, TreeTabsAndControls) {
   EXPECT_EQ(tabs->tabText(4), "Probes");
   QWidget* curves = tabs->widget(0);
   EXPECT_EQ(series_on(curves), 4) << "two variants: a band and a mean line each";
-  for (auto* box : curves->findChildren<QCheckBox*>()) box->setChecked(true);  // log y
+  // Each control exists (a loop over none would pass) and does what it says.
+  const auto boxes = curves->findChildren<QCheckBox*>();
+  ASSERT_EQ(boxes.size(), 1);
+  ASSERT_EQ(boxes[0]->text(), "log y");
+  EXPECT_EQ(y_axis_type(curves), QAbstractAxis::AxisTypeValue);
+  boxes[0]->setChecked(true);
   EXPECT_EQ(series_on(curves), 4);
+  EXPECT_EQ(y_axis_type(curves), QAbstractAxis::AxisTypeLogValue) << "log y gives a logarithmic axis";
+  QComboBox* band = nullptr;
   for (auto* combo : curves->findChildren<QComboBox*>())
-    if (combo->findText("no band") >= 0) combo->setCurrentIndex(combo->findText("no band"));
+    if (combo->findText("no band") >= 0) band = combo;
+  ASSERT_NE(band, nullptr) << "the band control";
+  band->setCurrentIndex(band->findText("no band"));
   EXPECT_EQ(series_on(curves), 2) << "no band: the mean lines only";
-  for (auto* slider : curves->findChildren<QSlider*>()) slider->setValue(90);
+  const auto sliders = curves->findChildren<QSlider*>();
+  ASSERT_EQ(sliders.size(), 1) << "the smoothing control";
+  const std::vector<double> raw = first_line_y(curves);
+  ASSERT_EQ(raw.size(), 5u);
+  sliders[0]->setValue(90);
   EXPECT_EQ(series_on(curves), 2);
+  const std::vector<double> smoothed = first_line_y(curves);
+  ASSERT_EQ(smoothed.size(), 5u);
+  EXPECT_EQ(smoothed.front(), raw.front()) << "smoothing starts from the first value";
+  EXPECT_GT(smoothed.back(), raw.back()) << "a falling curve smoothed lags above it";
 
   QWidget* ablation = tabs->widget(1);
   EXPECT_GE(series_on(ablation), 2) << "bars plus error bars";
