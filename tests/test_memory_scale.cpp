@@ -112,6 +112,31 @@ TEST_F(MemoryScale, EverythingSearchedIsDenseHopfield) {
   }
 }
 
+// Without autograd the retrieval reads the index directly (fused, no gathered [N, C, D]); with it,
+// the differentiable tensor path runs. Both give the same retrieval and energy.
+TEST_F(MemoryScale, FusedPathEqualsTheDifferentiablePath) {
+  const std::int64_t dim = 24;
+  const std::vector<std::pair<std::string, Overrides>> configs = {
+      {"sparse_hash", {{"size", std::int64_t{900}}, {"buckets", std::int64_t{16}}, {"top_k", std::int64_t{3}},
+                       {"rounds", std::int64_t{3}}, {"beta", 5.0}}},
+      {"product_key", {{"size", std::int64_t{900}}, {"top_k", std::int64_t{6}}, {"cells", std::int64_t{10}},
+                       {"heads", std::int64_t{3}}, {"beta", 5.0}}},
+  };
+  for (const auto& [name, o] : configs) {
+    auto memory = make_memory(name, dim, o);
+    const at::Tensor q = at::randn({40, dim});
+    const at::Tensor graph_out = memory->retrieve(q), graph_energy = memory->energy(q);
+    ASSERT_TRUE(graph_out.requires_grad()) << name << ": the router's parameters put the tensor path on the graph";
+    at::NoGradGuard no_grad;
+    EXPECT_LT(max_abs_diff(memory->retrieve(q), graph_out), 1e-5) << name;
+    EXPECT_LT(max_abs_diff(memory->energy(q), graph_energy), 1e-5) << name;
+    // The empty-row convention holds on both paths: an empty memory reads 0.
+    Overrides empty = o;
+    empty["init"] = std::string("zeros");
+    EXPECT_TRUE(make_memory(name, dim, empty)->retrieve(q).eq(0).all().item<bool>()) << name;
+  }
+}
+
 // Product-key search (top_k sub-keys per half, top_k^2 candidates re-scored) finds exactly the best
 // `cells` of all n^2 Cartesian keys when cells <= top_k, and files each pattern under its nearest
 // Cartesian key: compared with a brute force over every cell.

@@ -7,8 +7,11 @@
 #include <limits>
 #include <sstream>
 #include <utility>
+#include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
 
 #include "mhd/error.h"
 #include "mhd/kits/context_memory.h"
@@ -34,6 +37,77 @@ at::Tensor masked_lse(const at::Tensor& s, const at::Tensor& empty_row) {
   return at::logsumexp(safe, -1).masked_fill(empty_row, 0.0);
 }
 
+// a . b over D entries in 8 independent partial sums, so the compiler can vectorise the loop
+// without reassociating one running sum.
+template <typename T>
+T dot_product(const T* a, const T* b, std::int64_t D) {
+  T part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::int64_t d = 0;
+  for (; d + 8 <= D; d += 8)
+    for (int j = 0; j < 8; ++j) part[j] += a[d + j] * b[d + j];
+  T sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+  for (; d < D; ++d) sum += a[d] * b[d];
+  return sum;
+}
+
+// The retrieval without autograd, one query at a time straight from the index: the candidates'
+// scores, an online softmax and the weighted sum, without materialising X_C ([N, C, D]) whose
+// allocation and page faults dominate the tensor path at scale. Same values as the tensor path
+// (g - sg(g) is 0). q: [N, D], bank: [M, D], order: [R M], offsets: [R, NB + 1], probes: [N, R, P]
+// -> out [N, D] (when `out` is set), lse [N] (0 for a query with no candidate).
+template <typename T>
+void fused_retrieval(const T* q, const T* bank, std::int64_t N, std::int64_t D, std::int64_t M, std::int64_t R,
+                     std::int64_t NB, std::int64_t P, const std::int64_t* order, const std::int64_t* offsets,
+                     const std::int64_t* probes, double beta, T* out, T* lse) {
+  at::parallel_for(0, N, 16, [&](std::int64_t begin, std::int64_t end) {
+    // A slot filed in searched buckets of two rounds is read once: stamp[slot] = the last query
+    // that read it.
+    std::vector<std::int64_t> stamp(R > 1 ? static_cast<std::size_t>(M) : 0, -1);
+    std::vector<T> acc(static_cast<std::size_t>(D));
+    for (std::int64_t i = begin; i < end; ++i) {
+      const T* qi = q + i * D;
+      double m = -kInf, z = 0;
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (std::int64_t r = 0; r < R; ++r) {
+        for (std::int64_t p = 0; p < P; ++p) {
+          const std::int64_t b = probes[(i * R + r) * P + p];
+          const std::int64_t* off = offsets + r * (NB + 1) + b;
+          for (std::int64_t pos = off[0]; pos < off[1]; ++pos) {
+            const std::int64_t slot = order[r * M + pos];
+            // The rows are scattered over the bank: fetch a few candidates ahead.
+            if (pos + 4 < off[1]) __builtin_prefetch(bank + order[r * M + pos + 4] * D);
+            if (R > 1) {
+              if (stamp[static_cast<std::size_t>(slot)] == i) continue;
+              stamp[static_cast<std::size_t>(slot)] = i;
+            }
+            const T* x = bank + slot * D;
+            const double s = beta * static_cast<double>(dot_product(qi, x, D));
+            double w = 1;
+            if (s > m) {  // a new maximum: rescale what was summed so far
+              const double scale = std::exp(m - s);
+              z *= scale;
+              if (out) for (auto& a : acc) a *= static_cast<T>(scale);
+              m = s;
+            } else {
+              w = std::exp(s - m);
+            }
+            z += w;
+            if (out) {
+              const T wt = static_cast<T>(w);
+              T* a = acc.data();
+              for (std::int64_t d = 0; d < D; ++d) a[d] += wt * x[d];
+            }
+          }
+        }
+      }
+      const bool empty = z == 0;
+      lse[i] = empty ? T(0) : static_cast<T>(m + std::log(z));
+      if (out)
+        for (std::int64_t d = 0; d < D; ++d) out[i * D + d] = empty ? T(0) : static_cast<T>(static_cast<double>(acc[static_cast<std::size_t>(d)]) / z);
+    }
+  });
+}
+
 }  // namespace
 
 BucketedBankMemory::BucketedBankMemory(std::string name, const at::Tensor& bank, bool learnable, double beta,
@@ -57,13 +131,19 @@ void BucketedBankMemory::refile_all() {
   const std::int64_t M = size(), filled = filled_slots();
   bucket_of_ = at::full({rounds_, M}, -1, at::TensorOptions().dtype(at::kLong).device(bank().device()));
   // Filed in chunks: the router's scores [n, R, buckets] would not fit at once for a large bank.
-  const std::int64_t step = chunk_rows(rounds_ * buckets_);
-  for (std::int64_t start = 0; start < filled; start += step) {
-    const std::int64_t n = std::min(step, filled - start);
-    bucket_of_.narrow(1, start, n).copy_(assign(bank().narrow(0, start, n).detach()).t());
-  }
+  bucket_of_.narrow(1, 0, filled).copy_(assign_chunked(bank().narrow(0, 0, filled).detach()).t());
   bank_version_ = bank()._version();
   sorted_ = false;
+}
+
+at::Tensor BucketedBankMemory::assign_chunked(const at::Tensor& x) const {
+  // The router's scores [n, R, buckets] of a large write would not fit at once.
+  const std::int64_t step = chunk_rows(rounds_ * buckets_);
+  if (x.size(0) <= step) return assign(x);
+  std::vector<at::Tensor> parts;
+  for (std::int64_t start = 0; start < x.size(0); start += step)
+    parts.push_back(assign(x.narrow(0, start, std::min(step, x.size(0) - start))));
+  return at::cat(parts);
 }
 
 void BucketedBankMemory::rebuild_sorted() {
@@ -93,7 +173,7 @@ std::int64_t BucketedBankMemory::write(const torch::Tensor& patterns) {
   // File only the slots just written (the queue's k mod M); the rest keep their buckets.
   const at::Tensor slot =
       at::remainder(at::arange(before, before + n, bucket_of_.options()), size());           // [n]
-  bucket_of_.index_copy_(1, slot, assign(bank().index_select(0, slot)).t());                 // [R, n]
+  bucket_of_.index_copy_(1, slot, assign_chunked(bank().index_select(0, slot)).t());                 // [R, n]
   bank_version_ = bank()._version();
   sorted_ = false;
   return n;
@@ -148,9 +228,37 @@ std::pair<at::Tensor, at::Tensor> BucketedBankMemory::candidate_scores(const at:
   return {s.masked_fill(c.valid.logical_not(), -kInf), x};
 }
 
+std::pair<at::Tensor, at::Tensor> BucketedBankMemory::fused(const at::Tensor& q, bool want_output) {
+  at::NoGradGuard no_grad;
+  filing();
+  const at::Tensor qc = q.contiguous().to(bank().scalar_type());
+  const at::Tensor probes = search(qc).contiguous();  // [N, R, P]
+  const at::Tensor x = bank().contiguous();
+  const std::int64_t N = qc.size(0), D = qc.size(1);
+  at::Tensor out = want_output ? at::empty({N, D}, x.options()) : at::Tensor();
+  at::Tensor lse = at::empty({N}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bucketed_bank_fused", [&] {
+    fused_retrieval<scalar_t>(qc.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), N, D, size(), rounds_, buckets_,
+                              probes.size(2), order_.data_ptr<std::int64_t>(), offsets_.contiguous().data_ptr<std::int64_t>(),
+                              probes.data_ptr<std::int64_t>(), beta_, want_output ? out.data_ptr<scalar_t>() : nullptr,
+                              lse.data_ptr<scalar_t>());
+  });
+  return {out, lse};
+}
+
+bool BucketedBankMemory::needs_graph(const at::Tensor& query) const {
+  if (!at::GradMode::is_enabled()) return false;
+  if (query.requires_grad()) return true;
+  for (const auto& p : parameters())
+    if (p.requires_grad()) return true;
+  return false;
+}
+
 torch::Tensor BucketedBankMemory::retrieve(const torch::Tensor& query) {
   check_query(query, "retrieve");
   const at::Tensor q = query.reshape({-1, query.size(-1)});
+  if (!needs_graph(query) && (q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble))
+    return fused(q, true).first.view(query.sizes());
   const Candidates all = candidates(q);
   std::vector<at::Tensor> out;
   const std::int64_t N = q.size(0), step = chunk_rows(all.index.size(1) * q.size(1));
@@ -167,6 +275,13 @@ torch::Tensor BucketedBankMemory::retrieve(const torch::Tensor& query) {
 torch::Tensor BucketedBankMemory::energy(const torch::Tensor& query) {
   check_query(query, "energy");
   const at::Tensor q = query.reshape({-1, query.size(-1)});
+  const double m = static_cast<double>(size());
+  if (!needs_graph(query) && (q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble)) {
+    at::NoGradGuard no_grad;
+    const at::Tensor e = -fused(q, false).second / beta_ + 0.5 * q.pow(2).sum(-1) + std::log(m) / beta_ +
+                         0.5 * bank().pow(2).sum(-1).max();
+    return e.view(query.sizes().slice(0, query.dim() - 1));
+  }
   const Candidates all = candidates(q);
   std::vector<at::Tensor> lse;
   const std::int64_t N = q.size(0), step = chunk_rows(all.index.size(1) * q.size(1));
@@ -175,7 +290,6 @@ torch::Tensor BucketedBankMemory::energy(const torch::Tensor& query) {
     const Candidates c{all.index.narrow(0, start, n), all.valid.narrow(0, start, n)};
     lse.push_back(masked_lse(candidate_scores(q.narrow(0, start, n), c).first, c.valid.any(1).logical_not()));
   }
-  const double m = static_cast<double>(size());
   const at::Tensor max_norm_sq = bank().pow(2).sum(-1).max();
   const at::Tensor e = -at::cat(lse) / beta_ + 0.5 * q.pow(2).sum(-1) + std::log(m) / beta_ + 0.5 * max_norm_sq;
   return e.view(query.sizes().slice(0, query.dim() - 1));

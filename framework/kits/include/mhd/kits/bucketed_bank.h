@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 
 #include <ATen/core/Tensor.h>
 #include <boost/config.hpp>
@@ -83,6 +84,11 @@ class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
   const at::Tensor& filing();
 
  private:
+  // Without autograd (the DEQ's forward solve, inference): retrieval and lse read straight from the
+  // index, one query at a time (no [N, C, D] gather). q: [N, D] -> (out [N, D] or undefined, lse [N]).
+  std::pair<at::Tensor, at::Tensor> fused(const at::Tensor& q, bool want_output);
+  bool needs_graph(const at::Tensor& query) const;
+  at::Tensor assign_chunked(const at::Tensor& x) const;  // assign() over row chunks: [N, R]
   void refile_all();
   void rebuild_sorted();
   std::int64_t filled_slots() const;
