@@ -33,6 +33,9 @@ std::unique_ptr<QChart> build_ablation(const StudyQuery& q, const std::string& m
   // Category labels on two lines (variant, then sweep point and seed count) so they fit under a bar.
   QStringList categories;
   double lo = 0.0, hi = 0.0;
+  // A quantity that is never negative keeps its axis at 0 however wide a spread is (its error bars are
+  // cut at 0 instead).
+  const bool nonnegative = std::all_of(bars.begin(), bars.end(), [](const Bar& b) { return b.mean >= 0; });
   for (const auto& b : bars) {
     *base << (b.baseline ? b.mean : 0.0);
     *others << (b.baseline ? 0.0 : b.mean);
@@ -40,8 +43,13 @@ std::unique_ptr<QChart> build_ablation(const StudyQuery& q, const std::string& m
                     (b.sweep.empty() ? QString() : qs(b.sweep) + QStringLiteral(" ")) +
                     QStringLiteral("(n=%1)").arg(b.n);
     categories << label;
-    lo = std::min(lo, b.mean - b.std);
+    lo = std::min(lo, nonnegative ? 0.0 : b.mean - b.std);
     hi = std::max(hi, b.mean + b.std);
+  }
+  const auto references = reference_lines(q, metric);
+  for (const auto& ref : references) {
+    lo = std::min(lo, ref.y);
+    hi = std::max(hi, ref.y);
   }
   auto* series = new QStackedBarSeries();
   series->append(base);
@@ -67,7 +75,8 @@ std::unique_ptr<QChart> build_ablation(const StudyQuery& q, const std::string& m
   for (std::size_t i = 0; i < bars.size(); ++i) {
     const auto& b = bars[i];
     if (!(b.std > 0)) continue;
-    const double c = static_cast<double>(i), w = 0.08, top = b.mean + b.std, bottom = b.mean - b.std;
+    const double c = static_cast<double>(i), w = 0.08, top = b.mean + b.std;
+    const double bottom = nonnegative ? std::max(0.0, b.mean - b.std) : b.mean - b.std;
     auto* err = new QLineSeries();
     *err << QPointF(c - w, top) << QPointF(c + w, top) << QPointF(c, top) << QPointF(c, bottom)
          << QPointF(c - w, bottom) << QPointF(c + w, bottom);
@@ -79,6 +88,14 @@ std::unique_ptr<QChart> build_ablation(const StudyQuery& q, const std::string& m
     err->attachAxis(y);
     hide_from_legend(chart.get(), err);
   }
+  // Chance on accuracy bars, across every category (the category axis places bar i at x = i).
+  Range unused;
+  add_reference_lines(chart.get(), unused, references, -0.5, static_cast<double>(bars.size()) - 0.5, false);
+  for (QAbstractSeries* s : chart->series())
+    if (s->attachedAxes().isEmpty()) {
+      s->attachAxis(x);
+      s->attachAxis(y);
+    }
   return chart;
 }
 
@@ -101,9 +118,9 @@ class AblationPage : public ChartPage {
     redraw();
   }
 
-  std::vector<ExportChart> exportCharts(const StudyQuery& query) const override {
+  std::vector<ExportChart> exportCharts(const StudyQuery& query, const ExportOptions& options) const override {
     std::vector<ExportChart> out;
-    for (const auto& m : query.metric_names())
+    for (const auto& m : options.metrics)
       if (auto chart = build_ablation(query, m)) out.push_back({QStringLiteral("ablation_") + qs(m), std::move(chart)});
     return out;
   }

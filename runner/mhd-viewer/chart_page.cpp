@@ -1,8 +1,19 @@
 #include "chart_page.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <QAbstractSeries>
+#include <QBarCategoryAxis>
+#include <QFontMetricsF>
+#include <QGraphicsLayout>
+#include <QGraphicsLineItem>
+#include <QGraphicsRectItem>
+#include <QGraphicsScene>
+#include <QGraphicsSimpleTextItem>
+#include <QGraphicsTextItem>
+#include <QLineSeries>
+#include <QTextDocument>
 #include <QChart>
 #include <QChartView>
 #include <QComboBox>
@@ -14,6 +25,10 @@
 #include <QSignalBlocker>
 #include <QValueAxis>
 #include <QVBoxLayout>
+
+#include "mhd/catalog.h"
+#include "mhd/error.h"
+#include "train/metric_names.h"
 
 namespace mhd::viewer {
 
@@ -128,7 +143,8 @@ QAbstractAxis* make_axis(double lo, double hi, bool log, const QString& title, b
     hi += pad;
   } else if (pad) {
     const double margin = (hi - lo) * 0.05;
-    lo -= margin;
+    // A quantity that is never negative (a loss, a norm) gets no negative axis below it.
+    lo = lo >= 0 ? std::max(0.0, lo - margin) : lo - margin;
     hi += margin;
   }
   axis->setRange(lo, hi);
@@ -180,6 +196,210 @@ void refill_choices(QComboBox* box, const std::vector<std::string>& items, const
   for (const auto& item : items) box->addItem(qs(item));
   const int i = box->findText(current.isEmpty() ? preferred : current);
   box->setCurrentIndex(i >= 0 ? i : 0);
+}
+
+// --- export: metrics, reference lines, text that fits ------------------------------------------
+
+std::vector<std::string> export_metrics(const StudyQuery& query, const std::vector<std::string>& requested,
+                                        bool keep_constant) {
+  const auto& known = query.metric_names();
+  if (!requested.empty()) {
+    std::vector<std::string> out;
+    for (const auto& name : requested) {
+      if (std::find(known.begin(), known.end(), name) == known.end())
+        throw Error(query.path() + ": " + unknown_name_message("metric", name, known));
+      if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(name);
+    }
+    return out;
+  }
+  std::vector<std::string> out;
+  for (const auto& name : known)
+    if (keep_constant || !query.constant_metric(name)) out.push_back(name);
+  return out;
+}
+
+namespace {
+bool is_accuracy(const std::string& metric) {
+  return metric != metric::kChanceAccuracy &&
+         (metric.find("accuracy") != std::string::npos || metric.rfind(metric::kContinualAccuracyPrefix, 0) == 0);
+}
+}  // namespace
+
+std::vector<ReferenceLine> reference_lines(const StudyQuery& query, const std::string& metric) {
+  const char* source = is_accuracy(metric) ? metric::kChanceAccuracy
+                       : metric == metric::kRelResidual ? metric::kSolverTol
+                                                        : nullptr;
+  if (!source) return {};
+  const auto values = query.distinct_values(source, 3);
+  if (values.size() > 3) return {};
+  const QString word = is_accuracy(metric) ? QStringLiteral("chance") : QStringLiteral("tol");
+  std::vector<ReferenceLine> out;
+  for (const double v : values) out.push_back({word + QStringLiteral(" %1").arg(v, 0, 'g', 4), v});
+  return out;
+}
+
+void add_reference_lines(QChart* chart, Range& range, const std::vector<ReferenceLine>& lines, double x0,
+                         double x1, bool log_y) {
+  for (const auto& ref : lines) {
+    if (log_y && !(ref.y > 0)) continue;
+    auto* line = new QLineSeries();
+    line->setName(ref.label);
+    line->append(x0, ref.y);
+    line->append(x1, ref.y);
+    QPen pen(QColor(0x55, 0x55, 0x55));
+    pen.setWidthF(1.6);
+    pen.setStyle(Qt::DashLine);
+    line->setPen(pen);
+    chart->addSeries(line);
+    range.add(x0, ref.y);
+    range.add(x1, ref.y);
+  }
+}
+
+namespace {
+
+// One legend entry as lay_out_for_export draws it.
+struct LegendEntry {
+  QString text;
+  QPen line;      // a line series: its pen (colour and dash); else Qt::NoPen
+  QBrush fill;    // an area or a bar set: its fill
+  double width = 0.0;
+};
+
+std::vector<LegendEntry> legend_entries(QChart* chart, const QFontMetricsF& fm, double swatch, double gap) {
+  std::vector<LegendEntry> out;
+  for (QLegendMarker* m : chart->legend()->markers()) {
+    if (!m->isVisible()) continue;
+    LegendEntry e;
+    e.text = m->label();
+    if (auto* line = qobject_cast<QLineSeries*>(m->series())) {
+      e.line = line->pen();
+      e.line.setWidthF(std::max(2.0, e.line.widthF()));
+    } else {
+      e.line = Qt::NoPen;
+      e.fill = m->brush();
+    }
+    e.width = swatch + gap + fm.horizontalAdvance(e.text);
+    out.push_back(e);
+  }
+  return out;
+}
+
+// The legend as rows of entries centred under the plot, in the space the bottom margin leaves.
+void flow_legend(QChart* chart, const QSize& size) {
+  QLegend* legend = chart->legend();
+  if (!legend->isVisible()) return;
+  const QFont font = legend->font();
+  const QFontMetricsF fm(font);
+  const double swatch = 2.0 * fm.height(), gap = 0.5 * fm.height(), spacing = 1.5 * fm.height();
+  const double row_height = 1.35 * fm.height();
+  const QMargins margins = chart->margins();
+  const double available = size.width() - margins.left() - margins.right() - 16.0;
+  auto entries = legend_entries(chart, fm, swatch, gap);
+  if (entries.empty()) return;
+  // Rows: as many entries as fit the width; an entry wider than the width gets a row of its own and
+  // its text wraps (QGraphicsTextItem::setTextWidth), so nothing is elided.
+  std::vector<std::vector<const LegendEntry*>> rows(1);
+  double used = 0.0;
+  for (const auto& e : entries) {
+    const double w = std::min(e.width, available);
+    if (!rows.back().empty() && used + spacing + w > available) {
+      rows.emplace_back();
+      used = 0.0;
+    }
+    used += (rows.back().empty() ? 0.0 : spacing) + w;
+    rows.back().push_back(&e);
+  }
+  legend->setVisible(false);
+  // Item heights first: a wrapped entry is taller than one line.
+  std::vector<std::vector<QGraphicsTextItem*>> texts;
+  std::vector<double> heights;
+  double total = 0.0;
+  for (const auto& row : rows) {
+    texts.emplace_back();
+    double h = row_height;
+    for (const LegendEntry* e : row) {
+      auto* text = new QGraphicsTextItem(e->text, chart);
+      text->setFont(font);
+      text->setDefaultTextColor(legend->labelColor());
+      text->document()->setDocumentMargin(0);
+      if (e->width > available) text->setTextWidth(available - swatch - gap);
+      texts.back().push_back(text);
+      h = std::max(h, text->boundingRect().height() + 0.35 * fm.height());
+    }
+    heights.push_back(h);
+    total += h;
+  }
+  const int legend_height = static_cast<int>(std::ceil(total + 0.5 * fm.height()));
+  chart->setMargins(QMargins(margins.left(), margins.top(), margins.right(), margins.bottom() + legend_height));
+  double y = size.height() - margins.bottom() - legend_height + 0.25 * fm.height();
+  for (std::size_t r = 0; r < rows.size(); ++r) {
+    double row_width = 0.0;
+    for (std::size_t k = 0; k < rows[r].size(); ++k)
+      row_width += (k ? spacing : 0.0) + std::min(rows[r][k]->width, available);
+    double x = (size.width() - row_width) / 2.0;
+    for (std::size_t k = 0; k < rows[r].size(); ++k) {
+      const LegendEntry& e = *rows[r][k];
+      const double mid = y + fm.height() / 2.0;
+      if (e.line.style() != Qt::NoPen) {
+        auto* mark = new QGraphicsLineItem(x, mid, x + swatch, mid, chart);
+        mark->setPen(e.line);
+      } else {
+        auto* mark = new QGraphicsRectItem(x + swatch * 0.2, mid - fm.height() * 0.35, swatch * 0.6,
+                                           fm.height() * 0.7, chart);
+        mark->setBrush(e.fill);
+        mark->setPen(Qt::NoPen);
+      }
+      texts[r][k]->setPos(x + swatch + gap, y);
+      x += std::min(e.width, available) + spacing;
+    }
+    y += heights[r];
+  }
+}
+
+// Category labels (two lines: "variant<br>sweep (n=...)") horizontal when the widest line fits the
+// width of a category, else vertical: Qt elides horizontal and slanted labels to their category's
+// width, not vertical ones.
+void fit_category_labels(QChart* chart, const QSize& size) {
+  for (QAbstractAxis* a : chart->axes(Qt::Horizontal)) {
+    auto* axis = qobject_cast<QBarCategoryAxis*>(a);
+    if (!axis || axis->count() == 0) continue;
+    const QFontMetricsF fm(axis->labelsFont());
+    double widest = 0.0;
+    for (const QString& label : axis->categories())
+      for (const QString& line : label.split(QStringLiteral("<br>")))
+        widest = std::max(widest, fm.horizontalAdvance(line));
+    // The plot is the chart less the margins and the y axis's labels and title (about 12 em).
+    const QMargins m = chart->margins();
+    const double plot = size.width() - m.left() - m.right() - 12.0 * fm.height();
+    const double per_category = plot / axis->count();
+    axis->setLabelsAngle(widest + 2.0 * fm.height() <= per_category ? 0 : -90);
+  }
+}
+
+}  // namespace
+
+void lay_out_for_export(QChart* chart, const QSize& size) {
+  chart->resize(size);  // lays the chart out once: its legend and markers exist from here on
+  fit_category_labels(chart, size);
+  flow_legend(chart, size);
+  // Again, synchronously, with the new margins and the legend hidden: the view's resize to the same
+  // size would not.
+  chart->layout()->invalidate();
+  chart->layout()->activate();
+}
+
+QStringList elided_texts(const QGraphicsScene& scene) {
+  QStringList out;
+  auto elided = [](const QString& t) { return t.contains(QStringLiteral("...")) || t.contains(QChar(0x2026)); };
+  for (QGraphicsItem* item : scene.items()) {
+    if (!item->isVisible()) continue;
+    QString text;
+    if (auto* t = dynamic_cast<QGraphicsTextItem*>(item)) text = t->toPlainText();
+    else if (auto* t = dynamic_cast<QGraphicsSimpleTextItem*>(item)) text = t->text();
+    if (elided(text)) out << text;
+  }
+  return out;
 }
 
 }  // namespace mhd::viewer

@@ -7,7 +7,9 @@
 #include <memory>
 #include <vector>
 
+#include <QSize>
 #include <QString>
+#include <QStringList>
 #include <QWidget>
 
 #include "query.h"
@@ -19,6 +21,7 @@ class QVBoxLayout;
 class QHBoxLayout;
 class QLabel;
 class QComboBox;
+class QGraphicsScene;
 
 namespace mhd::viewer {
 
@@ -28,6 +31,24 @@ struct ExportChart {
   std::unique_ptr<QChart> chart;
 };
 
+// How `mhd-viewer --export` draws (README, "Looking at results"): the command line's --metric, --log-y,
+// --smooth and --keep-constant. The curve settings are those of the curves page's controls.
+struct ExportOptions {
+  // The metrics whose curves, ablation and scaling charts are written, as export_metrics() resolves
+  // them; traces, probe charts and the window do not depend on it.
+  std::vector<std::string> metrics;
+  bool log_y = false;        // curves and scaling: logarithmic y axis (values <= 0 are left out)
+  double smoothing = 0.0;    // curves: EMA weight in [0, 1), as the curves page's smoothing slider
+  bool keep_constant = false;
+};
+
+// The metrics an export draws: `requested` as given when it is not empty (every name must be one of the
+// study's metrics: mhd::Error "unknown metric 'X'; did you mean 'Y'? (known: ...)" otherwise), else
+// every metric of the study that is not constant over it (StudyQuery::constant_metric), or every
+// metric with `keep_constant`.
+std::vector<std::string> export_metrics(const StudyQuery& query, const std::vector<std::string>& requested,
+                                        bool keep_constant);
+
 class ChartPage : public QWidget {
  public:
   explicit ChartPage(QWidget* parent = nullptr);
@@ -36,8 +57,8 @@ class ChartPage : public QWidget {
   virtual QString title() const = 0;
   // The study changed (first load, or a refresh while it is written): refill controls, redraw.
   virtual void setQuery(const StudyQuery* query) = 0;
-  // Every chart of this kind for --export, with the default settings.
-  virtual std::vector<ExportChart> exportCharts(const StudyQuery& query) const = 0;
+  // Every chart of this kind for --export, drawn as `options` say.
+  virtual std::vector<ExportChart> exportCharts(const StudyQuery& query, const ExportOptions& options) const = 0;
 
  protected:
   // Builds the shared layout: a row of controls above the chart view.
@@ -68,6 +89,28 @@ void attach_axes(QChart* chart, const Range& range, const QString& x_title, cons
                  bool log_x, bool log_y, bool pad_x = false);
 // Hides the legend entry of a helper series (a band, an error bar).
 void hide_from_legend(QChart* chart, QAbstractSeries* series);
+
+// A horizontal line a chart of `metric` shows for reference: chance accuracy on accuracy charts, the
+// forward solver's tol on the relative residual (docs/design.md §4: a solve has converged when the
+// largest rel is below tol). Taken from the study's own `chance_accuracy` and `solver_tol` metrics,
+// one line per distinct value (none when a study has more than 3).
+struct ReferenceLine {
+  QString label;  // "chance 0.0625", "tol 0.001"
+  double y = 0.0;
+};
+std::vector<ReferenceLine> reference_lines(const StudyQuery& query, const std::string& metric);
+// Adds each line as a dashed grey series from x0 to x1 (with a legend entry) and grows `range` to show
+// it; a line at y <= 0 is left out of a log axis. Call before attach_axes().
+void add_reference_lines(QChart* chart, Range& range, const std::vector<ReferenceLine>& lines, double x0,
+                         double x1, bool log_y);
+
+// Lays a chart out for a PNG of `size` so that no text is cut: the legend as rows of entries under the
+// plot (Qt's own legend elides labels that do not fit in one row), with the bottom margin measured
+// from the legend font's metrics, and category labels horizontal when each fits its category's width,
+// else vertical (Qt elides slanted ones).
+void lay_out_for_export(QChart* chart, const QSize& size);
+// The texts of `scene` that Qt elided ("fixed-point task.num_p..."): empty when nothing is cut.
+QStringList elided_texts(const QGraphicsScene& scene);
 // QString from std::string.
 inline QString qs(const std::string& s) { return QString::fromStdString(s); }
 // Refills a choice box with `items`, keeping the current choice when it is still there, else picking

@@ -1,5 +1,6 @@
 // Training curves: a metric against step, one line per variant (and sweep point) with the mean over
-// seeds and a shaded band (min..max or +-std), EMA smoothing, log-y.
+// seeds and a shaded band (min..max or +-std), EMA smoothing, log-y, and the chance (accuracies) or tol
+// (relative residual) line. --export draws with the same CurveOptions, set from its command line.
 #include <algorithm>
 #include <cmath>
 
@@ -77,6 +78,7 @@ std::unique_ptr<QChart> build_curves(const StudyQuery& q, const std::string& met
     line->setPointsVisible(line->count() <= 30);  // sparse metrics (evaluations) show their points
     chart->addSeries(line);
   }
+  if (!range.empty()) add_reference_lines(chart.get(), range, reference_lines(q, metric), range.xmin, range.xmax, o.log_y);
   attach_axes(chart.get(), range, QStringLiteral("step"), qs(metric), false, o.log_y);
   return chart;
 }
@@ -116,10 +118,13 @@ class CurvesPage : public ChartPage {
     redraw();
   }
 
-  std::vector<ExportChart> exportCharts(const StudyQuery& query) const override {
+  std::vector<ExportChart> exportCharts(const StudyQuery& query, const ExportOptions& options) const override {
+    CurveOptions o;
+    o.smoothing = options.smoothing;
+    o.log_y = options.log_y;
     std::vector<ExportChart> out;
-    for (const auto& m : query.metric_names())
-      if (auto chart = build_curves(query, m, CurveOptions{}))
+    for (const auto& m : options.metrics)
+      if (auto chart = build_curves(query, m, o))
         out.push_back({QStringLiteral("curves_") + qs(m), std::move(chart)});
     return out;
   }

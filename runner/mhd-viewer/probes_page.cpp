@@ -168,7 +168,7 @@ class ProbesPage : public ChartPage {
   }
 
   // One chart per series, of the first trial that stored it.
-  std::vector<ExportChart> exportCharts(const StudyQuery& query) const override {
+  std::vector<ExportChart> exportCharts(const StudyQuery& query, const ExportOptions&) const override {
     std::vector<ExportChart> out;
     for (const auto& s : query.probe_series()) {
       const auto trials = query.probe_trials(s.first, s.second);

@@ -206,6 +206,17 @@ std::vector<Series> StudyQuery::curves(const std::string& metric, double smoothi
   return out;
 }
 
+std::vector<double> StudyQuery::distinct_values(const std::string& metric, std::size_t limit) const {
+  std::set<double> seen;
+  for (const auto& t : trials_)
+    for (const auto& p : db_->metric_series(t.row.id, metric)) {
+      if (!std::isfinite(p.value)) continue;
+      seen.insert(p.value);
+      if (seen.size() > limit) return {seen.begin(), seen.end()};
+    }
+  return {seen.begin(), seen.end()};
+}
+
 std::vector<Bar> StudyQuery::ablation(const std::string& metric, std::optional<bool> descending) const {
   const std::string base = baseline();
   std::vector<Bar> out;

@@ -105,6 +105,12 @@ class StudyQuery {
   // Trials of every status are included (a running study shows its progress).
   std::vector<Series> curves(const std::string& metric, double smoothing = 0.0) const;
 
+  // The distinct finite values `metric` took at any step of any trial, sorted; at most `limit` + 1 of
+  // them, so that a caller can tell "more than limit" from "limit". A metric with at most one value
+  // is constant over the study (lr, solver_tol, chance_accuracy, parameter_count in most studies).
+  std::vector<double> distinct_values(const std::string& metric, std::size_t limit = 8) const;
+  bool constant_metric(const std::string& metric) const { return distinct_values(metric, 1).size() <= 1; }
+
   // Ablation: the final value of `metric` per group, over the trials that are done, sorted best first
   // (see higher_is_better) unless `descending` says otherwise. Groups without a value are left out.
   std::vector<Bar> ablation(const std::string& metric, std::optional<bool> descending = std::nullopt) const;

@@ -18,12 +18,12 @@ namespace mhd::viewer {
 namespace {
 
 std::unique_ptr<QChart> build_scaling(const StudyQuery& q, const std::string& metric, const std::string& axis,
-                                      bool log_log) {
+                                      bool log_x, bool log_y) {
   const auto series = q.scaling(metric, axis);
   if (series.empty()) return nullptr;
   auto chart = new_chart(QStringLiteral("final %1 vs %2 (mean \u00b1 std over seeds)").arg(qs(metric), qs(axis)));
   Range range;
-  auto ok = [&](double x, double y) { return !log_log || (x > 0 && y > 0); };
+  auto ok = [&](double x, double y) { return (!log_x || x > 0) && (!log_y || y > 0); };
   std::vector<QLineSeries*> errors;
   int index = 0;
   for (const auto& s : series) {
@@ -44,7 +44,7 @@ std::unique_ptr<QChart> build_scaling(const StudyQuery& q, const std::string& me
       range.add(s.x[i], s.mean[i]);
       if (s.std[i] > 0) {
         double lo = s.mean[i] - s.std[i], hi = s.mean[i] + s.std[i];
-        if (log_log && !(lo > 0)) lo = s.mean[i] * 0.5;
+        if (log_y && !(lo > 0)) lo = s.mean[i] * 0.5;
         auto* err = new QLineSeries();
         *err << QPointF(s.x[i], lo) << QPointF(s.x[i], hi);
         QPen epen(color);
@@ -61,7 +61,8 @@ std::unique_ptr<QChart> build_scaling(const StudyQuery& q, const std::string& me
   }
   for (auto* err : errors) chart->addSeries(err);
   for (auto* err : errors) hide_from_legend(chart.get(), err);
-  attach_axes(chart.get(), range, qs(axis), qs(metric), log_log, log_log, /*pad_x=*/true);
+  if (!range.empty()) add_reference_lines(chart.get(), range, reference_lines(q, metric), range.xmin, range.xmax, log_y);
+  attach_axes(chart.get(), range, qs(axis), qs(metric), log_x, log_y, /*pad_x=*/true);
   return chart;
 }
 
@@ -93,11 +94,11 @@ class ScalingPage : public ChartPage {
     redraw();
   }
 
-  std::vector<ExportChart> exportCharts(const StudyQuery& query) const override {
+  std::vector<ExportChart> exportCharts(const StudyQuery& query, const ExportOptions& options) const override {
     std::vector<ExportChart> out;
     for (const auto& axis : query.numeric_sweep_axes())
-      for (const auto& m : query.metric_names())
-        if (auto chart = build_scaling(query, m, axis, false))
+      for (const auto& m : options.metrics)
+        if (auto chart = build_scaling(query, m, axis, false, options.log_y))
           out.push_back({QStringLiteral("scaling_%1_%2").arg(qs(axis), qs(m)), std::move(chart)});
     return out;
   }
@@ -110,7 +111,7 @@ class ScalingPage : public ChartPage {
       return;
     }
     setChart(build_scaling(*query_, metric_->currentText().toStdString(), axis_->currentText().toStdString(),
-                           log_log_->isChecked()),
+                           log_log_->isChecked(), log_log_->isChecked()),
              QStringLiteral("No finished trial has this metric yet."));
   }
 

@@ -12,6 +12,7 @@
 #include <QListWidget>
 
 #include "chart_page.h"
+#include "train/metric_names.h"
 
 namespace mhd::viewer {
 namespace {
@@ -49,6 +50,10 @@ std::unique_ptr<QChart> build_traces(const StudyQuery& q, const std::string& pha
   }
   chart->legend()->setAlignment(Qt::AlignRight);
   if (traces.size() > 24) chart->legend()->hide();
+  // The forward solve stops at the study's tol on the relative residual: draw it (docs/design.md §4).
+  if (relative && phase == "forward" && !range.empty())
+    add_reference_lines(chart.get(), range, reference_lines(q, mhd::metric::kRelResidual), range.xmin, range.xmax,
+                        true);
   attach_axes(chart.get(), range, QStringLiteral("solver iteration"), what, false, true);
   return chart;
 }
@@ -93,7 +98,7 @@ class TracesPage : public ChartPage {
     redraw();
   }
 
-  std::vector<ExportChart> exportCharts(const StudyQuery& query) const override {
+  std::vector<ExportChart> exportCharts(const StudyQuery& query, const ExportOptions&) const override {
     std::vector<ExportChart> out;
     for (const char* phase : {"forward", "backward"})
       if (auto chart = build_traces(query, phase, {}, true))
