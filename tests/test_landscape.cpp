@@ -331,11 +331,15 @@ TEST(LandscapeProbe, SliceCentreBasinsAndCriticalPointsMatchTheModel) {
   mhd::UnifiedModel model(mhd::model_options(config, task->vocab_size()), registry_with_all_plugins());
   const Recorded r = run_probe(config, model, *task);
 
-  // The model's own equilibrium of sample 1 of the first held-out batch, and its energy.
+  // The model's own equilibrium of sample 1 of the first held-out batch at its last position (the
+  // earlier positions held at theirs, docs/design.md §4), and its energy.
   at::NoGradGuard no_grad;
-  const mhd::ModelOutput out = model.forward(task->eval_batch(2, 0).inputs);
-  const at::Tensor energy = model.dynamics().energy(out.z_star, out.context).total;  // [2]
-  const at::Tensor grad = model.dynamics().grad_energy(out.z_star, out.context);    // [2, D]
+  const mhd::ModelOutput full = model.forward(task->eval_batch(2, 0).inputs);
+  const std::int64_t D = model.dynamics().options().d_model;
+  const mhd::DynamicsContext position = model.dynamics().last_position(full.context, full.z_star);
+  struct { at::Tensor z_star; } out{full.z_star.narrow(1, full.z_star.size(1) - D, D)};  // [2, D]
+  const at::Tensor energy = model.dynamics().energy(out.z_star, position).total;  // [2]
+  const at::Tensor grad = model.dynamics().grad_energy(out.z_star, position);    // [2, D]
 
   ASSERT_EQ(r.points.at("energy_slice").size(), 25u);
   ASSERT_EQ(r.points.at("residual_slice").size(), 25u);

@@ -79,7 +79,11 @@ ConvergenceMeasurement measure_convergence(const TensorMap& f, const TensorMap& 
   // w is kept at relative distance `separation` from z_k (renormalised after each step).
   std::vector<at::Tensor> energies, increases, growths;
   at::Tensor z = z0.detach();
-  at::Tensor w = z + o.separation * row_norm(z).clamp_min(1e-6).unsqueeze(1) * unit_rows(z, gen);
+  // Distances are relative to the larger of ||z_k|| and ||z*||: the sequence form starts at z0 = 0,
+  // where a gap relative to ||z0|| alone would vanish in float32 rounding.
+  const at::Tensor floor = row_norm(zs).clamp_min(1e-6);  // [B]
+  auto scale = [&floor](const at::Tensor& at) { return at::maximum(row_norm(at), floor); };
+  at::Tensor w = z + o.separation * scale(z).unsqueeze(1) * unit_rows(z, gen);
   if (energy) energies.push_back(energy_at(energy, z));
   for (std::int64_t k = 0; k < o.iterations; ++k) {
     const at::Tensor before = row_norm(w - z);  // [B]
@@ -87,7 +91,7 @@ ConvergenceMeasurement measure_convergence(const TensorMap& f, const TensorMap& 
     const at::Tensor d = map_once(f, w) - z_next;  // [B, D]
     const at::Tensor after = row_norm(d);
     growths.push_back(at::log(after / before.clamp_min(1e-30)));
-    const at::Tensor gap = o.separation * row_norm(z_next).clamp_min(1e-6);
+    const at::Tensor gap = o.separation * scale(z_next);
     w = z_next + d / after.clamp_min(1e-30).unsqueeze(1) * gap.unsqueeze(1);
     z = z_next;
     if (energy) {
