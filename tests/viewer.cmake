@@ -11,14 +11,16 @@ if(MHD_HAVE_VIEWER)
   set_tests_properties(Viewer.TinyStudyExport PROPERTIES FIXTURES_SETUP viewer_png TIMEOUT 120
                        ENVIRONMENT QT_QPA_PLATFORM=offscreen)
 
-  # Reads the exported PNGs; needs no LibTorch (so no torch PCH) and runs after the export above.
-  find_package(Qt6 COMPONENTS Gui REQUIRED)
+  # Reads the exported PNGs and builds the same charts from the same results file in process (the
+  # pages' exportCharts); no viewer source includes LibTorch (so no torch PCH). Runs after the export.
   add_executable(test_viewer_export test_viewer_export.cpp)
-  target_link_libraries(test_viewer_export PRIVATE GTest::gtest GTest::gtest_main Qt6::Gui)
-  target_compile_definitions(test_viewer_export PRIVATE MHD_VIEWER_PNG_DIR="${_viewer_out}/png")
+  target_link_libraries(test_viewer_export PRIVATE mhd_viewer_ui GTest::gtest GTest::gtest_main)
+  set_target_properties(test_viewer_export PROPERTIES BUILD_RPATH "${PROJECT_BINARY_DIR}/lib")
+  target_compile_definitions(test_viewer_export PRIVATE MHD_VIEWER_PNG_DIR="${_viewer_out}/png"
+                                                        MHD_VIEWER_TINY_DB="${_viewer_out}/tiny.sqlite")
   add_dependencies(test_viewer_export mhd mhd-viewer)
   gtest_discover_tests(test_viewer_export DISCOVERY_TIMEOUT 60
-                       PROPERTIES FIXTURES_REQUIRED viewer_png TIMEOUT 60)
+                       PROPERTIES FIXTURES_REQUIRED viewer_png TIMEOUT 120 ENVIRONMENT QT_QPA_PLATFORM=offscreen)
 
   # The window offscreen: tree, tabs, controls, refresh while a study is written.
   add_executable(test_viewer_window test_viewer_window.cpp)

@@ -357,23 +357,50 @@ void flow_legend(QChart* chart, const QSize& size) {
   }
 }
 
-// Category labels (two lines: "variant<br>sweep (n=...)") horizontal when the widest line fits the
-// width of a category, else vertical: Qt elides horizontal and slanted labels to their category's
-// width, not vertical ones.
+// `label`'s lines ("<br>") re-broken at spaces into lines no wider than `width` where the words allow.
+QString wrap_label(const QString& label, const QFontMetricsF& fm, double width) {
+  QStringList lines;
+  for (const QString& part : label.split(QStringLiteral("<br>"))) {
+    QString line;
+    for (const QString& word : part.split(QLatin1Char(' '), Qt::SkipEmptyParts)) {
+      const QString longer = line.isEmpty() ? word : line + QLatin1Char(' ') + word;
+      if (!line.isEmpty() && fm.horizontalAdvance(longer) > width) {
+        lines << line;
+        line = word;
+      } else {
+        line = longer;
+      }
+    }
+    lines << line;
+  }
+  return lines.join(QStringLiteral("<br>"));
+}
+
+// Category labels ("variant<br>sweep (n=...)") that Qt will not elide: Qt cuts a horizontal or slanted
+// label to its category's width, and a vertical one to a share of the chart's height. So: horizontal,
+// re-broken at spaces into lines that fit the category's width, when every word does; else vertical,
+// re-broken into lines no longer than the longest word (as short, so as low, as the words allow).
 void fit_category_labels(QChart* chart, const QSize& size) {
   for (QAbstractAxis* a : chart->axes(Qt::Horizontal)) {
     auto* axis = qobject_cast<QBarCategoryAxis*>(a);
     if (!axis || axis->count() == 0) continue;
     const QFontMetricsF fm(axis->labelsFont());
-    double widest = 0.0;
+    double longest_word = 0.0;
     for (const QString& label : axis->categories())
-      for (const QString& line : label.split(QStringLiteral("<br>")))
-        widest = std::max(widest, fm.horizontalAdvance(line));
+      for (const QString& part : label.split(QStringLiteral("<br>")))
+        for (const QString& word : part.split(QLatin1Char(' '), Qt::SkipEmptyParts))
+          longest_word = std::max(longest_word, fm.horizontalAdvance(word));
     // The plot is the chart less the margins and the y axis's labels and title (about 12 em).
     const QMargins m = chart->margins();
     const double plot = size.width() - m.left() - m.right() - 12.0 * fm.height();
-    const double per_category = plot / axis->count();
-    axis->setLabelsAngle(widest + 2.0 * fm.height() <= per_category ? 0 : -90);
+    const double line_width = plot / axis->count() - 2.0 * fm.height();
+    const bool horizontal = longest_word <= line_width;
+    QStringList wrapped;
+    for (const QString& label : axis->categories())
+      wrapped << wrap_label(label, fm, horizontal ? line_width : longest_word);
+    axis->clear();
+    axis->append(wrapped);
+    axis->setLabelsAngle(horizontal ? 0 : -90);
   }
 }
 

@@ -106,8 +106,8 @@ void add_reference_lines(QChart* chart, Range& range, const std::vector<Referenc
 
 // Lays a chart out for a PNG of `size` so that no text is cut: the legend as rows of entries under the
 // plot (Qt's own legend elides labels that do not fit in one row), with the bottom margin measured
-// from the legend font's metrics, and category labels horizontal when each fits its category's width,
-// else vertical (Qt elides slanted ones).
+// from the legend font's metrics, and category labels re-broken into lines that fit their category,
+// horizontal when every word fits its width, else vertical (Qt elides slanted ones).
 void lay_out_for_export(QChart* chart, const QSize& size);
 // The texts of `scene` that Qt elided ("fixed-point task.num_p..."): empty when nothing is cut.
 QStringList elided_texts(const QGraphicsScene& scene);
