@@ -3,8 +3,9 @@
 //
 //   a = o_proj(MHA(RoPE(q_proj x), RoPE(k_proj x), v_proj x) with the mask above)      [B, L, D]
 //
-// A sequence is computed in query blocks of W positions, each against its W - 1 preceding keys and
-// itself, so a local window costs O(L W) time and memory, not O(L^2) (global: one block, O(L^2)).
+// A sequence is computed in query blocks of W positions, each against the 2W keys of its block and the
+// one before (one batched product), so a local window costs O(L W) time and memory, not O(L^2);
+// global attention is one L x L product.
 // Recurrent form: the KV cache {k [B, H, T, dh] (after RoPE), v [B, H, T, dh], pos [B] int64}; with a
 // window it keeps the last W - 1 positions only (T <= W - 1), so step() is O(W), bounded in the
 // length seen so far; global attention's cache grows by one per step.
@@ -41,6 +42,9 @@ class WindowAttention : public torch::nn::Module {
 
  private:
   at::Tensor rope(const at::Tensor& heads, const at::Tensor& positions) const;
+  // The attention context from q, k, v: [B, H, L, dh] (after RoPE).
+  at::Tensor global_context(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) const;
+  at::Tensor local_context(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) const;
   // Keep the positions a window-limited cache holds: the last W - 1 of a [B, H, T, dh] cache.
   at::Tensor trim(const at::Tensor& cache) const;
 

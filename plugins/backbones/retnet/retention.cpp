@@ -43,17 +43,19 @@ Retained retention_parallel(const at::Tensor& q, const at::Tensor& k, const at::
 Retained retention_chunkwise(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const at::Tensor& log_gamma, const at::Tensor& s0, std::int64_t chunk) {
   const std::int64_t len = q.size(2);
-  std::vector<at::Tensor> outs;
-  at::Tensor s = s0;
-  for (std::int64_t start = 0; start < len; start += chunk) {
-    const std::int64_t c = std::min(chunk, len - start);
-    Retained r = retention_parallel(q.narrow(2, start, c), k.narrow(2, start, c), v.narrow(2, start, c), log_gamma, s);
-    outs.push_back(r.first);
-    s = r.second;
-  }
-  if (outs.empty()) {
+  if (len == 0) {
     const at::Tensor o = at::zeros({q.size(0), q.size(1), 0, v.size(3)}, v.options());
     return {o, s0.defined() ? s0 : at::zeros({q.size(0), q.size(1), q.size(3), v.size(3)}, v.options())};
+  }
+  // split, not a narrow per chunk: a narrow's backward writes its slice into a zero tensor of the
+  // whole input, which made the backward O(L^2 / C); split's backward is one concatenation.
+  const std::vector<at::Tensor> qs = q.split(chunk, 2), ks = k.split(chunk, 2), vs = v.split(chunk, 2);
+  std::vector<at::Tensor> outs;
+  at::Tensor s = s0;
+  for (std::size_t i = 0; i < qs.size(); ++i) {
+    Retained r = retention_parallel(qs[i], ks[i], vs[i], log_gamma, s);
+    outs.push_back(r.first);
+    s = r.second;
   }
   return {at::cat(outs, 2), s};
 }
