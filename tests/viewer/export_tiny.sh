@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # mhd-viewer end to end: run a real tiny study (2 variants x 2 sweep points x 2 seeds, 4 steps), export
 # every chart offscreen into OUT_DIR (checked by test_viewer_export), and check the command line's
-# exit codes and one-line errors.
+# exit codes and one-line errors, the export options (--metric, --log-y, --smooth, --keep-constant)
+# and that nothing drawn was cut (mhd-viewer warns when Qt elides a text).
 # Usage: export_tiny.sh MHD_EXE VIEWER_EXE OUT_DIR
 set -uo pipefail
 mhd=$1 viewer=$2 out=$3
@@ -40,10 +41,38 @@ grep -q "8 trial(s): 8 done" "$out/run.log" || { fail "expected 8 done trials:";
 if ! "$viewer" "$out/tiny.sqlite" --export "$out/png" > "$out/export.log" 2>&1; then
   fail "mhd-viewer --export exited non-zero:"; cat "$out/export.log"
 fi
-for f in curves_loss ablation_loss ablation_eval_accuracy scaling_memory.size_loss traces_forward traces_backward window; do
+for f in curves_loss ablation_loss scaling_memory.size_loss traces_forward traces_backward window; do
   grep -qx "$out/png/$f.png" "$out/export.log" || fail "export did not list $f.png"
 done
+# Metrics with one value over the study are skipped by default, kept with --keep-constant.
+for f in curves_lr curves_chance_accuracy ablation_solver_tol; do
+  grep -qx "$out/png/$f.png" "$out/export.log" && fail "constant metric exported: $f.png"
+done
 grep -qE "^[0-9]+ chart\(s\) written to $out/png$" "$out/export.log" || fail "no summary line in the export output"
+grep -q "warning" "$out/export.log" && { fail "export warned (text cut?):"; grep warning "$out/export.log"; }
+
+# --metric (comma list and repeated), --log-y, --smooth: only those metrics' charts.
+if ! "$viewer" "$out/tiny.sqlite" --export "$out/png_options" --metric loss,lr --metric grad_norm --log-y \
+     --smooth 0.5 > "$out/export_options.log" 2>&1; then
+  fail "export with options exited non-zero:"; cat "$out/export_options.log"
+fi
+for f in curves_loss curves_lr curves_grad_norm ablation_grad_norm traces_forward window; do
+  grep -qx "$out/png_options/$f.png" "$out/export_options.log" || fail "--metric export did not list $f.png"
+done
+grep -q "curves_rel_residual\|curves_task_loss" "$out/export_options.log" && fail "--metric did not filter"
+"$viewer" "$out/tiny.sqlite" --export "$out/png_kept" --keep-constant > "$out/export_kept.log" 2>&1 ||
+  fail "--keep-constant exited non-zero"
+grep -qx "$out/png_kept/curves_lr.png" "$out/export_kept.log" || fail "--keep-constant did not draw lr"
+
+# Bad export options: one line (did you mean), exit 2, before anything is drawn.
+err=$("$viewer" "$out/tiny.sqlite" --export "$out/none" --metric losss 2>&1 >/dev/null); rc=$?
+[[ $rc -eq 2 && $(wc -l <<<"$err") -eq 1 && $err == *"unknown metric 'losss'; did you mean 'loss'?"* ]] ||
+  fail "unknown metric: exit $rc, $err"
+[[ -e "$out/none" ]] && fail "an export with a bad metric wrote files"
+err=$("$viewer" "$out/tiny.sqlite" --export "$out/none" --smooth 1.5 2>&1 >/dev/null); rc=$?
+[[ $rc -eq 2 && $err == *"--smooth expects an averaging weight in [0, 1)"* ]] || fail "--smooth 1.5: exit $rc, $err"
+err=$("$viewer" "$out/tiny.sqlite" --log-y 2>&1 >/dev/null); rc=$?
+[[ $rc -eq 2 && $err == *"go with --export"* ]] || fail "--log-y without --export: exit $rc, $err"
 
 # Not a results file: one line on stderr, exit 2.
 err=$("$viewer" "$out/tiny.toml" --export "$out/none" 2>&1 >/dev/null); rc=$?
