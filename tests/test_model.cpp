@@ -383,3 +383,43 @@ TEST(UnifiedModel, ContextSourceReadsKeysAndValuesProjectedFromX) {
 }
 
 }  // namespace
+
+namespace {
+
+// The implicit gradient of the whole sequence model against central finite differences of the
+// loss, float64, for entries of the dynamics' maps and of the block (docs/design.md §4).
+TEST(UnifiedModel, ImplicitGradientMatchesFiniteDifferences) {
+  torch::manual_seed(0);
+  mhd::UnifiedModel model(mhd::model_options(config_with(), 16), registry());
+  model.to(at::kDouble);
+  model.eval();  // no memory writes, no warm start: the loss is a function of the weights alone
+  const auto input = tokens(2, 8);
+  auto loss_of = [&] { return model.forward(input).logits.pow(2).mean(); };
+  auto loss = loss_of();
+  loss.backward();
+  auto params = model.named_parameters();
+  const double eps = 1e-6;
+  std::size_t compared = 0;
+  for (const std::string name : {"dynamics.W_q.weight", "dynamics.W_out.weight", "dynamics.W_g.bias",
+                                 "dynamics.block.in_proj.weight"}) {
+    if (!params.contains(name)) continue;
+    auto p = params[name];
+    const auto flat = p.view({-1});
+    const auto grad = p.grad().view({-1});
+    for (std::int64_t i : {std::int64_t{0}, flat.numel() / 3, flat.numel() - 1}) {
+      at::NoGradGuard no_grad;
+      const double saved = flat[i].item<double>();
+      flat[i] = saved + eps;
+      const double up = loss_of().item<double>();
+      flat[i] = saved - eps;
+      const double down = loss_of().item<double>();
+      flat[i] = saved;
+      const double numeric = (up - down) / (2 * eps);
+      EXPECT_NEAR(grad[i].item<double>(), numeric, 1e-4 * std::max(1.0, std::abs(numeric))) << name << "[" << i << "]";
+      ++compared;
+    }
+  }
+  EXPECT_GE(compared, 9u) << "the named parameters must exist";
+}
+
+}  // namespace
