@@ -239,7 +239,7 @@ TEST_F(MemoryScale, ContextSourceIsCausal) {
   const std::vector<std::pair<std::string, Overrides>> configs = {
       {"sparse_hash", {{"buckets", std::int64_t{4}}, {"top_k", std::int64_t{2}}, {"rounds", std::int64_t{2}}}},
       {"product_key", {{"size", std::int64_t{64}}, {"top_k", std::int64_t{3}}, {"cells", std::int64_t{4}}}},
-      {"hierarchical", {{"l1_size", std::int64_t{16}}, {"l2_size", std::int64_t{32}}, {"l3_size", std::int64_t{8}}}},
+      {"hierarchical", {{"size", std::int64_t{16}}, {"l2_size", std::int64_t{32}}, {"l3_size", std::int64_t{8}}}},
   };
   for (const auto& [name, o] : configs) {
     auto memory = make_memory(name, dim, o);
@@ -357,7 +357,7 @@ TEST_F(MemoryScale, BadParametersGetOneLineErrorsNamingTheKey) {
 // layer zero: pi = 1/3 each) grad E = q - retrieve(q), the Hopfield relation per level.
 TEST_F(MemoryScale, HierarchicalEnergyMatchesFiniteDifferencesAndRetrieval) {
   const std::int64_t dim = 10;
-  auto memory = make_memory("hierarchical", dim, {{"l1_size", std::int64_t{20}}, {"l2_size", std::int64_t{30}},
+  auto memory = make_memory("hierarchical", dim, {{"size", std::int64_t{20}}, {"l2_size", std::int64_t{30}},
                                                   {"l3_size", std::int64_t{6}}});
   memory->to(at::kDouble);
   const double h = 1e-6;
@@ -390,7 +390,7 @@ TEST_F(MemoryScale, HierarchicalEnergyMatchesFiniteDifferencesAndRetrieval) {
 
 TEST_F(MemoryScale, HierarchicalRouterIsTrainedAndLogged) {
   const std::int64_t dim = 16;
-  auto memory = make_memory("hierarchical", dim, {{"l1_size", std::int64_t{32}}, {"l2_size", std::int64_t{64}},
+  auto memory = make_memory("hierarchical", dim, {{"size", std::int64_t{32}}, {"l2_size", std::int64_t{64}},
                                                   {"l3_size", std::int64_t{8}}});
   memory->retrieve(at::randn({4, dim})).pow(2).sum().backward();
   const at::Tensor w1 = named_tensor(*memory, "router_w1");
@@ -406,7 +406,7 @@ TEST_F(MemoryScale, HierarchicalRouterIsTrainedAndLogged) {
 // is spread over later writes (consolidation_chunk rows each) instead of one stalled step.
 TEST_F(MemoryScale, HierarchicalConsolidationPromotesAndIsAmortised) {
   const std::int64_t dim = 16;
-  auto memory = make_memory("hierarchical", dim, {{"l1_size", std::int64_t{32}}, {"l2_size", std::int64_t{64}},
+  auto memory = make_memory("hierarchical", dim, {{"size", std::int64_t{32}}, {"l2_size", std::int64_t{64}},
                                                   {"l3_size", std::int64_t{4}}, {"l1_beta", 20.0},
                                                   {"consolidation_freq", std::int64_t{3}},
                                                   {"consolidation_chunk", std::int64_t{10}}});
@@ -429,7 +429,7 @@ TEST_F(MemoryScale, HierarchicalConsolidationPromotesAndIsAmortised) {
   EXPECT_EQ(s.at("consolidations"), 1.0) << "the few promoted rows fit one chunk: the round ended";
 
   // 32 rows to summarise at 10 per write: the round ends on the fourth write, not the first.
-  auto spread = make_memory("hierarchical", dim, {{"l1_size", std::int64_t{32}}, {"l2_size", std::int64_t{64}},
+  auto spread = make_memory("hierarchical", dim, {{"size", std::int64_t{32}}, {"l2_size", std::int64_t{64}},
                                                   {"l3_size", std::int64_t{4}}, {"promote_factor", 0.0},
                                                   {"consolidation_freq", std::int64_t{2}},
                                                   {"consolidation_chunk", std::int64_t{10}}});

@@ -57,7 +57,7 @@ Overrides config(const std::string& name, std::int64_t K) {
   const auto n = static_cast<std::int64_t>(std::llround(std::sqrt(static_cast<double>(K))));
   if (name == "hierarchical") {
     // Writes land in L1, so L1 holds the K patterns; L2 and L3 at their default share (dense levels).
-    return {{"l1_size", K}, {"l2_size", std::max<std::int64_t>(1024, K / 10)}, {"l3_size", std::int64_t{512}},
+    return {{"size", K}, {"l2_size", std::max<std::int64_t>(1024, K / 10)}, {"l3_size", std::int64_t{512}},
             {"l1_beta", kBeta}, {"l2_beta", kBeta}, {"l3_beta", kBeta}};
   }
   Overrides o{{"size", K}, {"beta", kBeta}, {"init", std::string("zeros")}};

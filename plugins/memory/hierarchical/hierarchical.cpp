@@ -295,7 +295,7 @@ mhd::Manifest make_manifest() {
   m.version = "1.0.0";
   m.description = "Hierarchical memory: episodic, semantic and schematic Hopfield levels mixed by a learned router, amortised consolidation";
   m.params = {
-      mhd::int_param("l1_size", 1024, "episodic level slots (writes land here)", 1),
+      mhd::int_param("size", 1024, "episodic level (L1) slots, where writes land", 1),
       mhd::int_param("l2_size", 10240, "semantic level slots (what L1 keeps retrieving is promoted here)", 1),
       mhd::int_param("l3_size", 512, "schematic level slots (centroids summarising L2)", 1),
       mhd::float_param("l1_beta", 2.0, "episodic inverse temperature (> 0)", 1e-6),
@@ -310,7 +310,7 @@ mhd::Manifest make_manifest() {
   };
   m.make_memory = [](const mhd::Params& p, const mhd::ModelDims& dims) -> std::shared_ptr<mhd::Memory> {
     HierarchicalOptions o;
-    o.sizes = {p.integer("l1_size"), p.integer("l2_size"), p.integer("l3_size")};
+    o.sizes = {p.integer("size"), p.integer("l2_size"), p.integer("l3_size")};
     o.betas = {p.real("l1_beta"), p.real("l2_beta"), p.real("l3_beta")};
     o.hidden = p.integer("router_hidden");
     o.consolidation_freq = p.integer("consolidation_freq");
@@ -321,7 +321,7 @@ mhd::Manifest make_manifest() {
     // Three banks, L1 hits, L3 sums (float32) before allocating any.
     const std::int64_t slots = o.sizes[0] + o.sizes[1] + o.sizes[2];
     const std::int64_t bytes = (slots + o.sizes[2]) * dims.d_model * 4 + (o.sizes[0] + o.sizes[2]) * 4;
-    mhd::check_memory_fits("hierarchical", "l1_size + l2_size + l3_size", slots, bytes, "three level banks");
+    mhd::check_memory_fits("hierarchical", "size + l2_size + l3_size", slots, bytes, "three level banks");
     return std::make_shared<HierarchicalMemory>(o, dims.d_model);
   };
   return m;
