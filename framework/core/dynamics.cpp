@@ -90,10 +90,24 @@ DynamicsContext UnifiedDynamics::prepare(const torch::Tensor& X) {
     c.block = block_->forward_with_state(X).second;
   }
   if (W_k_) {
-    c.keys = linear("W_k", W_k_, X);    // K: [B, L, D]
-    c.values = linear("W_v", W_v_, X);  // V: [B, L, D]
+    c.keys = context_keys(X);      // K: [B, L, D]
+    c.values = context_values(X);  // V: [B, L, D]
   }
   return c;
+}
+
+// Keys and values lie on the unit sphere, the scale of a bank's patterns (N(0, 1/D) entries): raw
+// projections of X have norm ~sqrt(D / 3), which made beta q.k saturate the softmax and the retrieval's
+// Lipschitz constant in z ~ beta ||K|| ||V|| too large for a contraction (measured: the context source
+// stalled at a relative residual of ~0.8 at d_model 64, L = 64).
+torch::Tensor UnifiedDynamics::context_keys(const torch::Tensor& x) {
+  const auto k = linear("W_k", W_k_, x);
+  return k / k.norm(2, -1, true).clamp_min(1e-6);
+}
+
+torch::Tensor UnifiedDynamics::context_values(const torch::Tensor& x) {
+  const auto v = linear("W_v", W_v_, x);
+  return v / v.norm(2, -1, true).clamp_min(1e-6);
 }
 
 torch::Tensor UnifiedDynamics::initial_state(const DynamicsContext& context, const torch::Tensor& X) const {
@@ -108,7 +122,7 @@ DynamicsContext UnifiedDynamics::position_context(const torch::Tensor& x_t, cons
   c.inject = x_t;
   c.block = block_state;
   if (W_k_) {
-    const auto k = linear("W_k", W_k_, x_t).unsqueeze(1), v = linear("W_v", W_v_, x_t).unsqueeze(1);  // [B, 1, D]
+    const auto k = context_keys(x_t).unsqueeze(1), v = context_values(x_t).unsqueeze(1);  // [B, 1, D]
     c.keys = keys.defined() ? at::cat({keys, k}, 1) : k;
     c.values = values.defined() ? at::cat({values, v}, 1) : v;
   }

@@ -5,7 +5,7 @@
 //   S    = block(tanh(Z) + X)                the dynamics' backbone block run over the sequence: causal,
 //                                            so position t of S reads positions <= t only
 //   R    = retrieval of Q = W_q Z at every position, from the bank, the context (K = W_k X,
-//          V = W_v X at positions <= t) or both (their mean)
+//          V = W_v X at positions <= t, each row scaled to unit norm) or both (their mean)
 //   g    = act(W_g [S ; R])                  act = sigmoid or tanh
 // Recurrent form: one position's state z: [B, D] against the block's state after the positions
 // before it: S = block.step(tanh(z) + x_t, state). Decoding solves the sequence form one position at
@@ -142,6 +142,9 @@ class UnifiedDynamics : public torch::nn::Module {
  private:
   torch::Tensor positions_of(const torch::Tensor& z, const DynamicsContext& context) const;  // [B, P, D]
   torch::Tensor retrieval(const torch::Tensor& Q, const DynamicsContext& context);         // [B, P, D]
+  // The context source's keys W_k x and values W_v x, each scaled to unit norm: [..., D].
+  torch::Tensor context_keys(const torch::Tensor& x);
+  torch::Tensor context_values(const torch::Tensor& x);
   torch::Tensor memory_energy_gradient(const torch::Tensor& z, const DynamicsContext& context);
   torch::Tensor linear(const std::string& name, const torch::nn::Linear& layer, const torch::Tensor& x);
 
