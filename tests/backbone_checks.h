@@ -1,7 +1,8 @@
-// Checks every backbone must pass (docs/design.md §3 "Backbone"), shared by the suites of the
-// retnet, rwkv and hybrid plugins: the recurrent form (step from initial_state, and from the state
-// forward_with_state returns) equals the sequence form, step() leaves its input state untouched,
-// outputs at t do not depend on inputs after t, and gradients reach every parameter.
+// Checks every backbone must pass (docs/design.md §4, "Backbones"), shared by the suites of the
+// retnet, rwkv and hybrid plugins and by test_every_backbone: the recurrent form (step from
+// initial_state, and from the state forward_with_state returns) equals the sequence form, step()
+// leaves its input state untouched, outputs at t do not depend on inputs after t, and gradients reach
+// every parameter.
 #pragma once
 
 #include <gtest/gtest.h>
