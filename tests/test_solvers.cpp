@@ -1,4 +1,4 @@
-// The solver plugins (fixed_point, anderson, neural_ode, broyden) loaded through the registry, as the
+// The solver plugins (fixed_point, anderson, neural_ode, broyden, early_exit) loaded through the registry, as the
 // host loads them. Every property is asserted on every solver (value-parameterised), then the
 // solver-specific ones (neural_ode and broyden have theirs in test_ode_broyden.cpp).
 #include <cmath>
@@ -28,6 +28,7 @@ const char* plugin_path(const std::string& name) {
   if (name == "anderson") return MHD_PLUGIN_ANDERSON;
   if (name == "neural_ode") return MHD_PLUGIN_NEURAL_ODE;
   if (name == "broyden") return MHD_PLUGIN_BROYDEN;
+  if (name == "early_exit") return MHD_PLUGIN_EARLY_EXIT;
   return MHD_PLUGIN_FIXED_POINT;
 }
 
@@ -56,7 +57,7 @@ double relative_error(const at::Tensor& z, const at::Tensor& reference) {
 }
 
 // Evaluations of f a solve should have made, from its iterations and counters: one per iteration for
-// fixed_point and anderson; for neural_ode 1 + 6 per Dormand-Prince trial (rejected ones included);
+// fixed_point, anderson and early_exit; for neural_ode 1 + 6 per Dormand-Prince trial (rejected ones included);
 // for broyden one per iteration plus its line search's extra trials.
 std::int64_t expected_f_evals(const std::string& solver, const mhd::SolverInfo& info) {
   if (solver == "neural_ode") return 1 + 6 * static_cast<std::int64_t>(extra(info, "ode_trials"));
@@ -221,7 +222,7 @@ TEST_P(EverySolver, RejectsBadInputsWithClearErrors) {
   EXPECT_THROW(solver->solve({wrong, {}, {}}, at::zeros({2, 8}), {10, 1e-3}), mhd::Error);
 }
 
-INSTANTIATE_TEST_SUITE_P(Solvers, EverySolver, ::testing::Values("fixed_point", "anderson", "neural_ode", "broyden"),
+INSTANTIATE_TEST_SUITE_P(Solvers, EverySolver, ::testing::Values("fixed_point", "anderson", "neural_ode", "broyden", "early_exit"),
                          [](const auto& p) { return p.param; });
 
 // ---------------------------------------------------------------- fixed_point
