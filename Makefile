@@ -1,6 +1,8 @@
 # The README's two commands:
 #   make quickstart   install missing Debian packages, configure, build, run studies/quickstart.toml
 #   make test         the same set-up, then every test (ctest)
+#   make figures      the same set-up, then re-run the cheap numbers of docs/benchmarks.md and
+#                     docs/experiments.md and print each beside the documented value (scripts/figures.sh)
 BUILD ?= build
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
@@ -11,13 +13,16 @@ PACKAGES := build-essential cmake ninja-build git pkg-config \
   libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev \
   qt6-base-dev qt6-charts-dev libqt6opengl6-dev libgloo-dev libopenblas0-openmp
 
-.PHONY: quickstart test build configure deps clean
+.PHONY: quickstart test figures build configure deps clean
 
 quickstart: build
 	$(BUILD)/bin/mhd run studies/quickstart.toml
 
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j$(JOBS)
+
+figures: build
+	scripts/figures.sh $(BUILD)
 
 build: configure
 	cmake --build $(BUILD) -j$(JOBS)

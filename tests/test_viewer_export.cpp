@@ -146,7 +146,11 @@ QApplication& app() {
   return *a;
 }
 
-std::unique_ptr<StudyQuery> tiny() { return StudyQuery::open(MHD_VIEWER_TINY_DB); }
+// The tiny study's results file; every test that reads it draws, so the application is made here.
+std::unique_ptr<StudyQuery> tiny() {
+  app();
+  return StudyQuery::open(MHD_VIEWER_TINY_DB);
+}
 
 // The charts the page titled `title` ("Training curves", "Ablation", "Scaling", "Solver traces")
 // exports with `options`, as --export does.
