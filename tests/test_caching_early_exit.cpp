@@ -113,6 +113,7 @@ TEST(EarlyExit, ReachesFixedPointsFixedPointWithFewerSampleEvaluations) {
     if (key.rfind("early_exit_exits_at_", 0) == 0) exits += value, ++iterations_with_exits;
   EXPECT_EQ(exits, 4.0);
   EXPECT_GE(iterations_with_exits, 3);
+  RecordProperty("sample_evals", std::to_string(sample_evals) + " of " + std::to_string(4 * early.info.f_evals));
 }
 
 TEST(EarlyExit, PredictorExitsRowsEarlierAndAuditMeasuresIt) {
@@ -141,6 +142,9 @@ TEST(EarlyExit, PredictorExitsRowsEarlierAndAuditMeasuresIt) {
   EXPECT_LE(recall, 1.0);
   EXPECT_GE(extra(audit.info, "early_exit_predicted_iters_ahead"), 1.0);
   EXPECT_TRUE(std::isnan(extra(plain.info, "early_exit_predictor_precision")));
+  RecordProperty("predictor", "exit: " + std::to_string(extra(exit.info, "early_exit_sample_evals")) + " sample evals vs " +
+                                  std::to_string(extra(plain.info, "early_exit_sample_evals")) + ", precision " +
+                                  std::to_string(precision) + ", recall " + std::to_string(recall));
 }
 
 // Usable as the backward solver of implicit differentiation: the same gradients as fixed_point's.
@@ -260,6 +264,9 @@ TEST(Caching, SecondForwardOfTheUnifiedModelNeedsFewerIterations) {
     ASSERT_TRUE(first.forward_info.converged);
     ASSERT_TRUE(second.forward_info.converged);
     EXPECT_GT(first.backward_info->iterations, 0) << "early_exit ran as the backward solver";
+    RecordProperty(with_cache ? "cached_iterations" : "uncached_iterations",
+                   std::to_string(first.forward_info.iterations) + " then " +
+                       std::to_string(second.forward_info.iterations));
     if (with_cache) {
       EXPECT_LT(second.forward_info.iterations, first.forward_info.iterations);
       EXPECT_LE(second.forward_info.iterations, 2);
