@@ -347,6 +347,16 @@ TEST_F(MemoryScale, BadParametersGetOneLineErrorsNamingTheKey) {
   expect(build_error("product_key", 15, {}), "d_model = 15 must be even");
   expect(build_error("sparse_hash", 16, {{"buckets", std::int64_t{8}}, {"top_k", std::int64_t{9}}}),
          "top_k = 9 exceeds buckets = 8");
+  // Shape errors name the plugin.
+  for (const std::string name : {"sparse_hash", "product_key"}) {
+    auto memory = make_memory(name, 16, {{"size", std::int64_t{64}}});
+    try {
+      memory->retrieve_context(at::zeros({1, 5, 16}), at::zeros({1, 3, 16}), at::zeros({1, 3, 16}));
+      ADD_FAILURE() << name << ": more queries than keys must be refused";
+    } catch (const mhd::Error& e) {
+      expect(e.what(), name + ": retrieve_context expects queries [B, Lq, D]");
+    }
+  }
   // 2^31 slots of 4096 floats: refused before allocating, with the bytes it would take.
   const std::string huge = build_error("sparse_hash", 4096, {{"size", std::int64_t{1} << 31}});
   expect(huge, "sparse_hash: size = 2147483648 needs ");

@@ -112,7 +112,8 @@ void fused_retrieval(const T* q, const T* bank, std::int64_t N, std::int64_t D, 
 
 BucketedBankMemory::BucketedBankMemory(std::string name, const at::Tensor& bank, bool learnable, double beta,
                                        std::int64_t rounds, std::int64_t buckets, bool all_slots_filled)
-    : PatternBankMemory(std::move(name), bank, learnable),
+    : PatternBankMemory(name, bank, learnable),
+      name_(std::move(name)),
       beta_(beta),
       rounds_(rounds),
       buckets_(buckets),
@@ -314,7 +315,7 @@ at::Tensor context_mask(const at::Tensor& key_buckets, const at::Tensor& probes,
 
 torch::Tensor BucketedBankMemory::retrieve_context(const torch::Tensor& queries, const torch::Tensor& keys,
                                                    const torch::Tensor& values) {
-  check_context("sparse memory", "retrieve_context", queries, keys, values);
+  check_context(name_.c_str(), "retrieve_context", queries, keys, values);
   const std::int64_t B = queries.size(0), Lq = queries.size(1), Lk = keys.size(1), D = queries.size(2);
   at::Tensor mask, filed;
   {
@@ -332,7 +333,7 @@ torch::Tensor BucketedBankMemory::retrieve_context(const torch::Tensor& queries,
 }
 
 torch::Tensor BucketedBankMemory::context_energy(const torch::Tensor& queries, const torch::Tensor& keys) {
-  check_context("sparse memory", "context_energy", queries, keys, {});
+  check_context(name_.c_str(), "context_energy", queries, keys, {});
   const std::int64_t B = queries.size(0), Lq = queries.size(1), Lk = keys.size(1), D = queries.size(2);
   at::Tensor mask, filed;
   {

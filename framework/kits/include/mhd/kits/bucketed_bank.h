@@ -93,6 +93,7 @@ class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
   void rebuild_sorted();
   std::int64_t filled_slots() const;
 
+  std::string name_;  // the plugin's, for error messages
   double beta_;
   std::int64_t rounds_, buckets_;
   bool all_slots_filled_;
