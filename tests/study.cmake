@@ -2,4 +2,4 @@ mhd_add_test(NAME test_study SOURCES test_study.cpp PLUGINS mamba hopfield ander
 # Every shipped study in studies/ validates; it loads every plugin of the build, so it depends on all.
 mhd_add_test(NAME test_shipped_studies SOURCES test_shipped_studies.cpp
              PLUGINS mamba attention retnet rwkv hybrid_backbone hopfield dense_am anderson fixed_point hybrid lbfgs broyden
-                     neural_ode contractive)
+                     neural_ode contractive early_exit caching)
