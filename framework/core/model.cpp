@@ -73,7 +73,10 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe, con
   }
   out.context = dynamics_->prepare(X);
   out.z0 = dynamics_->initial_state(out.context, X).detach();  // [B, P * D]
-  out.key = X.select(1, X.size(1) - 1).detach();               // [B, D]
+  // The optimizations' context summary: X averaged over positions. X[:, -1] alone is mostly the last
+  // token's embedding (sequences ending in the same token got keys with cosine > 0.999). It only
+  // chooses a warm start, so reading every position moves Z* by at most the solver tolerance.
+  out.key = X.mean(1).detach();  // [B, D]
   const TensorMap f = dynamics_->solver_map(out.context);
 
   at::Tensor start = out.z0;

@@ -33,7 +33,7 @@ struct ModelOutput {
   EnergyComponents energy;  // at z*, with a graph (defined only when [energy] enabled and deq on)
   DynamicsContext context;  // what the solve ran against
   torch::Tensor z0;         // [B, P * D] where the solve started without warm start
-  torch::Tensor key;        // [B, D] X[:, -1], the context summary optimizations' hooks see
+  torch::Tensor key;        // [B, D] X averaged over positions, the context summary optimizations' hooks see
   bool warm_started = false;  // the solve started from the previous equilibrium
   std::int64_t memory_writes = -1;  // patterns written by novelty-gated writes (-1: writes off)
 };
