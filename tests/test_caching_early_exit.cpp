@@ -19,6 +19,7 @@
 #include "plugin_host/registry.h"
 #include "solver_test_maps.h"
 #include "study/study.h"
+#include "model_study.h"
 #include "test_plugins_loaded.h"
 
 namespace {
@@ -211,38 +212,7 @@ TEST(Caching, EvictsTheLeastRecentlyUsedRowAtCapacity) {
   EXPECT_EQ(cache->metrics()["cache_entries"], 2.0);
 }
 
-const char* kStudy = R"(
-[study]
-name = "caching_test"
-[task]
-kind = "associative_recall"
-vocab_size = 16
-num_pairs = 2
-seq_len = 8
-[model]
-d_model = 16
-n_layers = 1
-residual = false
-[backbone]
-plugin = "mamba"
-d_state = 4
-expand = 2
-[memory]
-plugin = "hopfield"
-size = 8
-beta = 1.0
-[solver]
-plugin = "anderson"
-max_iter = 60
-tol = 1e-6
-[backward]
-mode = "implicit"
-solver = "early_exit"
-max_iter = 200
-tol = 1e-8
-[train]
-steps = 1
-)";
+const std::string kStudy = model_study("caching_test", "plugin = \"anderson\"\nmax_iter = 60\ntol = 1e-6", "solver = \"early_exit\"\nmax_iter = 200\ntol = 1e-8");
 
 // The unified model with the cache: the second forward of the same batch starts from the cached
 // equilibria and needs fewer solver iterations; without the cache it needs as many as the first.

@@ -10,6 +10,7 @@
 #include "config/model_options.h"
 #include "core/model.h"
 #include "plugin_host/registry.h"
+#include "model_study.h"
 #include "test_plugins_loaded.h"
 #include "study/study.h"
 #include "tasks/task.h"
@@ -18,38 +19,7 @@ namespace {
 
 mhd::PluginRegistry& registry() { return registry_with_all_plugins(); }
 
-const char* kStudy = R"(
-[study]
-name = "model_test"
-[task]
-kind = "associative_recall"
-vocab_size = 16
-num_pairs = 2
-seq_len = 8
-[model]
-d_model = 16
-n_layers = 1
-residual = false
-[backbone]
-plugin = "mamba"
-d_state = 4
-expand = 2
-[memory]
-plugin = "hopfield"
-size = 8
-beta = 1.0
-[solver]
-plugin = "anderson"
-max_iter = 60
-tol = 1e-9
-[backward]
-mode = "implicit"
-solver = "anderson"
-max_iter = 100
-tol = 1e-11
-[train]
-steps = 1
-)";
+const std::string kStudy = model_study("model_test", "plugin = \"anderson\"\nmax_iter = 60\ntol = 1e-9", "solver = \"anderson\"\nmax_iter = 100\ntol = 1e-11");
 
 mhd::TrialConfig config_with(const std::string& extra = "") {
   auto study = mhd::parse_study(std::string(kStudy) + extra, "model_test.toml", registry());

@@ -19,13 +19,6 @@ torch::Tensor repeated(const torch::Tensor& t, std::int64_t sample, std::int64_t
 
 }  // namespace
 
-std::int64_t DynamicsContext::batch() const {
-  if (!recurrent) return X.size(0);
-  if (inject.defined()) return inject.size(0);
-  if (!block.tensors.empty()) return block.tensors.front().size(0);
-  return keys.defined() ? keys.size(0) : 0;
-}
-
 std::int64_t DynamicsContext::positions() const { return recurrent ? 1 : X.size(1); }
 
 DynamicsContext DynamicsContext::repeated_row(std::int64_t sample, std::int64_t n) const {

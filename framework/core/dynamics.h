@@ -60,7 +60,6 @@ struct DynamicsContext {
   RecurrentState block;      // recurrent: the block's state after the positions before this one
   torch::Tensor keys, values;  // [B, Lk, D] W_k X, W_v X (defined when retrieval reads the context)
 
-  std::int64_t batch() const;
   std::int64_t positions() const;  // P: L in the sequence form, 1 in the recurrent form
   // The context of one row (sample) repeated n times, detached: for probes that ask about many
   // states of one sample at once.
