@@ -294,7 +294,8 @@ TEST(Resume, ResumedMetricsEqualAnUninterruptedRun) {
 
   int compared = 0;
   for (const auto& [name, series] : full.metrics) {
-    if (name == "step_ms" || name == "solver_ms" || name == "resumed_from_step") continue;  // wall time differs
+    // wall time and resident memory differ between runs
+    if (name == "step_ms" || name == "solver_ms" || name == "resumed_from_step" || name == "peak_rss_mb") continue;
     for (const auto& [step, value] : series) {
       if (step < 4) continue;
       ASSERT_TRUE(resumed.metrics.count(name) && resumed.metrics.at(name).count(step)) << name << " at " << step;
@@ -475,6 +476,37 @@ TEST(MemoryWrites, TrainingWithNoveltyGatedWritesCompletesAndFillsTheBank) {
   double written = 0;
   for (const auto& [step, n] : run.metrics.at("memory_writes")) written += n;
   EXPECT_GT(written, 0) << "a random bank holds nothing like the first queries";
+}
+
+}  // namespace
+
+namespace {
+
+// peak_rss_mb: the trial's peak resident memory, once per trial. A 256 MiB tensor touched inside
+// the trial (the after_training hook, which the runner's probes use) raises it by about that much;
+// the same trial without it (negative control), run afterwards in this process, reads the small peak
+// again because the high-water mark is reset when a trainer starts.
+TEST(PeakMemory, RisesWithABigTensorInTheTrialAndCountsPerTrial) {
+  const auto c = config("steps = 2\neval_every = 0\n");
+  auto peak = [](const TrialRun& run) {
+    EXPECT_EQ(run.result.status, mhd::TrialStatus::Done) << run.result.error;
+    EXPECT_EQ(run.metrics.count("peak_rss_mb"), 1u);
+    return run.metrics.count("peak_rss_mb") ? run.metrics.at("peak_rss_mb").rbegin()->second : 0.0;
+  };
+  const double plain = peak(train(c));
+  mhd::TrainOptions big;
+  double sum = 0;
+  big.after_training = [&](const mhd::TrainedModel&) {
+    const at::Tensor t = at::ones({64 * 1024 * 1024});  // 256 MiB of float, every page written
+    sum = t.sum().item<double>();
+  };
+  const double with_tensor = peak(train(c, big));
+  const double plain_again = peak(train(c));
+  EXPECT_EQ(sum, 64.0 * 1024 * 1024);
+  EXPECT_GT(plain, 1.0);
+  EXPECT_GT(with_tensor, plain + 200.0) << "256 MiB allocated inside the trial";
+  EXPECT_LT(plain_again, with_tensor - 200.0) << "the peak must be the trial's own, not the process's so far";
+  EXPECT_NEAR(plain_again, plain, 64.0);
 }
 
 }  // namespace

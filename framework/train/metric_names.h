@@ -33,6 +33,7 @@ inline constexpr const char* kMemoryEnabled = "memory_enabled";
 inline constexpr const char* kMemoryWrites = "memory_writes";
 inline constexpr const char* kObjectiveTask = "objective_task";
 inline constexpr const char* kParameterCount = "parameter_count";  // trainable parameters of the model
+inline constexpr const char* kPeakRssMb = "peak_rss_mb";  // peak resident memory of the trial (MiB), once at its end
 inline constexpr const char* kRelResidual = "rel_residual";  // the forward solve's largest relative residual
 inline constexpr const char* kResumedFromStep = "resumed_from_step";
 inline constexpr const char* kSkippedStep = "skipped_step";

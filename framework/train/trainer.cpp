@@ -32,6 +32,7 @@
 #include "mhd/stopwatch.h"
 #include "config/trial_config.h"
 #include "tasks/task.h"
+#include "os/resources.h"
 
 namespace mhd {
 namespace {
@@ -74,6 +75,9 @@ class TrialTrainer {
                const TrainOptions& options = {})
       : dp_(dp), config_(config), registry_(registry), sink_(sink), options_(options),
         device_(resolve_device(config.run.text("device"))) {
+    // The trial's peak resident memory counts from here, before the model and task are built (a
+    // runner that trains several trials in one process would otherwise report the largest so far).
+    reset_peak_resident();
     check_training_config(config);
     continual_tasks_ = config.train.integer("continual_tasks");
     torch::manual_seed(static_cast<std::uint64_t>(config.seed));
@@ -125,6 +129,9 @@ class TrialTrainer {
     if (dp_follower()) return result_;  // data parallel: rank 0 evaluates, probes and reports
     if (steps == 0) evaluate(0);
     after_training(steps);
+    // Once per trial, at the end: the peak since the trainer began (or, where the kernel refused the
+    // reset, since the process started; docs/studies.md, "Reading results").
+    emit(steps, metric::kPeakRssMb, peak_resident_mb());
     return result_;
   }
 

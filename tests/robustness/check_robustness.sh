@@ -13,10 +13,11 @@ failures=0
 ok() { echo "ok   $1"; }
 fail() { echo "FAIL $1"; shift; printf '%s\n' "$@" | head -30; failures=$((failures + 1)); }
 sql() { sqlite3 -batch "$1" "$2"; }
-# Every metric of every trial, by trial index, except wall-clock timings (step_ms, solver_ms).
+# Every metric of every trial, by trial index, except wall-clock timings (step_ms, solver_ms) and the
+# peak resident memory (peak_rss_mb).
 metrics() {
   sql "$1" "SELECT t.idx, t.status, m.name, m.step, quote(m.value) FROM metrics m JOIN trials t ON t.id = m.trial_id
-            WHERE m.name NOT LIKE '%\_ms' ESCAPE '\\' AND m.name != 'resumed_from_step' ORDER BY t.idx, m.name, m.step, m.rowid"
+            WHERE m.name NOT LIKE '%\_ms' ESCAPE '\\' AND m.name NOT IN ('resumed_from_step', 'peak_rss_mb') ORDER BY t.idx, m.name, m.step, m.rowid"
 }
 wait_for() {  # wait_for FILE SQL MIN: until the query's number reaches MIN (30 s at most)
   for _ in $(seq 300); do
