@@ -137,6 +137,63 @@ TEST_F(MemoryScale, FusedPathEqualsTheDifferentiablePath) {
   }
 }
 
+// A solve fixes each query row's searched buckets at its first iterate (search = "per_solve"):
+// along a path of iterates q(t) from q0 to q1 the retrieval then changes smoothly, and every
+// retrieval of the solve reads the fixed buckets (solve_searches = 0). Searched at every call
+// (per_call, the negative control) the candidates switch where q(t) crosses a bucket boundary and
+// the retrieval jumps. The tensor path (autograd) reads the same fixed buckets as the fused one.
+TEST_F(MemoryScale, OneSolveKeepsEachQuerysCandidates) {
+  const std::int64_t dim = 16, rows = 8, steps = 200;
+  const std::vector<std::pair<std::string, Overrides>> configs = {
+      {"sparse_hash", {{"size", std::int64_t{1024}}, {"buckets", std::int64_t{32}}, {"top_k", std::int64_t{2}},
+                       {"rounds", std::int64_t{2}}}},
+      {"product_key", {{"size", std::int64_t{1024}}, {"top_k", std::int64_t{4}}, {"cells", std::int64_t{4}},
+                       {"heads", std::int64_t{2}}}},
+  };
+  const at::Tensor q0 = random_patterns(rows, dim), q1 = random_patterns(rows, dim);
+  auto largest_jump = [&](mhd::Memory& memory) {  // max_t |r(q(t + dt)) - r(q(t))|
+    at::NoGradGuard no_grad;
+    memory.begin_solve(q0);
+    double jump = 0;
+    at::Tensor previous = memory.retrieve(q0);
+    for (std::int64_t i = 1; i <= steps; ++i) {
+      const at::Tensor r = memory.retrieve(at::lerp(q0, q1, static_cast<double>(i) / steps));
+      jump = std::max(jump, max_abs_diff(r, previous));
+      previous = r;
+    }
+    memory.begin_solve(at::Tensor());
+    return jump;
+  };
+  for (const auto& [name, base] : configs) {
+    Overrides o = base;
+    o["search"] = std::string("per_call");
+    auto per_call = make_memory(name, dim, o);
+    at::manual_seed(1);
+    o["search"] = std::string("per_solve");
+    auto per_solve = make_memory(name, dim, o);
+    at::manual_seed(1);
+    auto twin = make_memory(name, dim, o);  // the same bank and router as per_solve
+
+    const double fixed = largest_jump(*per_solve);
+    EXPECT_EQ(per_solve->stats(q0).at("solve_searches"), 0) << name;
+    EXPECT_EQ(per_solve->stats(q0).at("solve_fixed_reads"), steps + 1) << name;
+    const double searched = largest_jump(*per_call);
+    EXPECT_EQ(per_call->stats(q0).at("solve_searches"), steps + 1) << name;
+    EXPECT_LT(fixed, 0.05) << name << ": within a solve the retrieval is smooth";
+    EXPECT_GT(searched, 5 * fixed) << name << ": searched per call, the candidates switch and the retrieval jumps";
+
+    // The tensor path under a solve reads the fixed buckets too; a closed solve searches afresh.
+    per_solve->begin_solve(q0);
+    const at::Tensor on_graph = per_solve->retrieve(q1.clone().requires_grad_(true));
+    const at::Tensor fused = [&] { at::NoGradGuard g; return per_solve->retrieve(q1); }();
+    per_solve->begin_solve(at::Tensor());
+    EXPECT_LT(max_abs_diff(on_graph, fused), 1e-5) << name;
+    at::NoGradGuard no_grad;
+    EXPECT_LT(max_abs_diff(per_solve->retrieve(q1), twin->retrieve(q1)), 1e-6) << name;
+    EXPECT_GT(max_abs_diff(fused, twin->retrieve(q1)), 1e-3) << name << ": q0's buckets are not q1's";
+  }
+}
+
 // Product-key search (top_k sub-keys per half, top_k^2 candidates re-scored) finds exactly the best
 // `cells` of all n^2 Cartesian keys when cells <= top_k, and files each pattern under its nearest
 // Cartesian key: compared with a brute force over every cell.

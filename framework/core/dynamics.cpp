@@ -19,6 +19,23 @@ torch::Tensor repeated(const torch::Tensor& t, std::int64_t sample, std::int64_t
 
 }  // namespace
 
+SolveScope::SolveScope(UnifiedDynamics& dynamics, const torch::Tensor& start) {
+  if (!dynamics.retrieving() || !dynamics.memory()) return;
+  torch::NoGradGuard no_grad;
+  dynamics.memory()->begin_solve(dynamics.query_rows(start.detach()));  // [B * P, D]
+  memory_ = dynamics.memory();
+}
+
+SolveScope::~SolveScope() {
+  if (!memory_) return;
+  try {
+    memory_->begin_solve(torch::Tensor());
+  } catch (...) {
+    // Ending a solve only drops what begin_solve fixed; a memory that throws here keeps it until
+    // its next begin_solve, which replaces it.
+  }
+}
+
 std::int64_t DynamicsContext::positions() const { return recurrent ? 1 : X.size(1); }
 
 DynamicsContext DynamicsContext::repeated_row(std::int64_t sample, std::int64_t n) const {

@@ -83,6 +83,21 @@ struct EnergyComponents {
   torch::Tensor total;        // [B]
 };
 
+class UnifiedDynamics;
+
+// One forward solve as the memory sees it (Memory::begin_solve): opened with the solve's first
+// iterate, closed when the scope ends. Nothing happens while f does not retrieve from the memory.
+class SolveScope {
+ public:
+  SolveScope(UnifiedDynamics& dynamics, const torch::Tensor& start);  // start: [B, P * D]
+  ~SolveScope();
+  SolveScope(const SolveScope&) = delete;
+  SolveScope& operator=(const SolveScope&) = delete;
+
+ private:
+  Memory* memory_ = nullptr;  // set while a solve is open
+};
+
 class UnifiedDynamics : public torch::nn::Module {
  public:
   UnifiedDynamics(const DynamicsOptions& options, std::shared_ptr<Backbone> block, std::shared_ptr<Memory> memory,

@@ -87,6 +87,9 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe, con
   }
   for (const auto& opt : optimizations_)
     if (auto warm = opt->warm_start(out.key); warm && warm->sizes() == start.sizes()) start = *warm;
+  // The memory's read set is fixed from the first iterate until the equilibrium's graph and energy
+  // are built (Memory::begin_solve; docs/design.md §3, "Memory at scale").
+  const SolveScope solve_scope(*dynamics_, start);
 
   if (backward_mode_ != BackwardMode::Unrolled) {
     FixedPointProblem problem;

@@ -110,14 +110,44 @@ void fused_retrieval(const T* q, const T* bank, std::int64_t N, std::int64_t D, 
 
 }  // namespace
 
+CandidateSearch parse_candidate_search(const std::string& who, const std::string& text) {
+  if (text == "per_solve") return CandidateSearch::PerSolve;
+  if (text == "per_call") return CandidateSearch::PerCall;
+  throw Error(who + ": search = \"" + text + "\" is not one of \"per_solve\", \"per_call\"");
+}
+
 BucketedBankMemory::BucketedBankMemory(std::string name, const at::Tensor& bank, bool learnable, double beta,
-                                       std::int64_t rounds, std::int64_t buckets, bool all_slots_filled)
+                                       std::int64_t rounds, std::int64_t buckets, bool all_slots_filled,
+                                       CandidateSearch search_mode)
     : PatternBankMemory(name, bank, learnable),
       name_(std::move(name)),
       beta_(beta),
       rounds_(rounds),
       buckets_(buckets),
-      all_slots_filled_(all_slots_filled) {}
+      all_slots_filled_(all_slots_filled),
+      search_mode_(search_mode) {}
+
+void BucketedBankMemory::begin_solve(const torch::Tensor& queries) {
+  at::NoGradGuard no_grad;
+  fixed_probes_ = at::Tensor();
+  in_solve_ = queries.defined();
+  if (!in_solve_) return;
+  solve_searches_ = 0;
+  solve_fixed_reads_ = 0;
+  if (search_mode_ == CandidateSearch::PerSolve) {
+    check_query(queries, "begin_solve");
+    fixed_probes_ = search(queries.detach().reshape({-1, queries.size(-1)}).to(bank().scalar_type())).contiguous();
+  }
+}
+
+at::Tensor BucketedBankMemory::probes(const at::Tensor& q) {
+  if (fixed_probes_.defined() && q.size(0) == fixed_probes_.size(0)) {
+    ++solve_fixed_reads_;
+    return fixed_probes_;
+  }
+  if (in_solve_) ++solve_searches_;
+  return search(q);
+}
 
 std::int64_t BucketedBankMemory::filled_slots() const { return all_slots_filled_ ? size() : stored(); }
 
@@ -189,7 +219,7 @@ BucketedBankMemory::Candidates BucketedBankMemory::candidates(const at::Tensor& 
   at::NoGradGuard no_grad;
   filing();
   const std::int64_t N = query.size(0), M = size();
-  const at::Tensor probes = search(query.detach());                                    // [N, R, P]
+  const at::Tensor probes = this->probes(query.detach());                              // [N, R, P]
   const std::int64_t P = probes.size(2);
   const at::Tensor round_base = at::arange(rounds_, probes.options()).view({1, rounds_, 1});
   // Flat bucket ids into offsets_ (row r at r * (buckets + 1)): the range of each searched bucket.
@@ -233,7 +263,7 @@ std::pair<at::Tensor, at::Tensor> BucketedBankMemory::fused(const at::Tensor& q,
   at::NoGradGuard no_grad;
   filing();
   const at::Tensor qc = q.contiguous().to(bank().scalar_type());
-  const at::Tensor probes = search(qc).contiguous();  // [N, R, P]
+  const at::Tensor probes = this->probes(qc).contiguous();  // [N, R, P]
   const at::Tensor x = bank().contiguous();
   const std::int64_t N = qc.size(0), D = qc.size(1);
   at::Tensor out = want_output ? at::empty({N, D}, x.options()) : at::Tensor();
@@ -321,7 +351,7 @@ torch::Tensor BucketedBankMemory::retrieve_context(const torch::Tensor& queries,
   {
     at::NoGradGuard no_grad;
     filed = assign(keys.detach().reshape({-1, D})).view({B, Lk, rounds_});
-    const at::Tensor probes = search(queries.detach().reshape({-1, D}));
+    const at::Tensor probes = this->probes(queries.detach().reshape({-1, D}));
     mask = context_mask(filed, probes.view({B, Lq, rounds_, probes.size(2)}), Lq, Lk);  // [B, Lq, Lk]
   }
   // g of each (query, key) pair: the query's log-probability of the key's buckets.
@@ -339,7 +369,7 @@ torch::Tensor BucketedBankMemory::context_energy(const torch::Tensor& queries, c
   {
     at::NoGradGuard no_grad;
     filed = assign(keys.detach().reshape({-1, D})).view({B, Lk, rounds_});
-    const at::Tensor probes = search(queries.detach().reshape({-1, D}));
+    const at::Tensor probes = this->probes(queries.detach().reshape({-1, D}));
     mask = context_mask(filed, probes.view({B, Lq, rounds_, probes.size(2)}), Lq, Lk);
   }
   const at::Tensor g = log_gate(queries.detach().reshape({-1, D}),
@@ -384,7 +414,9 @@ std::map<std::string, double> BucketedBankMemory::bucket_stats(const at::Tensor&
           {"attention_entropy", entropy.mean().item<double>()},
           {"stored", static_cast<double>(stored())},
           {"memory_bytes", static_cast<double>(held)},
-          {"bytes_per_pattern", static_cast<double>(held) / filled}};
+          {"bytes_per_pattern", static_cast<double>(held) / filled},
+          {"solve_searches", static_cast<double>(solve_searches_)},
+          {"solve_fixed_reads", static_cast<double>(solve_fixed_reads_)}};
 }
 
 void check_memory_fits(const std::string& who, const std::string& key, std::int64_t value, std::int64_t bytes,

@@ -197,6 +197,9 @@ class TrialTrainer {
     emit(step, metric::kConvergenceTerm, convergence);
     add("convergence", at::scalar_tensor(convergence, loss.options()));
     const TensorMap f = model_->dynamics().solver_map(out.context);
+    // The terms below evaluate f near z*: with the memory's read set fixed at z*'s queries, so that a
+    // sparse memory's candidates do not switch between f(z*) and f(z* + d) (docs/design.md §3).
+    const SolveScope near_equilibrium(model_->dynamics(), out.z_star.detach());
     if (w.real("stability") != 0) {
       // power_iteration: ||J_f(z*)||_2 with its gradient through u^T J v (jacobian.h); the finite
       // difference only bounds it from below along one random direction.

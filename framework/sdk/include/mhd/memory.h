@@ -49,6 +49,13 @@ class BOOST_SYMBOL_VISIBLE Memory : public torch::nn::Module {
 
   // Optional maintenance between steps (hierarchical memories merge levels here).
   virtual void consolidate() {}
+
+  // One forward solve begins: `queries` ([N, D], detached) are its first iterate's, one row per
+  // query that retrieve (and retrieve_context, as [B * Lq, D]) will see during the solve, in that
+  // order; an undefined tensor ends the solve. A memory whose read set depends on the query (sparse
+  // search) may fix each row's set here, so that f is smooth within a solve (docs/design.md §3,
+  // "Memory at scale"). Default: nothing (dense memories read every pattern anyway).
+  virtual void begin_solve(const torch::Tensor& queries) { (void)queries; }
 };
 
 }  // namespace mhd

@@ -21,7 +21,10 @@
 namespace mhd {
 
 // Bumped whenever an interface header, Manifest or Params changes layout.
-constexpr std::uint32_t kPluginAbiVersion = 3;  // 2: Memory::max_similarity; 3: Memory::retrieve_context
+constexpr std::uint32_t kPluginAbiVersion = 6;  // 2: Memory::max_similarity; 3: Memory::retrieve_context;
+                                                // 4: FixedPointProblem::context;
+                                                // 5: Optimization::wrap_solve, objective_term;
+                                                // 6: Memory::begin_solve
 
 enum class PluginKind : std::uint32_t { Backbone = 1, Memory = 2, Solver = 3, Optimization = 4 };
 

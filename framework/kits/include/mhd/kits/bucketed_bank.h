@@ -18,6 +18,12 @@
 // The index (patterns sorted by bucket, per round) follows writes incrementally; any other change of
 // the bank (an optimizer step on a learnable bank, a checkpoint load) refiles every pattern on the
 // next retrieval, and consolidate() refiles them under the router's current parameters.
+//
+// C(q) is a step function of q: chosen afresh at every retrieval, an iterate crossing a bucket
+// boundary changes its candidates and f jumps, so a forward solve stalls above tol. Searched once
+// per solve instead (CandidateSearch::PerSolve, the default), each query row keeps the buckets its
+// first iterate searched (Memory::begin_solve) until the solve ends: within a solve f is smooth, and
+// the next solve searches again.
 #pragma once
 
 #include <cstdint>
@@ -32,6 +38,14 @@
 
 namespace mhd {
 
+// When a query's searched buckets are chosen (the plugins' `search` parameter).
+enum class CandidateSearch {
+  PerSolve,  // once per forward solve, from its first iterate (Memory::begin_solve)
+  PerCall,   // at every retrieval (f piecewise within a solve)
+};
+// "per_solve" / "per_call"; anything else throws mhd::Error naming `who` and the key `search`.
+CandidateSearch parse_candidate_search(const std::string& who, const std::string& text);
+
 class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
  public:
   torch::Tensor retrieve(const torch::Tensor& query) override;
@@ -45,6 +59,10 @@ class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
   std::int64_t write(const torch::Tensor& patterns) override;
   // Refiles every stored pattern under the router's current parameters.
   void consolidate() override;
+  // PerSolve: fixes each row's searched buckets to those of `queries` ([N, D]) until the solve ends
+  // (undefined `queries`); a retrieval during the solve with another number of rows searches afresh
+  // (counted in the stat solve_searches). PerCall: only counts.
+  void begin_solve(const torch::Tensor& queries) override;
 
   // Bytes held: parameters, buffers and the index.
   std::int64_t memory_bytes() const;
@@ -53,7 +71,7 @@ class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
   // all_slots_filled: the initial bank holds patterns (init "random"); otherwise a slot counts only
   // once written (init "zeros": empty slots are never candidates).
   BucketedBankMemory(std::string name, const at::Tensor& bank, bool learnable, double beta, std::int64_t rounds,
-                     std::int64_t buckets, bool all_slots_filled);
+                     std::int64_t buckets, bool all_slots_filled, CandidateSearch search_mode);
 
   // The bucket of each pattern per round: x: [N, D] -> [N, R] int64 in [0, buckets). No autograd.
   virtual at::Tensor assign(const at::Tensor& x) const = 0;
@@ -64,7 +82,9 @@ class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
   virtual at::Tensor log_gate(const at::Tensor& q, const at::Tensor& buckets) const = 0;
 
   // Diagnostics shared by the sparse memories: bucket loads (max, mean, empty share, round 0),
-  // candidates per query, attention entropy, stored, memory_bytes, bytes_per_pattern.
+  // candidates per query, attention entropy, stored, memory_bytes, bytes_per_pattern, and of the
+  // last solve: solve_searches (searches after its first iterate; 0 when every retrieval read the
+  // fixed buckets) and solve_fixed_reads (retrievals that read them).
   std::map<std::string, double> bucket_stats(const at::Tensor& query);
 
   // The candidates of each query: index [N, C] into the bank (0 where invalid), valid [N, C].
@@ -88,6 +108,9 @@ class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
   // index, one query at a time (no [N, C, D] gather). q: [N, D] -> (out [N, D] or undefined, lse [N]).
   std::pair<at::Tensor, at::Tensor> fused(const at::Tensor& q, bool want_output);
   bool needs_graph(const at::Tensor& query) const;
+  // The buckets q ([N, D], detached) searches: the solve's fixed ones when they have N rows, else
+  // search(q). [N, R, P]
+  at::Tensor probes(const at::Tensor& q);
   at::Tensor assign_chunked(const at::Tensor& x) const;  // assign() over row chunks: [N, R]
   void refile_all();
   void rebuild_sorted();
@@ -97,6 +120,10 @@ class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
   double beta_;
   std::int64_t rounds_, buckets_;
   bool all_slots_filled_;
+  CandidateSearch search_mode_;
+  at::Tensor fixed_probes_;  // [N, R, P] of the current solve's first iterate (PerSolve), else undefined
+  bool in_solve_ = false;
+  std::int64_t solve_searches_ = 0, solve_fixed_reads_ = 0;  // of the current (or last) solve
   at::Tensor bucket_of_;  // [R, M] int64
   at::Tensor order_;      // [R * M] int64: round r's slots sorted by bucket, at r * M ...
   at::Tensor offsets_;    // [R, buckets + 1] int64: bucket b of round r at order_[r M + offsets_[r][b] ...]
