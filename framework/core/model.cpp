@@ -91,9 +91,14 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe, con
   // are built (Memory::begin_solve; docs/design.md §3, "Memory at scale").
   const SolveScope solve_scope(*dynamics_, start);
 
+  // The map this solve iterates: f with each optimization's per-solve wrapping (docs/design.md §3);
+  // everything after the solve (the backward's f(z*), the energy, probes) uses f itself.
+  TensorMap solve_map = f;
+  for (const auto& opt : optimizations_) solve_map = opt->wrap_solve(solve_map, forward_limits_);
+
   if (backward_mode_ != BackwardMode::Unrolled) {
     FixedPointProblem problem;
-    problem.f = f;
+    problem.f = solve_map;
     if (energy_on_) {
       problem.energy = [&](const at::Tensor& z) { return dynamics_->energy(z, out.context).total; };
       problem.grad_energy = [&](const at::Tensor& z) { return dynamics_->grad_energy(z, out.context); };
@@ -108,7 +113,7 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe, con
                      ? implicit_equilibrium(f, solved.z, *backward_solver_, backward_limits_, out.backward_info)
                      : phantom_equilibrium(f, solved.z, phantom_steps_, phantom_damping_);
   } else {
-    SolveResult solved = unrolled_fixed_point(f, start, forward_limits_);
+    SolveResult solved = unrolled_fixed_point(solve_map, start, forward_limits_);
     out.forward_info = solved.info;
     out.z_star = solved.z;
   }

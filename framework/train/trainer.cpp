@@ -214,6 +214,16 @@ class TrialTrainer {
       emit(step, metric::kJacobianFro2, frobenius.item<double>());
       add("jacobian", frobenius);
     }
+    // Optimizations' own terms (docs/design.md §3), weighted by their parameters; logged as their sum.
+    const TensorMap energy = [&](const at::Tensor& z) { return model_->dynamics().energy(z, out.context).total; };
+    std::optional<double> terms;
+    for (const auto& opt : model_->optimizations()) {
+      const at::Tensor term = opt->objective_term(energy, out.z_star);
+      if (!term.defined()) continue;
+      loss = loss + term;
+      terms = terms.value_or(0.0) + term.item<double>();
+    }
+    if (terms) emit(step, std::string(metric::kObjectivePrefix) + "optimizations", *terms);
     return loss;
   }
 
