@@ -83,6 +83,18 @@ void MambaBlock::init_parameters() {
 
 at::Tensor MambaBlock::A() const { return -at::exp(A_log); }
 
+namespace {
+
+// Under autocast (the mixed_precision optimization, docs/design.md §3) the projections come out in
+// reduced precision while A, D and delta_bias stay float32; autocast has no rule for the scan, so it
+// runs, like the other long reductions autocast keeps in float32, in the parameters' dtype.
+void scan_in_dtype(ScanArgs& args, at::ScalarType dtype) {
+  for (at::Tensor* t : {&args.u, &args.delta, &args.B, &args.C, &args.h0})
+    if (t->defined() && t->scalar_type() != dtype) *t = t->to(dtype);
+}
+
+}  // namespace
+
 void MambaBlock::check_sequence_input(const torch::Tensor& x) const {
   if (!x.defined()) fail("x is undefined; expected [B, L, d_model=" + std::to_string(config_.d_model) + "]");
   if (x.dim() != 3 || x.size(2) != config_.d_model) {
@@ -158,6 +170,7 @@ std::pair<torch::Tensor, RecurrentState> MambaBlock::run_sequence(const torch::T
   args.D = D;
   args.delta_bias = dt_proj->bias;
   args.delta_softplus = true;
+  scan_in_dtype(args, A_log.scalar_type());
   const ScanResult scan = use_fused_scan(x) ? selective_scan(args) : selective_scan_reference(args);
 
   at::Tensor y = out_proj(scan.y * at::silu(z));  // [B, L, D]
@@ -203,6 +216,7 @@ std::pair<torch::Tensor, RecurrentState> MambaBlock::step(const torch::Tensor& x
   args.delta_bias = dt_proj->bias;
   args.delta_softplus = true;
   args.h0 = ssm_state;
+  scan_in_dtype(args, A_log.scalar_type());
   const ScanResult scan = use_fused_scan(x_t) ? selective_scan(args) : selective_scan_reference(args);
   const at::Tensor out = out_proj(scan.y.squeeze(1) * at::silu(z));  // [B, D]
   return {out, RecurrentState{{window.narrow(-1, 1, config_.d_conv - 1), scan.last_state}}};
