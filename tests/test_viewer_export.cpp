@@ -281,6 +281,23 @@ TEST(ExportCurves, LogYGivesALogarithmicAxis) {
   EXPECT_EQ(y_axis(scaling.get())->type(), QAbstractAxis::AxisTypeLogValue);
 }
 
+// A scaling study's charts: time against a positive sweep axis (memory.size) is log-log; a metric
+// that is not a cost stays linear in y without --log-y (negative control), its x still logarithmic.
+TEST(ExportScaling, TimeAgainstAPositiveAxisIsLogLog) {
+  const auto q = tiny();
+  auto charts = export_page("Scaling", *q, with_metrics({"step_ms", "loss"}));
+  auto time = only_chart(std::move(charts), "scaling_memory.size_step_ms");
+  ASSERT_TRUE(time);
+  auto axis_of = [](QChart* chart, Qt::Orientation o) { return chart->axes(o).isEmpty() ? nullptr : chart->axes(o).front(); };
+  ASSERT_TRUE(axis_of(time.get(), Qt::Horizontal));
+  EXPECT_EQ(axis_of(time.get(), Qt::Horizontal)->type(), QAbstractAxis::AxisTypeLogValue);
+  EXPECT_EQ(y_axis(time.get())->type(), QAbstractAxis::AxisTypeLogValue);
+  auto loss = only_chart(export_page("Scaling", *q, with_metrics({"loss"})), "scaling_memory.size_loss");
+  ASSERT_TRUE(loss);
+  EXPECT_EQ(axis_of(loss.get(), Qt::Horizontal)->type(), QAbstractAxis::AxisTypeLogValue);
+  EXPECT_EQ(y_axis(loss.get())->type(), QAbstractAxis::AxisTypeValue);
+}
+
 TEST(ExportReferenceLines, ChanceOnAccuracyAndTolOnTheForwardResidual) {
   const auto q = tiny();
   const auto chance = q->distinct_values("chance_accuracy");

@@ -1,5 +1,6 @@
 // Scaling: the final value of a metric against a numeric sweep axis (memory size, sequence length, ...),
-// one line per variant with points at the mean over seeds and +-std error bars; log-log option.
+// one line per variant with points at the mean over seeds and +-std error bars; log-log option. The
+// export draws a positive axis logarithmic, and a cost metric (time, memory) against it log-log.
 #include <algorithm>
 #include <cmath>
 
@@ -66,6 +67,27 @@ std::unique_ptr<QChart> build_scaling(const StudyQuery& q, const std::string& me
   return chart;
 }
 
+// A cost (time, memory: step_ms, peak_rss_mb, memory_memory_bytes) grows by factors along a scale
+// axis, so its export is log-log like the axis.
+bool is_cost_metric(const std::string& metric) {
+  for (const std::string suffix : {"_ms", "_mb", "_bytes"})
+    if (metric.size() > suffix.size() && metric.compare(metric.size() - suffix.size(), suffix.size(), suffix) == 0)
+      return true;
+  return false;
+}
+
+// Whether every point of the axis is positive: a scale (sizes, lengths), drawn on a log axis.
+bool positive_axis(const StudyQuery& q, const std::string& metric, const std::string& axis) {
+  const auto series = q.scaling(metric, axis);
+  bool any = false;
+  for (const auto& s : series)
+    for (const double x : s.x) {
+      if (!(x > 0)) return false;
+      any = true;
+    }
+  return any;
+}
+
 class ScalingPage : public ChartPage {
  public:
   explicit ScalingPage(QWidget* parent) : ChartPage(parent) {
@@ -97,9 +119,12 @@ class ScalingPage : public ChartPage {
   std::vector<ExportChart> exportCharts(const StudyQuery& query, const ExportOptions& options) const override {
     std::vector<ExportChart> out;
     for (const auto& axis : query.numeric_sweep_axes())
-      for (const auto& m : options.metrics)
-        if (auto chart = build_scaling(query, m, axis, false, options.log_y))
+      for (const auto& m : options.metrics) {
+        // A positive axis is a scale: log x; a cost along it log y too (--log-y: every metric).
+        const bool log_x = positive_axis(query, m, axis);
+        if (auto chart = build_scaling(query, m, axis, log_x, options.log_y || (log_x && is_cost_metric(m))))
           out.push_back({QStringLiteral("scaling_%1_%2").arg(qs(axis), qs(m)), std::move(chart)});
+      }
     return out;
   }
 
