@@ -51,7 +51,7 @@ std::shared_ptr<mhd::Backbone> make(const Shape& s, std::uint64_t seed, at::Scal
   mhd::ModelDims dims;
   dims.d_model = s.d_model;
   at::manual_seed(seed);
-  auto block = mhd::PluginRegistry::global().make_backbone("attention", params, dims);
+  auto block = mhd::PluginRegistry::global().make<mhd::Backbone>("attention", params, dims);
   block->to(dtype);
   // Non-trivial LayerNorm affine parameters, so the reference checks they are used.
   torch::NoGradGuard no_grad;
@@ -206,7 +206,7 @@ TEST(AttentionBlock, BadHeadCountGivesAClearError) {
   params.set("n_heads", std::int64_t{5});
   mhd::ModelDims dims;
   dims.d_model = 64;
-  expect_error([&] { mhd::PluginRegistry::global().make_backbone("attention", params, dims); },
+  expect_error([&] { mhd::PluginRegistry::global().make<mhd::Backbone>("attention", params, dims); },
                "attention: d_model (64) must be divisible by n_heads (5)");
 }
 

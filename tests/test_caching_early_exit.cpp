@@ -38,14 +38,14 @@ std::shared_ptr<mhd::Solver> make_solver(const std::string& name, const Override
   auto& reg = registry();
   mhd::Params params = mhd::Params::defaults(reg.require(mhd::PluginKind::Solver, name).manifest->params);
   for (const auto& [key, value] : overrides) params.set(key, value);
-  return reg.make_solver(name, params);
+  return reg.make<mhd::Solver>(name, params);
 }
 
 std::shared_ptr<mhd::Optimization> make_cache(const Overrides& overrides = {}) {
   auto& reg = registry();
   mhd::Params params = mhd::Params::defaults(reg.require(mhd::PluginKind::Optimization, "caching").manifest->params);
   for (const auto& [key, value] : overrides) params.set(key, value);
-  return reg.make_optimization("caching", params);
+  return reg.make<mhd::Optimization>("caching", params);
 }
 
 // Row b: z -> s_b W z + b_b with ||W|| = 0.9 and s = (0.1, 0.3, 0.6, 1.0): contractions 0.09 to 0.9,

@@ -30,7 +30,7 @@ mhd::PluginRegistry& registry() {
 
 std::shared_ptr<mhd::Memory> make(const std::string& name) {
   const auto* plugin = registry().find(mhd::PluginKind::Memory, name);
-  return registry().make_memory(name, mhd::Params::defaults(plugin->manifest->params), mhd::ModelDims{kD, 16});
+  return registry().make<mhd::Memory>(name, mhd::Params::defaults(plugin->manifest->params), mhd::ModelDims{kD, 16});
 }
 
 TEST(ContextMemory, VisibleKeysAreTheShiftedLowerTriangle) {

@@ -28,7 +28,7 @@ const mhd::Manifest& manifest() {
 std::shared_ptr<mhd::Optimization> make_contractive(const Overrides& overrides = {}) {
   mhd::Params params = mhd::Params::defaults(manifest().params);
   for (const auto& [key, value] : overrides) params.set(key, value);
-  return mhd::PluginRegistry::global().make_optimization("contractive", params);
+  return mhd::PluginRegistry::global().make<mhd::Optimization>("contractive", params);
 }
 
 double spectral_norm(const at::Tensor& w) { return at::linalg_svdvals(w.detach()).max().item<double>(); }

@@ -190,7 +190,7 @@ std::shared_ptr<mhd::Memory> make_memory(std::int64_t dim, const Overrides& over
   for (const auto& [key, value] : overrides) params.set(key, value);
   mhd::ModelDims dims;
   dims.d_model = dim;
-  return mhd::PluginRegistry::global().make_memory("dense_am", params, dims);
+  return mhd::PluginRegistry::global().make<mhd::Memory>("dense_am", params, dims);
 }
 
 std::string error_of(const Overrides& overrides) {

@@ -32,7 +32,7 @@ std::shared_ptr<mhd::Backbone> make(const std::string& name, std::uint64_t seed)
   mhd::ModelDims dims;
   dims.d_model = 16;
   at::manual_seed(seed);
-  auto block = registry.make_backbone(name, mhd::Params::defaults(registry.require(mhd::PluginKind::Backbone, name).manifest->params), dims);
+  auto block = registry.make<mhd::Backbone>(name, mhd::Params::defaults(registry.require(mhd::PluginKind::Backbone, name).manifest->params), dims);
   block->to(at::kDouble);
   return block;
 }

@@ -30,7 +30,7 @@ std::shared_ptr<mhd::Memory> make_memory(std::int64_t dim, const Overrides& over
   for (const auto& [key, value] : overrides) params.set(key, value);
   mhd::ModelDims dims;
   dims.d_model = dim;
-  return mhd::PluginRegistry::global().make_memory("hopfield", params, dims);
+  return mhd::PluginRegistry::global().make<mhd::Memory>("hopfield", params, dims);
 }
 
 at::Tensor bank_of(mhd::Memory& memory) {

@@ -40,7 +40,7 @@ std::shared_ptr<mhd::Backbone> make(const Shape& s, std::uint64_t seed, at::Scal
   mhd::ModelDims dims;
   dims.d_model = s.d_model;
   at::manual_seed(seed);
-  auto block = mhd::PluginRegistry::global().make_backbone("hybrid", params, dims);
+  auto block = mhd::PluginRegistry::global().make<mhd::Backbone>("hybrid", params, dims);
   block->to(dtype);
   torch::NoGradGuard no_grad;
   for (auto& p : block->named_parameters()) {
@@ -150,7 +150,7 @@ TEST(HybridPlugin, ManifestDeclaresTheSchema) {
 TEST(HybridPlugin, DefaultLayerIsThreeMambaBlocksThenAttention) {
   mhd::ModelDims dims;
   dims.d_model = 16;
-  auto block = mhd::PluginRegistry::global().make_backbone("hybrid", mhd::Params::defaults(plugin().manifest->params), dims);
+  auto block = mhd::PluginRegistry::global().make<mhd::Backbone>("hybrid", mhd::Params::defaults(plugin().manifest->params), dims);
   std::vector<std::string> children;
   for (const auto& c : block->named_children()) children.push_back(c.key());
   for (const char* name : {"mamba0", "mamba1", "mamba2", "attention"})
@@ -237,7 +237,7 @@ TEST(HybridBlock, BadValuesGiveOneLineErrorsNamingTheKey) {
   params.set("n_heads", std::int64_t{3});
   mhd::ModelDims dims;
   dims.d_model = 8;
-  backbone_checks::expect_error([&] { mhd::PluginRegistry::global().make_backbone("hybrid", params, dims); },
+  backbone_checks::expect_error([&] { mhd::PluginRegistry::global().make<mhd::Backbone>("hybrid", params, dims); },
                                 "hybrid: n_heads (3) must be >= 1 and divide d_model (8)");
   auto block = make(Shape{}, 1);
   backbone_checks::expect_error([&] { block->forward(at::randn({2, 3, 5}, at::kDouble)); }, "hybrid: x must be [B, L, d_model=8]");

@@ -36,7 +36,7 @@ std::shared_ptr<mhd::Solver> make_solver(const std::string& name, const Override
   auto& reg = registry();
   mhd::Params params = mhd::Params::defaults(reg.require(mhd::PluginKind::Solver, name).manifest->params);
   for (const auto& [key, value] : overrides) params.set(key, value);
-  return reg.make_solver(name, params);
+  return reg.make<mhd::Solver>(name, params);
 }
 
 double extra(const mhd::SolverInfo& info, const std::string& key) {

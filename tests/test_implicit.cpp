@@ -14,7 +14,7 @@ namespace {
 std::shared_ptr<mhd::Solver> load_solver(const std::string& path, const std::string& name) {
   auto& registry = mhd::PluginRegistry::global();
   const auto& plugin = registry.load_file(path, mhd::PluginKind::Solver);
-  return registry.make_solver(name, mhd::Params::defaults(plugin.manifest->params));
+  return registry.make<mhd::Solver>(name, mhd::Params::defaults(plugin.manifest->params));
 }
 
 // A small contractive DEQ layer: f(z) = tanh(W z + U x + b), ||W|| = 0.6 so a unique fixed point exists.

@@ -820,7 +820,7 @@ TEST(MambaPlugin, LoadsThroughTheRegistryAndRuns) {
   mhd::ModelDims dims;
   dims.d_model = 16;
   at::manual_seed(30);
-  const std::shared_ptr<mhd::Backbone> block = registry.make_backbone("mamba", params, dims);
+  const std::shared_ptr<mhd::Backbone> block = registry.make<mhd::Backbone>("mamba", params, dims);
   ASSERT_TRUE(block);
   EXPECT_EQ(block->named_parameters()["A_log"].sizes(), (std::vector<std::int64_t>{16, 4}));
   const at::Tensor x = at::randn({2, 5, 16});
@@ -830,7 +830,7 @@ TEST(MambaPlugin, LoadsThroughTheRegistryAndRuns) {
   EXPECT_LT(max_abs_diff(y_t, y.select(1, 0)), 1e-5);
 
   params.set("dt_min", 0.5);
-  expect_error([&] { registry.make_backbone("mamba", params, dims); }, "dt_min (0.5) must not exceed dt_max (0.1)");
+  expect_error([&] { registry.make<mhd::Backbone>("mamba", params, dims); }, "dt_min (0.5) must not exceed dt_max (0.1)");
 }
 
 }  // namespace

@@ -38,7 +38,7 @@ std::shared_ptr<mhd::Memory> make_memory(const std::string& name, std::int64_t d
   for (const auto& [key, value] : overrides) params.set(key, value);
   mhd::ModelDims dims;
   dims.d_model = dim;
-  return reg.make_memory(name, params, dims);
+  return reg.make<mhd::Memory>(name, params, dims);
 }
 
 std::string build_error(const std::string& name, std::int64_t dim, const Overrides& overrides) {

@@ -58,7 +58,7 @@ TEST(PluginErrors, FactoryExceptionComesBackWithThePluginName) {
   auto& registry = mhd::PluginRegistry::global();
   const auto& plugin = registry.load_file(MHD_TEST_THROWING, mhd::PluginKind::Memory);
   try {
-    registry.make_memory("throwing_memory", mhd::Params::defaults(plugin.manifest->params), {8, 16});
+    registry.make<mhd::Memory>("throwing_memory", mhd::Params::defaults(plugin.manifest->params), mhd::ModelDims{8, 16});
     FAIL() << "factory must throw";
   } catch (const mhd::Error& e) {
     EXPECT_TRUE(contains(e.what(), "memory plugin 'throwing_memory' failed to build: cannot allocate 4 slots")) << e.what();
@@ -92,7 +92,7 @@ TEST(PluginLoading, SameFileLoadsOnceAndBuildsObjects) {
   const auto& second = registry.load_file(MHD_PLUGIN_HOPFIELD);
   EXPECT_EQ(&first, &second);
   EXPECT_EQ(first.manifest->kind, mhd::PluginKind::Memory);
-  auto memory = registry.make_memory("hopfield", mhd::Params::defaults(first.manifest->params), {16, 32});
+  auto memory = registry.make<mhd::Memory>("hopfield", mhd::Params::defaults(first.manifest->params), mhd::ModelDims{16, 32});
   ASSERT_TRUE(memory);
   EXPECT_GT(memory->size(), 0);
 }

@@ -39,7 +39,7 @@ std::shared_ptr<mhd::Backbone> make(const Shape& s, std::uint64_t seed, at::Scal
   mhd::ModelDims dims;
   dims.d_model = s.d_model;
   at::manual_seed(seed);
-  auto block = mhd::PluginRegistry::global().make_backbone("retnet", params, dims);
+  auto block = mhd::PluginRegistry::global().make<mhd::Backbone>("retnet", params, dims);
   block->to(dtype);
   // Non-trivial norm affines, so the reference checks they are used.
   torch::NoGradGuard no_grad;
@@ -215,7 +215,7 @@ TEST(RetNetBlock, BadValuesGiveOneLineErrorsNamingTheKey) {
   params.set("n_heads", std::int64_t{3});
   mhd::ModelDims dims;
   dims.d_model = 8;
-  backbone_checks::expect_error([&] { mhd::PluginRegistry::global().make_backbone("retnet", params, dims); },
+  backbone_checks::expect_error([&] { mhd::PluginRegistry::global().make<mhd::Backbone>("retnet", params, dims); },
                                 "retnet: n_heads (3) must divide d_model (8)");
   auto block = make(Shape{}, 1);
   backbone_checks::expect_error([&] { block->forward(at::randn({2, 3, 5}, at::kDouble)); }, "retnet: x must be [B, L, d_model=8]");

@@ -37,7 +37,7 @@ std::shared_ptr<mhd::Backbone> make(std::int64_t d_model, const std::string& dec
   mhd::ModelDims dims;
   dims.d_model = d_model;
   at::manual_seed(seed);
-  auto block = mhd::PluginRegistry::global().make_backbone("rwkv", params, dims);
+  auto block = mhd::PluginRegistry::global().make<mhd::Backbone>("rwkv", params, dims);
   block->to(dtype);
   // decay_b starts at zero (the static decay); make the data-dependent path count, and the LayerNorm
   // affine non-trivial.
@@ -271,7 +271,7 @@ TEST(RwkvBlock, BadValuesGiveOneLineErrorsNamingTheKey) {
   params.set("init_depth", 1.5);
   mhd::ModelDims dims;
   dims.d_model = 8;
-  backbone_checks::expect_error([&] { mhd::PluginRegistry::global().make_backbone("rwkv", params, dims); },
+  backbone_checks::expect_error([&] { mhd::PluginRegistry::global().make<mhd::Backbone>("rwkv", params, dims); },
                                 "rwkv: init_depth must be in [0, 1], got 1.5");
 }
 

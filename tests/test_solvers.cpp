@@ -29,6 +29,7 @@ const char* plugin_path(const std::string& name) {
   if (name == "neural_ode") return MHD_PLUGIN_NEURAL_ODE;
   if (name == "broyden") return MHD_PLUGIN_BROYDEN;
   if (name == "early_exit") return MHD_PLUGIN_EARLY_EXIT;
+  if (name == "learned") return MHD_PLUGIN_LEARNED;
   return MHD_PLUGIN_FIXED_POINT;
 }
 
@@ -41,7 +42,7 @@ const mhd::Manifest& manifest(const std::string& name) {
 std::shared_ptr<mhd::Solver> make_solver(const std::string& name, const Overrides& overrides = {}) {
   mhd::Params params = mhd::Params::defaults(manifest(name).params);
   for (const auto& [key, value] : overrides) params.set(key, value);
-  return mhd::PluginRegistry::global().make_solver(name, params);
+  return mhd::PluginRegistry::global().make<mhd::Solver>(name, params);
 }
 
 using solver_test::AffineMap;
@@ -222,7 +223,8 @@ TEST_P(EverySolver, RejectsBadInputsWithClearErrors) {
   EXPECT_THROW(solver->solve({wrong, {}, {}}, at::zeros({2, 8}), {10, 1e-3}), mhd::Error);
 }
 
-INSTANTIATE_TEST_SUITE_P(Solvers, EverySolver, ::testing::Values("fixed_point", "anderson", "neural_ode", "broyden", "early_exit"),
+INSTANTIATE_TEST_SUITE_P(Solvers, EverySolver, ::testing::Values("fixed_point", "anderson", "neural_ode", "broyden", "early_exit",
+                                                          "learned"),
                          [](const auto& p) { return p.param; });
 
 // ---------------------------------------------------------------- fixed_point

@@ -125,6 +125,10 @@ torch::Tensor UnifiedDynamics::initial_state(const DynamicsContext& context, con
   return at::zeros({X.size(0), X.size(1) * X.size(2)}, X.options());
 }
 
+torch::Tensor UnifiedDynamics::position_inputs(const DynamicsContext& context, const torch::Tensor& X) const {
+  return (context.recurrent ? X.narrow(1, X.size(1) - 1, 1) : X).detach();  // [B, P, D]
+}
+
 DynamicsContext UnifiedDynamics::position_context(const torch::Tensor& x_t, const RecurrentState& block_state,
                                                   const torch::Tensor& keys, const torch::Tensor& values) {
   DynamicsContext c;

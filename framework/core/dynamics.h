@@ -108,6 +108,9 @@ class UnifiedDynamics : public torch::nn::Module {
   DynamicsContext prepare(const torch::Tensor& X);
   // The state a solve starts from without warm start: [B, P * D]. Sequence: zeros; pooled: X[:, -1].
   torch::Tensor initial_state(const DynamicsContext& context, const torch::Tensor& X) const;
+  // Each position's input, what a learned initialiser reads (FixedPointProblem::context):
+  // [B, P, D]; X itself in the sequence form, X[:, -1:] pooled (where z0 comes from). Detached.
+  torch::Tensor position_inputs(const DynamicsContext& context, const torch::Tensor& X) const;
 
   // Decoding one position (recurrent form): x_t: [B, D], the block's state after the positions
   // before t, and the context keys/values so far ([B, t, D] or undefined at t = 0). Appends W_k x_t,

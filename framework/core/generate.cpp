@@ -65,6 +65,7 @@ DecodeStep UnifiedModel::step(const torch::Tensor& tokens, DecodeState& state, b
     for (const auto& opt : optimizations_)
       if (auto warm = opt->warm_start(x); warm && warm->sizes() == start.sizes()) start = *warm;
   }
+  problem.context = x.detach().unsqueeze(1);  // [B, 1, D]: this position's input
   for (const auto& opt : optimizations_) problem.f = opt->wrap_solve(problem.f, forward_limits_);
   const SolveScope solve_scope(*dynamics_, start);  // the memory's read set, fixed for this solve
   SolveResult solved = solver_->solve(problem, start, forward_limits_);

@@ -32,20 +32,20 @@ UnifiedModel::UnifiedModel(const ModelOptions& options, PluginRegistry& registry
     layer_norms_.push_back(register_module("norm" + std::to_string(i), torch::nn::LayerNorm(
                                                                            torch::nn::LayerNormOptions({D}))));
     layers_.push_back(register_module("layer" + std::to_string(i),
-                                      registry.make_backbone(options.backbone.plugin, options.backbone.params, dims)));
+                                      registry.make<mhd::Backbone>(options.backbone.plugin, options.backbone.params, dims)));
   }
   head_norm_ = register_module("head_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({D})));
   head_ = register_module("head", torch::nn::Linear(D, options.vocab_size));
   if (!deq_) return;  // the backbone-only baseline has no dynamics, memory or solver
 
   for (const auto& opt : options.optimizations)
-    optimizations_.push_back(registry.make_optimization(opt.plugin, opt.params));
-  auto block = registry.make_backbone(options.backbone.plugin, options.backbone.params, dims);
+    optimizations_.push_back(registry.make<mhd::Optimization>(opt.plugin, opt.params));
+  auto block = registry.make<mhd::Backbone>(options.backbone.plugin, options.backbone.params, dims);
   std::shared_ptr<Memory> memory;
-  if (options.dynamics.use_memory) memory = registry.make_memory(options.memory.plugin, options.memory.params, dims);
+  if (options.dynamics.use_memory) memory = registry.make<mhd::Memory>(options.memory.plugin, options.memory.params, dims);
   dynamics_ = register_module("dynamics", std::make_shared<UnifiedDynamics>(options.dynamics, block, memory, optimizations_));
-  solver_ = registry.make_solver(options.solver.plugin, options.solver.params);
-  backward_solver_ = registry.make_solver(options.backward_solver.plugin, options.backward_solver.params);
+  solver_ = registry.make<mhd::Solver>(options.solver.plugin, options.solver.params);
+  backward_solver_ = registry.make<mhd::Solver>(options.backward_solver.plugin, options.backward_solver.params);
 }
 
 torch::Tensor UnifiedModel::context(const torch::Tensor& tokens) {
@@ -99,6 +99,7 @@ ModelOutput UnifiedModel::forward(const torch::Tensor& tokens, bool observe, con
   if (backward_mode_ != BackwardMode::Unrolled) {
     FixedPointProblem problem;
     problem.f = solve_map;
+    problem.context = dynamics_->position_inputs(out.context, X);  // [B, P, D]
     if (energy_on_) {
       problem.energy = [&](const at::Tensor& z) { return dynamics_->energy(z, out.context).total; };
       problem.grad_energy = [&](const at::Tensor& z) { return dynamics_->grad_energy(z, out.context); };

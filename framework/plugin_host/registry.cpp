@@ -36,30 +36,9 @@ std::string canonical_path(const std::string& path) {
   return ec ? path : p.string();
 }
 
-const char* kind_name(std::uint32_t raw) {
-  switch (raw) {
-    case 1: case 2: case 3: case 4: return to_string(static_cast<PluginKind>(raw));
-    default: return "unknown kind";
-  }
-}
-
 bool is_plugin_file(const fs::path& p) {
   const auto name = p.filename().string();
   return p.extension() == ".so" && name.rfind("lib", 0) == 0;
-}
-
-template <typename Ptr, typename Make>
-Ptr call_factory(const std::string& kind, const std::string& name, Make&& make) {
-  try {
-    Ptr made = make();
-    if (!made) throw Error(kind + " plugin '" + name + "' returned no object");
-    return made;
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    // Copy the message now: the exception object's type lives in the plugin.
-    throw Error(kind + " plugin '" + name + "' failed to build: " + std::string(e.what()));
-  }
 }
 
 }  // namespace
@@ -93,8 +72,8 @@ const LoadedPlugin& PluginRegistry::load_file(const std::string& path) {
         << kPluginAbiVersion << "; rebuild the plugin against this framework";
     throw Error(msg.str());
   }
-  if (entry.kind < 1 || entry.kind > 4) {
-    throw Error(path + ": plugin declares " + kind_name(entry.kind) + " (" + std::to_string(entry.kind) + ")");
+  if (entry.kind < 1 || entry.kind > kPluginKindCount) {
+    throw Error(path + ": plugin declares an unknown kind (" + std::to_string(entry.kind) + ")");
   }
   const std::string host_fingerprint = MHD_BUILD_FINGERPRINT;
   if (entry.build_fingerprint == nullptr || host_fingerprint != entry.build_fingerprint) {
@@ -111,11 +90,7 @@ const LoadedPlugin& PluginRegistry::load_file(const std::string& path) {
   if (manifest == nullptr || static_cast<std::uint32_t>(manifest->kind) != entry.kind) {
     throw Error(path + ": plugin manifest disagrees with its entry about its kind");
   }
-  const bool factory_ok = (manifest->kind == PluginKind::Backbone && manifest->make_backbone) ||
-                          (manifest->kind == PluginKind::Memory && manifest->make_memory) ||
-                          (manifest->kind == PluginKind::Solver && manifest->make_solver) ||
-                          (manifest->kind == PluginKind::Optimization && manifest->make_optimization);
-  if (!factory_ok) throw Error(path + ": plugin '" + manifest->name + "' has no " + to_string(manifest->kind) + " factory");
+  if (!sets_own_factory(*manifest)) throw Error(path + ": plugin '" + manifest->name + "' has no " + to_string(manifest->kind) + " factory");
   if (const LoadedPlugin* other = find(manifest->kind, manifest->name)) {
     throw Error(path + ": " + to_string(manifest->kind) + " plugin '" + manifest->name + "' is already loaded from " +
                 other->path + "; remove one of them from the plugin path");
@@ -206,23 +181,19 @@ std::vector<const LoadedPlugin*> PluginRegistry::all() const {
   return out;
 }
 
-std::shared_ptr<Backbone> PluginRegistry::make_backbone(const std::string& name, const Params& params,
-                                                        const ModelDims& dims) const {
-  const auto& m = *require(PluginKind::Backbone, name).manifest;
-  return call_factory<std::shared_ptr<Backbone>>("backbone", name, [&] { return m.make_backbone(params, dims); });
+void PluginRegistry::guard_factory(PluginKind kind, const std::string& name, const std::function<void()>& call) {
+  try {
+    call();
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    // Copy the message now: the exception object's type lives in the plugin.
+    throw Error(std::string(to_string(kind)) + " plugin '" + name + "' failed to build: " + std::string(e.what()));
+  }
 }
-std::shared_ptr<Memory> PluginRegistry::make_memory(const std::string& name, const Params& params,
-                                                    const ModelDims& dims) const {
-  const auto& m = *require(PluginKind::Memory, name).manifest;
-  return call_factory<std::shared_ptr<Memory>>("memory", name, [&] { return m.make_memory(params, dims); });
-}
-std::shared_ptr<Solver> PluginRegistry::make_solver(const std::string& name, const Params& params) const {
-  const auto& m = *require(PluginKind::Solver, name).manifest;
-  return call_factory<std::shared_ptr<Solver>>("solver", name, [&] { return m.make_solver(params); });
-}
-std::shared_ptr<Optimization> PluginRegistry::make_optimization(const std::string& name, const Params& params) const {
-  const auto& m = *require(PluginKind::Optimization, name).manifest;
-  return call_factory<std::shared_ptr<Optimization>>("optimization", name, [&] { return m.make_optimization(params); });
+
+void PluginRegistry::throw_no_object(PluginKind kind, const std::string& name) {
+  throw Error(std::string(to_string(kind)) + " plugin '" + name + "' returned no object");
 }
 
 }  // namespace mhd

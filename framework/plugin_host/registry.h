@@ -5,6 +5,7 @@
 // whole process.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -52,16 +53,40 @@ class PluginRegistry {
   const std::vector<PluginLoadFailure>& failures() const { return failures_; }
   std::vector<std::string> searched_directories() const { return searched_; }
 
-  // Builds components; params must have been validated against the plugin's schema (see
-  // validate_params in study.h). Exceptions from the plugin come back as mhd::Error with the
-  // plugin's name.
-  std::shared_ptr<Backbone> make_backbone(const std::string& name, const Params& params, const ModelDims& dims) const;
-  std::shared_ptr<Memory> make_memory(const std::string& name, const Params& params, const ModelDims& dims) const;
-  std::shared_ptr<Solver> make_solver(const std::string& name, const Params& params) const;
-  std::shared_ptr<Optimization> make_optimization(const std::string& name, const Params& params) const;
+  // Builds a component of the kind that makes `Interface` (PluginKindTraits in mhd/plugin.h), e.g.
+  // make<Memory>(name, params, dims), make<Solver>(name, params). Params must have been validated
+  // against the plugin's schema (validate_params). Exceptions from the plugin come back as
+  // mhd::Error with the plugin's name.
+  template <typename Interface, typename... Args>
+  std::shared_ptr<Interface> make(const std::string& name, const Args&... args) const {
+    using Traits = PluginKindTraits<Interface>;
+    const Manifest& manifest = *require(Traits::kind, name).manifest;
+    const auto& factory = manifest.*Traits::factory;
+    std::shared_ptr<Interface> made;
+    guard_factory(Traits::kind, name, [&] { made = factory(args...); });
+    if (!made) throw_no_object(Traits::kind, name);
+    return made;
+  }
+
+  // The same, named by kind.
+  std::shared_ptr<Backbone> make_backbone(const std::string& name, const Params& params, const ModelDims& dims) const {
+    return make<Backbone>(name, params, dims);
+  }
+  std::shared_ptr<Memory> make_memory(const std::string& name, const Params& params, const ModelDims& dims) const {
+    return make<Memory>(name, params, dims);
+  }
+  std::shared_ptr<Solver> make_solver(const std::string& name, const Params& params) const {
+    return make<Solver>(name, params);
+  }
+  std::shared_ptr<Optimization> make_optimization(const std::string& name, const Params& params) const {
+    return make<Optimization>(name, params);
+  }
 
  private:
   PluginRegistry() = default;
+  // Runs a plugin's factory; its exceptions become mhd::Error naming the plugin.
+  static void guard_factory(PluginKind kind, const std::string& name, const std::function<void()>& call);
+  [[noreturn]] static void throw_no_object(PluginKind kind, const std::string& name);
   struct Impl;
   std::map<std::string, std::unique_ptr<LoadedPlugin>> by_path_;
   std::vector<PluginLoadFailure> failures_;

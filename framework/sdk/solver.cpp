@@ -80,20 +80,4 @@ void BestIterate::finish(SolverInfo& info) const {
   info.final_rel = rel_;
 }
 
-const char* to_string(PluginKind kind) {
-  switch (kind) {
-    case PluginKind::Backbone: return "backbone";
-    case PluginKind::Memory: return "memory";
-    case PluginKind::Solver: return "solver";
-    case PluginKind::Optimization: return "optimization";
-  }
-  return "unknown";
-}
-
-PluginKind plugin_kind_from_string(const std::string& name) {
-  for (auto k : {PluginKind::Backbone, PluginKind::Memory, PluginKind::Solver, PluginKind::Optimization})
-    if (name == to_string(k)) return k;
-  throw Error("unknown plugin kind '" + name + "': expected backbone, memory, solver or optimization");
-}
-
 }  // namespace mhd

@@ -255,6 +255,13 @@ class StudyParser {
   // Keys of [task] that are each valid but cannot go together (the kind's TaskDefinition::check),
   // reported at the key the message names as this trial wrote it.
   void check_task_keys(const TrialConfig& c, const RawTable& raw, const std::string& context) const;
+  // A plugin's own cross-key constraints (Manifest::check), reported at the key its message names.
+  void check_component(const ComponentConfig& component, PluginKind kind, const ModelDims& dims, const RawTable& raw,
+                       const std::string& section, const std::string& context) const;
+  // Fails at the key of `raw` that `message` names as prefix + key (the one this trial wrote last),
+  // else at the table.
+  [[noreturn]] void fail_at_named_key(const std::string& message, const RawTable& raw, const std::string& prefix,
+                                      const std::string& context) const;
   // The pooled equilibrium only with a task scored at the last position (docs/design.md §4).
   void check_equilibrium_fits_task(const TrialConfig& c, const RawTable& model, const std::string& context) const;
 

@@ -118,6 +118,11 @@ TrialConfig StudyParser::resolve(const RawConfig& raw, const std::string& contex
   c.memory = resolve_component(table("memory"), "memory", PluginKind::Memory, context).second;
   auto [solve, solver] = resolve_component(table("solver"), "solver", PluginKind::Solver, context);
   c.solver = solver;
+  const ModelDims dims{c.model.integer("d_model"),
+                       c.task.has("vocab_size") ? c.task.integer("vocab_size") : ModelDims{}.vocab_size};
+  check_component(c.backbone, PluginKind::Backbone, dims, table("backbone"), "backbone", context);
+  check_component(c.memory, PluginKind::Memory, dims, table("memory"), "memory", context);
+  check_component(c.solver, PluginKind::Solver, dims, table("solver"), "solver", context);
   // Every framework key of [solver] but `plugin` (max_iter, tol, warm_start, ...).
   for (const auto& spec : solver_section().keys)
     if (spec.name != "plugin") c.solve.set(spec.name, solve.values().at(spec.name));
@@ -130,6 +135,9 @@ TrialConfig StudyParser::resolve(const RawConfig& raw, const std::string& contex
                               context)
                     .framework;
   c.optimizations = resolve_optimizations(raw, context);
+  for (const auto& optimization : c.optimizations)
+    check_component(optimization, PluginKind::Optimization, dims, raw.optimizations.at(optimization.plugin),
+                    "optimizations." + optimization.plugin, context);
   c.probes = resolve_probes(raw, context);
   try {
     check_training_config(c);  // [train] keys that depend on each other or on other tables
@@ -160,24 +168,53 @@ void StudyParser::check_task_keys(const TrialConfig& c, const RawTable& raw, con
   } catch (const StudyError&) {
     throw;
   } catch (const Error& e) {
-    // The message starts with the key at fault ("task.seq_len = 24 is too short ...") and names the
-    // others involved ("task.num_pairs"): point at the one this trial wrote last (a sweep's element
-    // over a variant's key over the base's), the first named on a tie, else at [task].
-    const std::string message = e.what();
-    const std::string ident = "abcdefghijklmnopqrstuvwxyz0123456789_";
-    std::string key;
-    for (auto at = message.find("task."); at != std::string::npos; at = message.find("task.", at + 1)) {
-      if (at > 0 && ident.find(message[at - 1]) != std::string::npos) continue;
-      const auto end = message.find_first_not_of(ident, at + 5);
-      const std::string name = message.substr(at + 5, end == std::string::npos ? std::string::npos : end - at - 5);
-      auto entry = raw.keys.find(name);
-      if (entry == raw.keys.end()) continue;
-      auto best = raw.keys.find(key);
-      if (best == raw.keys.end() || entry->second.layer > best->second.layer) key = name;
-    }
-    if (auto entry = raw.keys.find(key); entry != raw.keys.end()) fail(*entry->second.node, message + context);
-    fail(raw.pos, message + context);
+    fail_at_named_key(e.what(), raw, "task.", context);
   }
+}
+
+void StudyParser::check_component(const ComponentConfig& component, PluginKind kind, const ModelDims& dims,
+                                  const RawTable& raw, const std::string& section, const std::string& context) const {
+  const LoadedPlugin& plugin = registry_.require(kind, component.plugin);
+  if (!plugin.manifest->check) return;
+  try {
+    plugin.manifest->check(component.params, dims);
+  } catch (const StudyError&) {
+    throw;
+  } catch (const Error& e) {
+    fail_at_named_key(section + ": " + e.what(), raw, "", context);
+  }
+}
+
+void StudyParser::fail_at_named_key(const std::string& message, const RawTable& raw, const std::string& prefix,
+                                    const std::string& context) const {
+  // The message names the key at fault first ("task.seq_len = 24 is too short ...", "size = 250 is
+  // not a perfect square") and maybe others involved: point at the named key this trial wrote last (a
+  // sweep's element over a variant's key over the base's), the first named on a tie, else at the table.
+  const std::string ident = "abcdefghijklmnopqrstuvwxyz0123456789_.";
+  auto first_mention = [&](const std::string& name) {
+    const std::string word = prefix + name;
+    for (auto at = message.find(word); at != std::string::npos; at = message.find(word, at + 1)) {
+      const auto end = at + word.size();
+      const bool starts = at == 0 || ident.find(message[at - 1]) == std::string::npos;
+      const bool ends = end == message.size() || ident.find(message[end]) == std::string::npos;
+      if (starts && ends) return at;
+    }
+    return std::string::npos;
+  };
+  const toml::node* node = nullptr;
+  std::size_t best_at = std::string::npos;
+  Layer best_layer = Layer::Base;
+  for (const auto& [name, entry] : raw.keys) {
+    const auto at = first_mention(name);
+    if (at == std::string::npos) continue;
+    if (node == nullptr || entry.layer > best_layer || (entry.layer == best_layer && at < best_at)) {
+      node = entry.node;
+      best_at = at;
+      best_layer = entry.layer;
+    }
+  }
+  if (node != nullptr) fail(*node, message + context);
+  fail(raw.pos, message + context);
 }
 
 void StudyParser::check_equilibrium_fits_task(const TrialConfig& c, const RawTable& model,

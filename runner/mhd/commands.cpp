@@ -302,4 +302,6 @@ int generate(const GenerateArgs& args) {
   });
 }
 
+int guarded_command(const std::function<int()>& body) { return guarded(body); }
+
 }  // namespace mhd::cli

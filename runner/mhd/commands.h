@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -54,5 +55,19 @@ struct GenerateArgs {
   bool cold = false;  // every position's solve starts from z0 (to measure the warm start)
 };
 int generate(const GenerateArgs& args);
+
+// `mhd meta-train CHECKPOINT`: trains the `learned` solver's accelerator on the checkpoint's frozen
+// model (train/meta_train.h), writes it to `out` and prints iterations to tol before and after.
+struct MetaTrainArgs {
+  std::string checkpoint, out;
+  std::int64_t steps = 200, batches = 8, eval_batches = 4, batch = 0;  // batch 0: the checkpoint's [train] batch
+  std::int64_t unroll = 6, hidden = 64, m = 5;
+  double lr = 1e-3, tol = 0.0;  // tol 0: the checkpoint's forward tol
+  std::uint64_t seed = 0;
+};
+int meta_train(const MetaTrainArgs& args);
+
+// Runs a command body, turning errors into one line on stderr and an exit code (as every command).
+int guarded_command(const std::function<int()>& body);
 
 }  // namespace mhd::cli

@@ -103,6 +103,30 @@ int main(int argc, char** argv) {
   generate->add_option("--seed", gen_args.seed, "Sampling seed");
   generate->add_flag("--cold", gen_args.cold, "Start every solve from z0 instead of the previous z*");
 
+  mhd::cli::MetaTrainArgs meta_args;
+  auto* meta = app.add_subcommand("meta-train",
+                                  "Train the learned solver's accelerator on a checkpoint's frozen model (writes --out)");
+  meta->add_option("checkpoint", meta_args.checkpoint, "Checkpoint file (written by [train] checkpoint_every)")
+      ->required();
+  meta->add_option("--out", meta_args.out, "Accelerator file to write ([solver] plugin = \"learned\", path = ...)")
+      ->required();
+  meta->add_option("--steps", meta_args.steps, "Optimizer steps")->check(CLI::Range(std::int64_t{0}, std::int64_t{1000000}));
+  meta->add_option("--batches", meta_args.batches, "Training batches whose fixed points are solved once and cycled")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000}));
+  meta->add_option("--eval-batches", meta_args.eval_batches, "Held-out batches for iterations to tol")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000}));
+  meta->add_option("--batch", meta_args.batch, "Sequences per batch (0: the checkpoint's [train] batch)")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{100000}));
+  meta->add_option("--unroll", meta_args.unroll, "Solver steps unrolled in the loss (K)")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{1000}));
+  meta->add_option("--hidden", meta_args.hidden, "Hidden width of the initialiser and the mixer")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{65536}));
+  meta->add_option("--m", meta_args.m, "Anderson history size")->check(CLI::Range(std::int64_t{1}, std::int64_t{64}));
+  meta->add_option("--lr", meta_args.lr, "Adam learning rate")->check(CLI::Range(1e-9, 10.0));
+  meta->add_option("--tol", meta_args.tol, "Tol of the iterations-to-tol measure (0: the checkpoint's)")
+      ->check(CLI::Range(0.0, 1.0));
+  meta->add_option("--seed", meta_args.seed, "Seed of the accelerator's initialisation and the training batches");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -118,5 +142,6 @@ int main(int argc, char** argv) {
   if (*plugins) return mhd::cli::plugins(kind);
   if (*report) return mhd::cli::report(file, metrics, csv, last_k);
   if (*generate) return mhd::cli::generate(gen_args);
+  if (*meta) return mhd::cli::meta_train(meta_args);
   return mhd::cli::kExitBadInput;
 }

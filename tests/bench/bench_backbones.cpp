@@ -59,7 +59,7 @@ std::shared_ptr<mhd::Backbone> make(const std::string& row_name) {
   mhd::ModelDims dims;
   dims.d_model = kDim;
   at::manual_seed(0);
-  return registry.make_backbone(name, params, dims);
+  return registry.make<mhd::Backbone>(name, params, dims);
 }
 
 std::string key(const std::string& kind, const std::string& name, std::int64_t len) {

@@ -49,7 +49,7 @@ std::shared_ptr<mhd::Memory> make_memory(const std::string& name, const Override
   for (const auto& [key, value] : overrides) params.set(key, value);
   mhd::ModelDims dims;
   dims.d_model = kDim;
-  return reg.make_memory(name, params, dims);
+  return reg.make<mhd::Memory>(name, params, dims);
 }
 
 // The sparse memories' search sizes per K: about sqrt-scaled buckets, so candidates grow slowly.

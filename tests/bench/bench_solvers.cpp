@@ -67,7 +67,7 @@ std::shared_ptr<mhd::Solver> make_solver(const std::string& name, const Override
   reg.load_file(plugin_file(name), mhd::PluginKind::Solver);
   auto params = mhd::Params::defaults(reg.require(mhd::PluginKind::Solver, name).manifest->params);
   for (const auto& [key, value] : overrides) params.set(key, value);
-  return reg.make_solver(name, params);
+  return reg.make<mhd::Solver>(name, params);
 }
 
 // W: [D, D] with ||W||_2 = kNorm.

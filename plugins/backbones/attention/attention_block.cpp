@@ -205,6 +205,7 @@ Manifest make_manifest() {
       float_param("rope_base", 10000.0, "RoPE base: head pair i rotates by position * rope_base^(-2i / head_dim)",
                   1.0, 1e9),
   };
+  m.check = heads_divide_d_model("attention");
   m.make_backbone = [](const Params& params, const ModelDims& dims) -> std::shared_ptr<Backbone> {
     return std::make_shared<AttentionBlock>(config_from_params(params, dims));
   };

@@ -152,6 +152,7 @@ Manifest make_manifest() {
       int_param("d_conv", 4, "Mamba sublayers' causal convolution width", 1, 16),
       int_param("expand", 2, "Mamba sublayers' inner width = expand * d_model", 1, 8),
   };
+  m.check = heads_divide_d_model("hybrid");
   m.make_backbone = [](const Params& params, const ModelDims& dims) -> std::shared_ptr<Backbone> {
     return std::make_shared<HybridBlock>(config_from_params(params, dims));
   };

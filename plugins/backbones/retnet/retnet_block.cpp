@@ -198,6 +198,7 @@ Manifest make_manifest() {
                    "how a sequence is computed: parallel O(L^2), chunkwise O(L chunk_size), recurrent per position"),
       int_param("chunk_size", 64, "positions per chunk of the chunkwise form", 1, 65536),
   };
+  m.check = heads_divide_d_model("retnet");
   m.make_backbone = [](const Params& params, const ModelDims& dims) -> std::shared_ptr<Backbone> {
     return std::make_shared<RetNetBlock>(config_from_params(params, dims));
   };

@@ -135,6 +135,37 @@ class ProductKeyMemory final : public mhd::BucketedBankMemory {
   at::Tensor subkeys_;  // [H, 2, n, D/2]: C1 = [:, 0], C2 = [:, 1]
 };
 
+// The options of `p`, checked against each other and d_model (Manifest::check runs this too).
+ProductKeyOptions options_from(const mhd::Params& p, const mhd::ModelDims& dims) {
+  ProductKeyOptions o;
+  o.slots = p.integer("size");
+  o.top_k = p.integer("top_k");
+  o.cells = p.integer("cells");
+  o.heads = p.integer("heads");
+  o.beta = p.real("beta");
+  o.unit_queries = p.text("query_norm") == "unit";
+  o.init = p.text("init");
+  o.learnable = p.flag("learnable");
+  o.learn_keys = p.flag("learn_keys");
+  o.search = mhd::parse_candidate_search("product_key", p.text("search"));
+  const std::int64_t n = exact_sqrt(o.slots);
+  if (n * n != o.slots)
+    throw mhd::Error("product_key: size = " + std::to_string(o.slots) + " is not a perfect square (nearest: " +
+                     std::to_string(n * n) + " or " + std::to_string((n + 1) * (n + 1)) + ")");
+  if (o.top_k > n)
+    throw mhd::Error("product_key: top_k = " + std::to_string(o.top_k) + " exceeds the " + std::to_string(n) +
+                     " sub-keys per half (sqrt(size))");
+  if (o.cells > o.top_k * o.top_k)
+    throw mhd::Error("product_key: cells = " + std::to_string(o.cells) + " exceeds top_k^2 = " +
+                     std::to_string(o.top_k * o.top_k) + " Cartesian candidates");
+  if (dims.d_model % 2 != 0)
+    throw mhd::Error("product_key: d_model = " + std::to_string(dims.d_model) + " must be even (the query is split in halves)");
+  const std::int64_t bytes = o.slots * dims.d_model * 4 + 2 * o.heads * o.slots * 8 + o.heads * n * dims.d_model * 4 +
+                             o.heads * (o.slots + 1) * 8;
+  mhd::check_memory_fits("product_key", "size", o.slots, bytes, "bank, sub-keys and cell index");
+  return o;
+}
+
 mhd::Manifest make_manifest() {
   mhd::Manifest m;
   m.kind = mhd::PluginKind::Memory;
@@ -159,34 +190,9 @@ mhd::Manifest make_manifest() {
                         "iterate (f smooth within a solve), or \"per_call\" at every retrieval"),
   };
   m.make_memory = [](const mhd::Params& p, const mhd::ModelDims& dims) -> std::shared_ptr<mhd::Memory> {
-    ProductKeyOptions o;
-    o.slots = p.integer("size");
-    o.top_k = p.integer("top_k");
-    o.cells = p.integer("cells");
-    o.heads = p.integer("heads");
-    o.beta = p.real("beta");
-    o.unit_queries = p.text("query_norm") == "unit";
-    o.init = p.text("init");
-    o.learnable = p.flag("learnable");
-    o.learn_keys = p.flag("learn_keys");
-    o.search = mhd::parse_candidate_search("product_key", p.text("search"));
-    const std::int64_t n = exact_sqrt(o.slots);
-    if (n * n != o.slots)
-      throw mhd::Error("product_key: size = " + std::to_string(o.slots) + " is not a perfect square (nearest: " +
-                       std::to_string(n * n) + " or " + std::to_string((n + 1) * (n + 1)) + ")");
-    if (o.top_k > n)
-      throw mhd::Error("product_key: top_k = " + std::to_string(o.top_k) + " exceeds the " + std::to_string(n) +
-                       " sub-keys per half (sqrt(size))");
-    if (o.cells > o.top_k * o.top_k)
-      throw mhd::Error("product_key: cells = " + std::to_string(o.cells) + " exceeds top_k^2 = " +
-                       std::to_string(o.top_k * o.top_k) + " Cartesian candidates");
-    if (dims.d_model % 2 != 0)
-      throw mhd::Error("product_key: d_model = " + std::to_string(dims.d_model) + " must be even (the query is split in halves)");
-    const std::int64_t bytes = o.slots * dims.d_model * 4 + 2 * o.heads * o.slots * 8 + o.heads * n * dims.d_model * 4 +
-                               o.heads * (o.slots + 1) * 8;
-    mhd::check_memory_fits("product_key", "size", o.slots, bytes, "bank, sub-keys and cell index");
-    return std::make_shared<ProductKeyMemory>(o, dims.d_model);
+    return std::make_shared<ProductKeyMemory>(options_from(p, dims), dims.d_model);
   };
+  m.check = [](const mhd::Params& p, const mhd::ModelDims& dims) { options_from(p, dims); };
   return m;
 }
 

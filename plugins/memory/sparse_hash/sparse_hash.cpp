@@ -100,6 +100,28 @@ class SparseHashMemory final : public mhd::BucketedBankMemory {
   mutable const void* unit_source_ = nullptr;
 };
 
+// The options of `p`, checked against each other and d_model (Manifest::check runs this too).
+SparseHashOptions options_from(const mhd::Params& p, const mhd::ModelDims& dims) {
+  SparseHashOptions o;
+  o.slots = p.integer("size");
+  o.buckets = p.integer("buckets");
+  o.top_k = p.integer("top_k");
+  o.rounds = p.integer("rounds");
+  o.beta = p.real("beta");
+  o.init = p.text("init");
+  o.learnable = p.flag("learnable");
+  o.learn_hash = p.flag("learn_hash");
+  o.search = mhd::parse_candidate_search("sparse_hash", p.text("search"));
+  if (o.top_k > o.buckets)
+    throw mhd::Error("sparse_hash: top_k = " + std::to_string(o.top_k) + " exceeds buckets = " +
+                     std::to_string(o.buckets) + " (a query cannot search more buckets than there are)");
+  // Bank (float) + bucket per slot and round, the sorted index (int64) + W, before allocating any.
+  const std::int64_t bytes = o.slots * dims.d_model * 4 + 2 * o.rounds * o.slots * 8 +
+                             o.rounds * dims.d_model * o.buckets * 4 + o.rounds * (o.buckets + 1) * 8;
+  mhd::check_memory_fits("sparse_hash", "size", o.slots, bytes, "bank, hash W and bucket index");
+  return o;
+}
+
 mhd::Manifest make_manifest() {
   mhd::Manifest m;
   m.kind = mhd::PluginKind::Memory;
@@ -121,25 +143,9 @@ mhd::Manifest make_manifest() {
                         "iterate (f smooth within a solve), or \"per_call\" at every retrieval"),
   };
   m.make_memory = [](const mhd::Params& p, const mhd::ModelDims& dims) -> std::shared_ptr<mhd::Memory> {
-    SparseHashOptions o;
-    o.slots = p.integer("size");
-    o.buckets = p.integer("buckets");
-    o.top_k = p.integer("top_k");
-    o.rounds = p.integer("rounds");
-    o.beta = p.real("beta");
-    o.init = p.text("init");
-    o.learnable = p.flag("learnable");
-    o.learn_hash = p.flag("learn_hash");
-    o.search = mhd::parse_candidate_search("sparse_hash", p.text("search"));
-    if (o.top_k > o.buckets)
-      throw mhd::Error("sparse_hash: top_k = " + std::to_string(o.top_k) + " exceeds buckets = " +
-                       std::to_string(o.buckets) + " (a query cannot search more buckets than there are)");
-    // Bank (float) + bucket per slot and round, the sorted index (int64) + W, before allocating any.
-    const std::int64_t bytes = o.slots * dims.d_model * 4 + 2 * o.rounds * o.slots * 8 +
-                               o.rounds * dims.d_model * o.buckets * 4 + o.rounds * (o.buckets + 1) * 8;
-    mhd::check_memory_fits("sparse_hash", "size", o.slots, bytes, "bank, hash W and bucket index");
-    return std::make_shared<SparseHashMemory>(o, dims.d_model);
+    return std::make_shared<SparseHashMemory>(options_from(p, dims), dims.d_model);
   };
+  m.check = [](const mhd::Params& p, const mhd::ModelDims& dims) { options_from(p, dims); };
   return m;
 }
 

@@ -21,12 +21,17 @@
 namespace mhd {
 
 // Bumped whenever an interface header, Manifest or Params changes layout.
-constexpr std::uint32_t kPluginAbiVersion = 6;  // 2: Memory::max_similarity; 3: Memory::retrieve_context;
-                                                // 4: FixedPointProblem::context;
+constexpr std::uint32_t kPluginAbiVersion = 7;  // 2: Memory::max_similarity; 3: Memory::retrieve_context;
+                                                // 4: (taken while FixedPointProblem::context was under way, see 7);
                                                 // 5: Optimization::wrap_solve, objective_term;
-                                                // 6: Memory::begin_solve
+                                                // 6: Memory::begin_solve; 7: FixedPointProblem::context,
+                                                // Manifest::check
 
+// Adding a kind: its interface header, a value here, its factory type and Manifest member below, a row
+// in PluginKindTraits, a name in kPluginKindNames (plugin.cpp), and the place that builds it. The
+// registry (plugin_host/registry.h) needs no edit: PluginRegistry::make<Interface> reads the traits.
 enum class PluginKind : std::uint32_t { Backbone = 1, Memory = 2, Solver = 3, Optimization = 4 };
+constexpr std::uint32_t kPluginKindCount = 4;  // the values run 1..kPluginKindCount
 
 const char* to_string(PluginKind kind);
 // "backbone" -> Backbone; throws mhd::Error listing the four kinds otherwise.
@@ -45,6 +50,14 @@ struct ModelDims {
 
 using BackboneFactory = std::function<std::shared_ptr<Backbone>(const Params&, const ModelDims&)>;
 using MemoryFactory = std::function<std::shared_ptr<Memory>(const Params&, const ModelDims&)>;
+// Constraints between a plugin's own keys (or on what a key names, such as a file) that the schema's
+// per-key ranges cannot say: throws mhd::Error whose message names the key ("size = 250 is not a
+// perfect square ..."). The study validator runs it on every trial before anything runs, so such a
+// study fails `mhd validate` at the key's file:line instead of failing each trial at its start.
+using ParamCheck = std::function<void(const Params&, const ModelDims&)>;
+// The check of a block whose `key` heads split d_model evenly ("attention: n_heads = 3 does not
+// divide d_model = 64 ...").
+ParamCheck heads_divide_d_model(const std::string& plugin, const std::string& key = "n_heads");
 using SolverFactory = std::function<std::shared_ptr<Solver>(const Params&)>;
 using OptimizationFactory = std::function<std::shared_ptr<Optimization>(const Params&)>;
 
@@ -59,7 +72,41 @@ struct BOOST_SYMBOL_VISIBLE Manifest {
   MemoryFactory make_memory;
   SolverFactory make_solver;
   OptimizationFactory make_optimization;
+  ParamCheck check;  // optional
 };
+
+// Which PluginKind builds an Interface, and with which Manifest member.
+template <typename Interface>
+struct PluginKindTraits;
+template <>
+struct PluginKindTraits<Backbone> {
+  static constexpr PluginKind kind = PluginKind::Backbone;
+  static constexpr BackboneFactory Manifest::*factory = &Manifest::make_backbone;
+};
+template <>
+struct PluginKindTraits<Memory> {
+  static constexpr PluginKind kind = PluginKind::Memory;
+  static constexpr MemoryFactory Manifest::*factory = &Manifest::make_memory;
+};
+template <>
+struct PluginKindTraits<Solver> {
+  static constexpr PluginKind kind = PluginKind::Solver;
+  static constexpr SolverFactory Manifest::*factory = &Manifest::make_solver;
+};
+template <>
+struct PluginKindTraits<Optimization> {
+  static constexpr PluginKind kind = PluginKind::Optimization;
+  static constexpr OptimizationFactory Manifest::*factory = &Manifest::make_optimization;
+};
+
+// True when the manifest sets the factory of its own kind.
+template <typename... Interfaces>
+bool sets_factory_of_kind(const Manifest& m) {
+  return ((m.kind == PluginKindTraits<Interfaces>::kind && static_cast<bool>(m.*PluginKindTraits<Interfaces>::factory)) || ...);
+}
+inline bool sets_own_factory(const Manifest& m) {
+  return sets_factory_of_kind<Backbone, Memory, Solver, Optimization>(m);
+}
 
 // The exported entry: plain data first so the host can check it without trusting the C++ layout.
 struct PluginEntry {

@@ -20,6 +20,10 @@ struct FixedPointProblem {
   TensorMap f;            // z -> f(z)
   TensorMap energy;       // z -> E(z): [B]; empty when the study's energy is off
   TensorMap grad_energy;  // z -> dE/dz: [B, D]; empty when the energy is off
+  // Each row's input per position, [B, P, D] with D * P = the state's width: what a learned
+  // initialiser predicts z0 from (docs/design.md §3, "Learned solver"). The model sets the injection
+  // X (pooled: X[:, -1:]; decoding: x_t); undefined in backward solves and for plain maps.
+  at::Tensor context;
 };
 
 struct SolveLimits {
