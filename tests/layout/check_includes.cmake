@@ -1,8 +1,8 @@
 # The framework's layers, and what each may include (docs/design.md §2). Run as
 #   cmake -DSOURCE_DIR=<repo> -P tests/layout/check_includes.cmake
 # Fails, listing every offending line, when a file includes a folder its layer may not see, when
-# a plugin includes anything but the SDK and the kits, or when a framework source file is longer
-# than the size limit.
+# a plugin includes anything but the SDK and the kits, or when a source file (.cpp or .h) of
+# framework/, plugins/, runner/ or tests/ is longer than the size limit.
 cmake_minimum_required(VERSION 3.20)
 set(allowed_sdk)
 set(allowed_kits sdk)
@@ -34,6 +34,17 @@ function(included_layer include out)
 endfunction()
 
 set(problems)
+# A file longer than max_lines is reported: split it by concern.
+function(check_size file)
+  file(READ ${file} text)
+  string(REGEX MATCHALL "\n" newlines "${text}")
+  list(LENGTH newlines n)
+  if(n GREATER max_lines)
+    file(RELATIVE_PATH rel ${SOURCE_DIR} ${file})
+    set(problems "${problems}\n  ${rel}: ${n} lines (the limit is ${max_lines}: split it by concern)" PARENT_SCOPE)
+  endif()
+endfunction()
+
 function(check_file file own_layer allowed)
   file(STRINGS ${file} lines REGEX "^#include \"")
   foreach(line ${lines})
@@ -59,13 +70,7 @@ foreach(layer ${layers})
   file(GLOB_RECURSE files ${SOURCE_DIR}/framework/${layer}/*.h ${SOURCE_DIR}/framework/${layer}/*.cpp)
   foreach(f ${files})
     check_file(${f} ${layer} "${allowed_${layer}}")
-    file(READ ${f} text)
-    string(REGEX MATCHALL "\n" newlines "${text}")
-    list(LENGTH newlines n)
-    if(n GREATER max_lines)
-      file(RELATIVE_PATH rel ${SOURCE_DIR} ${f})
-      set(problems "${problems}\n  ${rel}: ${n} lines (the limit is ${max_lines}: split it by concern)")
-    endif()
+    check_size(${f})
   endforeach()
 endforeach()
 
@@ -74,7 +79,14 @@ foreach(f ${plugin_files})
   check_file(${f} plugin "sdk;kits")
 endforeach()
 
+# The size limit holds beyond framework/ too: plugins, the runner and the tests.
+file(GLOB_RECURSE sized_files ${SOURCE_DIR}/plugins/*.h ${SOURCE_DIR}/plugins/*.cpp ${SOURCE_DIR}/runner/*.h
+     ${SOURCE_DIR}/runner/*.cpp ${SOURCE_DIR}/tests/*.h ${SOURCE_DIR}/tests/*.cpp)
+foreach(f ${sized_files})
+  check_size(${f})
+endforeach()
+
 if(problems)
   message(FATAL_ERROR "include rules broken (docs/design.md §2):${problems}")
 endif()
-message(STATUS "include rules hold for framework/ and plugins/")
+message(STATUS "include rules hold for framework/ and plugins/; no source file of framework/, plugins/, runner/ or tests/ exceeds ${max_lines} lines")
