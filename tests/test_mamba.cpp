@@ -366,12 +366,13 @@ void apply_layout(ScanArgs& a, int layout) {
 
 // Float32 against the float64 reference on the same values, forward and every gradient, over the
 // layouts above, channel counts that are not a multiple of 16 (37: two full vectors and a masked
-// one), lengths that are not a multiple of the 16-position tile (45), and N = 16 (the states in
+// one), a length that is not a multiple of the 16-position tile and spans three of the AVX-512
+// backward's 64-position chunks, the last one partial (150), and N = 16 (the states in
 // registers), N = 20 (16 through the lane-sum butterfly, 4 one by one) and N = 7.
 TEST_P(MambaScanBuilds, Float32LayoutsAndShapesMatchReference) {
   for (std::int64_t nstate : {16, 20, 7}) {
     for (int layout : {0, 1, 2}) {
-      ScanArgs a = random_args({2, 45, 37, nstate}, at::kFloat, {}, 40 + nstate);
+      ScanArgs a = random_args({2, 150, 37, nstate}, at::kFloat, {}, 40 + nstate);
       apply_layout(a, layout);
       const ScanArgs ad = to_double(a);
       const ScanResult fused = mhd::mamba::selective_scan(a);
@@ -459,6 +460,31 @@ TEST_P(MambaScanBuilds, ForwardRunsOnEveryThread) {
   at::set_num_threads(1);
   mhd::mamba::selective_scan(a);
   EXPECT_EQ(mhd::mamba::last_scan_forward_tasks(), 1);
+}
+
+// The AVX-512 backward starts from the states its forward kept every 64 positions (scan_kernels.h);
+// after another build's forward (the build changed in between) it recomputes them, and the
+// gradients are those of an AVX-512 forward and backward.
+TEST(MambaScan, Avx512BackwardAfterAnotherBuildsForward) {
+  if (!cpu_has_avx512()) GTEST_SKIP() << "this CPU lacks AVX-512";
+  ScanSettingsGuard guard;
+  const ScanArgs base = random_args({2, 150, 37, 16}, at::kFloat, {}, 47);  // 3 chunks, 3 blocks
+  const LossWeights w = random_weights(base, 48);
+  mhd::mamba::set_scan_isa(ScanIsa::Avx512);
+  const std::vector<at::Tensor> expected = scan_gradients(&mhd::mamba::selective_scan, base, w);
+  ScanArgs a = leaves_of(base);
+  mhd::mamba::set_scan_isa(ScanIsa::Generic);
+  const at::Tensor loss = weighted_loss(mhd::mamba::selective_scan(a), w);
+  mhd::mamba::set_scan_isa(ScanIsa::Avx512);
+  std::vector<at::Tensor> inputs;
+  for (at::Tensor* t : scan_tensors(a))
+    if (t->defined()) inputs.push_back(*t);
+  const auto grads = torch::autograd::grad({loss}, inputs);
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < kNumScanTensors; ++i) {
+    if (!expected[i].defined()) continue;
+    EXPECT_LT(max_abs_diff(grads[k++], expected[i]), 1e-6 * std::max(1.0, max_abs(expected[i]))) << kScanTensorNames[i];
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@
 // floor of docs/benchmarks.md ("Selective scan": one exp and two FMAs per update, 16-wide, about
 // 0.15 ns per update on one core) divided by the measured time, scaled by the threads used. After
 // the table, a summary prints each build's speed-up over avx2+fma and the 2-thread scaling, from
-// the same run.
+// the same run. Kernel/avx512/<forward|backward> rows time the AVX-512 kernels alone (one thread, no
+// autograd), to split ForwardBackward/avx512 into its kernels and what surrounds them.
 #include <benchmark/benchmark.h>
 
 #include <array>
@@ -31,6 +32,7 @@
 #include <torch/autograd.h>
 
 #include "mamba_block.h"
+#include "scan_kernels.h"
 #include "selective_scan.h"
 
 namespace {
@@ -123,6 +125,67 @@ void run_row(benchmark::State& state, const Row& row) {
   mhd::mamba::set_scan_isa(ScanIsa::Auto);
 }
 
+// The AVX-512 kernels alone (scan_kernels.h) on the calling thread, without the autograd, the
+// allocations and the loss around them: the forward, keeping its checkpoints as under autograd, or
+// the backward from them, over the whole B x blocks range. Splits "ForwardBackward/avx512" into its
+// kernels and the rest (docs/benchmarks.md, "Selective scan").
+void kernel_row(benchmark::State& state, bool backward, std::int64_t batch, std::int64_t dim, std::int64_t len) {
+  namespace k = mhd::mamba::kernels;
+  if (!k::cpu_has_avx512()) {
+    state.SkipWithError("this CPU lacks AVX-512");
+    return;
+  }
+  const Problem p = make_problem(batch, dim, len, false);
+  const ScanArgs& a = p.args;
+  k::Job job;
+  job.u = {a.u.data_ptr(), a.u.stride(0), a.u.stride(1), a.u.stride(2)};
+  job.delta = {a.delta.data_ptr(), a.delta.stride(0), a.delta.stride(1), a.delta.stride(2)};
+  job.A = a.A.data_ptr<float>();
+  job.B = a.B.data_ptr();
+  job.B_sb = a.B.stride(0);
+  job.B_st = a.B.stride(1);
+  job.C = a.C.data_ptr();
+  job.C_sb = a.C.stride(0);
+  job.C_st = a.C.stride(1);
+  job.D = a.D.data_ptr<float>();
+  job.delta_bias = a.delta_bias.data_ptr<float>();
+  job.softplus = true;
+  job.batch = batch;
+  job.dim = dim;
+  job.len = len;
+  job.nstate = kState;
+  const std::int64_t blocks = k::channel_blocks(dim);
+  const at::Tensor y = at::empty({batch, len, dim}), hL = at::empty({batch, dim, kState});
+  const at::Tensor checkpoints = at::empty({batch, blocks, k::checkpoint_count(len), kState, k::kLanes});
+  const k::ForwardOut fwd{y.data_ptr(), hL.data_ptr<float>(), checkpoints.data_ptr<float>()};
+  const at::Tensor du = at::empty({batch, len, dim}), ddelta = at::empty({batch, len, dim});
+  const at::Tensor dA = at::empty({batch, dim, kState}), dh0 = at::empty({batch, dim, kState});
+  const at::Tensor dD = at::empty({batch, dim}), dbias = at::empty({batch, dim});
+  const at::Tensor dB = at::zeros({batch, 1, len, kState}), dC = at::zeros({batch, 1, len, kState});
+  k::BackwardOut bwd;
+  bwd.checkpoints = checkpoints.data_ptr<float>();
+  bwd.gy = {p.wy.data_ptr(), p.wy.stride(0), p.wy.stride(1), p.wy.stride(2)};
+  bwd.ghL = p.wh.data_ptr<float>();
+  bwd.du = du.data_ptr<float>();
+  bwd.ddelta = ddelta.data_ptr<float>();
+  bwd.dA_by_batch = dA.data_ptr<float>();
+  bwd.dD_by_batch = dD.data_ptr<float>();
+  bwd.dbias_by_batch = dbias.data_ptr<float>();
+  bwd.dB_parts = dB.data_ptr<float>();
+  bwd.dC_parts = dC.data_ptr<float>();
+  bwd.dh0 = dh0.data_ptr<float>();
+  k::avx512_forward(job, fwd, 0, batch * blocks);
+  for (auto _ : state) {
+    if (backward) {
+      k::avx512_backward(job, bwd, 0, batch);
+    } else {
+      k::avx512_forward(job, fwd, 0, batch * blocks);
+    }
+  }
+  state.counters["ns_per_update"] = benchmark::Counter(double(state.iterations()) * batch * len * dim * kState * 1e-9,
+                                                       benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
 // The block's recurrent step at the quickstart study's sizes (d_model 64, expand 2, d_state 16,
 // batch 32): per call, under autograd (as in the DEQ iterations while training) and without.
 void step_row(benchmark::State& state, int threads, bool grad) {
@@ -177,6 +240,13 @@ void register_rows() {
         }
       }
     }
+  }
+  for (bool backward : {false, true}) {
+    const std::string name = std::string("Kernel/avx512/") + (backward ? "backward" : "forward") +
+                             "/threads:1/B:2/D:512/L:1024";
+    benchmark::RegisterBenchmark(name.c_str(), [backward](benchmark::State& s) { kernel_row(s, backward, 2, 512, 1024); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
   }
   for (int t : threads) {
     for (bool grad : {false, true}) {

@@ -121,11 +121,11 @@ MHD_AVX512 void forward_block_chunk(const Job& j, const ForwardOut& out, std::in
   }
 }
 
-// Positions per chunk: every block of a thread's range advances this far before the next chunk,
-// so each chunk reads and writes whole row segments of the [B, L, D] buffers while they are in
-// cache and in the TLB (one block walking all L rows of a column strip touches L / 2 pages of a
-// 512-channel float32 tensor), and the blocks' states wait in a small buffer (N vectors each).
-constexpr std::int64_t kChunk = 64;
+// Chunks of kCheckpointEvery positions: every block of a thread's range advances this far before
+// the next chunk, so each chunk reads and writes whole row segments of the [B, L, D] buffers while
+// they are in cache and in the TLB (one block walking all L rows of a column strip touches L / 2
+// pages of a 512-channel float32 tensor), and the blocks' states wait in a small buffer (N vectors
+// each), from where they are copied as the checkpoints when those are kept.
 
 template <int NS, typename TIn>
 MHD_AVX512 void forward_batch_row(const Job& j, const ForwardOut& out, std::int64_t b, std::int64_t blk_begin,
@@ -147,9 +147,14 @@ MHD_AVX512 void forward_batch_row(const Job& j, const ForwardOut& out, std::int6
   std::int64_t B_st, C_st;
   const float* Bb = rows_as_float<TIn>(j.B, j.B_sb, j.B_st, b, len, nstate, rows_space, &B_st);
   const float* Cb = rows_as_float<TIn>(j.C, j.C_sb, j.C_st, b, len, nstate, rows_space + len * nstate, &C_st);
-  for (std::int64_t t0 = 0; t0 < len; t0 += kChunk) {
-    const std::int64_t t1 = std::min(len, t0 + kChunk);
+  const std::int64_t blocks = channel_blocks(dim), chunks = checkpoint_count(len);
+  for (std::int64_t t0 = 0; t0 < len; t0 += kCheckpointEvery) {
+    const std::int64_t t1 = std::min(len, t0 + kCheckpointEvery);
     for (std::int64_t i = 0; i < nblk; ++i) {
+      if (out.checkpoints) {
+        float* ck = out.checkpoints + (((b * blocks + blk_begin + i) * chunks + t0 / kCheckpointEvery) * nstate) * kLanes;
+        for (std::int64_t n = 0; n < nstate; ++n) _mm512_storeu_ps(ck + n * kLanes, hs[i * nstate + n]);
+      }
       forward_block_chunk<NS, TIn>(j, out, b, (blk_begin + i) * kLanes, t0, t1, hs + i * nstate, A2s + i * nstate,
                                    Bb, B_st, Cb, C_st);
     }

@@ -67,13 +67,22 @@ bool avx512_handles(const ScanArgs& a) {
   return resolved_isa() == ScanIsa::Avx512 && (dtype == at::kFloat || dtype == at::kBFloat16);
 }
 
-// y: [B, L, D] contiguous in u's dtype; h_L: [B, D, N] float32.
-ScanResult avx512_forward(const ScanArgs& a) {
-  const Avx512Inputs in(a);
+namespace {
+
+// [B, channel_blocks(D), checkpoint_count(L), N, 16] float32, for the forward to fill (scan_kernels.h).
+at::Tensor empty_checkpoints(const kernels::Job& job, const at::TensorOptions& like) {
+  return at::empty({job.batch, kernels::channel_blocks(job.dim), kernels::checkpoint_count(job.len), job.nstate,
+                    kernels::kLanes},
+                   like.dtype(at::kFloat));
+}
+
+ScanResult run_forward(const ScanArgs& a, const Avx512Inputs& in, at::Tensor* checkpoints) {
   const kernels::Job& job = in.job;
   const at::Tensor y = at::empty({job.batch, job.len, job.dim}, a.u.options());
   const at::Tensor hL = at::empty({job.batch, job.dim, job.nstate}, a.u.options().dtype(at::kFloat));
-  const kernels::ForwardOut out{y.data_ptr(), hL.data_ptr<float>()};
+  if (checkpoints) *checkpoints = empty_checkpoints(job, a.u.options());
+  const kernels::ForwardOut out{y.data_ptr(), hL.data_ptr<float>(),
+                                checkpoints ? checkpoints->data_ptr<float>() : nullptr};
   const std::int64_t items = job.batch * kernels::channel_blocks(job.dim);
   const std::int64_t per_item = std::max<std::int64_t>(1, job.len * job.nstate * kernels::kLanes);
   std::atomic<std::int64_t> tasks{0};
@@ -86,9 +95,20 @@ ScanResult avx512_forward(const ScanArgs& a) {
   return {y, hL};
 }
 
-FusedGrads avx512_backward(const ScanArgs& a, const at::Tensor& gy, const at::Tensor& ghL) {
+}  // namespace
+
+// y: [B, L, D] contiguous in u's dtype; h_L: [B, D, N] float32.
+ScanResult avx512_forward(const ScanArgs& a, at::Tensor* checkpoints) {
+  return run_forward(a, Avx512Inputs(a), checkpoints);
+}
+
+FusedGrads avx512_backward(const ScanArgs& a, const at::Tensor& gy, const at::Tensor& ghL,
+                           const at::Tensor& checkpoints) {
   const Avx512Inputs in(a);
   const kernels::Job& job = in.job;
+  // Checkpoints the forward did not keep (it ran another build) are made by running it again.
+  at::Tensor ck = checkpoints;
+  if (!ck.defined()) run_forward(a, in, &ck);
   const at::Tensor gy_in = gy.scalar_type() == a.u.scalar_type() ? gy : gy.to(a.u.scalar_type());
   const at::Tensor ghL_f = float_contiguous(ghL);
   const std::int64_t blocks = kernels::channel_blocks(job.dim);
@@ -103,6 +123,7 @@ FusedGrads avx512_backward(const ScanArgs& a, const at::Tensor& gy, const at::Te
   const at::Tensor dC_parts = at::zeros({job.batch, P, job.len, job.nstate}, opts);
   const at::Tensor dh0 = at::empty({job.batch, job.dim, job.nstate}, opts);
   kernels::BackwardOut out;
+  out.checkpoints = ck.data_ptr<float>();
   out.gy = strided(gy_in);
   out.ghL = ghL_f.defined() ? ghL_f.data_ptr<float>() : nullptr;
   out.du = du.data_ptr<float>();

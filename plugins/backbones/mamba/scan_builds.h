@@ -43,8 +43,11 @@ ScanResult fused_forward(const ScanArgs& a);
 FusedGrads fused_backward(const ScanArgs& a, const at::Tensor& gy, const at::Tensor& ghL);
 
 // The AVX-512 build (scan_avx512_launch.cpp): whether it runs these arguments, and its launches.
+// The forward keeps its checkpoints (scan_kernels.h) in *checkpoints when that is given; the
+// backward takes them, or recomputes them when undefined.
 bool avx512_handles(const ScanArgs& a);
-ScanResult avx512_forward(const ScanArgs& a);
-FusedGrads avx512_backward(const ScanArgs& a, const at::Tensor& gy, const at::Tensor& ghL);
+ScanResult avx512_forward(const ScanArgs& a, at::Tensor* checkpoints = nullptr);
+FusedGrads avx512_backward(const ScanArgs& a, const at::Tensor& gy, const at::Tensor& ghL,
+                           const at::Tensor& checkpoints);
 
 }  // namespace mhd::mamba::detail

@@ -20,6 +20,13 @@ namespace mhd::mamba::kernels {
 
 constexpr std::int64_t kLanes = 16;  // channels per vector (float32 in a 512-bit register)
 
+// The forward keeps each channel block's state before every kCheckpointEvery-th position (a
+// checkpoint, [N] vectors of 16 lanes) when asked, and the backward recomputes the states between two
+// checkpoints from the earlier one, chunk by chunk backwards in time. Both advance all channel blocks
+// of a task together over chunks of this many positions.
+constexpr std::int64_t kCheckpointEvery = 64;
+inline std::int64_t checkpoint_count(std::int64_t len) { return (len + kCheckpointEvery - 1) / kCheckpointEvery; }
+
 // Element type of u, delta, B, C, y and dL/dy. bfloat16 is widened to float32 on load; the state,
 // every product and every sum stay float32 (the mixed-precision path).
 enum class Elem { F32, BF16 };
@@ -50,9 +57,11 @@ struct Job {
 struct ForwardOut {
   void* y = nullptr;     // [B, L, D] contiguous, elem
   float* hL = nullptr;   // [B, D, N] contiguous
+  float* checkpoints = nullptr;  // [B, channel_blocks(D), checkpoint_count(L), N, 16] or nullptr (none kept)
 };
 
 struct BackwardOut {
+  const float* checkpoints = nullptr;  // the forward's, as in ForwardOut (required)
   Strided gy;                    // [B, L, D] dLoss/dy, elem
   const float* ghL = nullptr;    // [B, D, N] contiguous or nullptr
   float* du = nullptr;           // [B, L, D] contiguous

@@ -167,16 +167,18 @@ ScanArgs widened(const ScanArgs& a) {
 
 // The build that runs: AVX-512 for float32 / bfloat16 when selected, otherwise the channel-per-task
 // kernels (bfloat16 widened to float32 for them). bfloat16 outputs are rounded from the float32
-// results, so y and h_L keep the inputs' dtype.
-ScanResult forward_any(const ScanArgs& a) {
+// results, so y and h_L keep the inputs' dtype. *checkpoints (when given) gets the AVX-512 build's
+// checkpoints for its backward, and stays undefined for the other builds.
+ScanResult forward_any(const ScanArgs& a, at::Tensor* checkpoints) {
   const bool bf16 = a.u.scalar_type() == at::kBFloat16;
-  ScanResult r = detail::avx512_handles(a) ? detail::avx512_forward(a) : detail::fused_forward(bf16 ? widened(a) : a);
+  ScanResult r = detail::avx512_handles(a) ? detail::avx512_forward(a, checkpoints)
+                                           : detail::fused_forward(bf16 ? widened(a) : a);
   if (bf16) r = {as_dtype_of(r.y, a.u), as_dtype_of(r.last_state, a.u)};
   return r;
 }
 
-FusedGrads backward_any(const ScanArgs& a, const at::Tensor& gy, const at::Tensor& ghL) {
-  if (detail::avx512_handles(a)) return detail::avx512_backward(a, gy, ghL);
+FusedGrads backward_any(const ScanArgs& a, const at::Tensor& gy, const at::Tensor& ghL, const at::Tensor& checkpoints) {
+  if (detail::avx512_handles(a)) return detail::avx512_backward(a, gy, ghL, checkpoints);
   if (a.u.scalar_type() != at::kBFloat16) return detail::fused_backward(a, gy, ghL);
   FusedGrads g = detail::fused_backward(widened(a), gy.to(at::kFloat), ghL.defined() ? ghL.to(at::kFloat) : ghL);
   const ScanArgs* like = &a;
@@ -235,12 +237,14 @@ class SelectiveScanFunction : public torch::autograd::Function<SelectiveScanFunc
   static variable_list forward(AutogradContext* ctx, const at::Tensor& u, const at::Tensor& delta,
                                const at::Tensor& A, const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
                                const at::Tensor& delta_bias, const at::Tensor& h0, std::int64_t present,
-                               bool delta_softplus) {
+                               bool delta_softplus, bool keep_checkpoints) {
     const ScanArgs args = args_from(u, delta, A, B, C, D, delta_bias, h0, present, delta_softplus);
-    const ScanResult out = forward_any(args);
+    at::Tensor checkpoints;
+    const ScanResult out = forward_any(args, keep_checkpoints ? &checkpoints : nullptr);
     ctx->save_for_backward({u, delta, A, B, C, D, delta_bias, h0});
     ctx->saved_data["present"] = present;
     ctx->saved_data["delta_softplus"] = delta_softplus;
+    if (checkpoints.defined()) ctx->saved_data["checkpoints"] = checkpoints;
     return {out.y, out.last_state};
   }
 
@@ -253,9 +257,11 @@ class SelectiveScanFunction : public torch::autograd::Function<SelectiveScanFunc
     // instead; slower, but second derivatives (e.g. through an energy's gradient) stay exact.
     if (at::GradMode::is_enabled()) return backward_through_reference(ctx, args, grads[0], grads[1]);
 
-    const FusedGrads g = backward_any(args, grads[0], grads[1]);
-    // One entry per forward argument; the two trailing non-tensor arguments get none.
-    variable_list result = {g.u, g.delta, g.A, g.B, g.C, g.D, g.delta_bias, g.h0, at::Tensor(), at::Tensor()};
+    const auto kept = ctx->saved_data.find("checkpoints");
+    const FusedGrads g =
+        backward_any(args, grads[0], grads[1], kept == ctx->saved_data.end() ? at::Tensor() : kept->second.toTensor());
+    // One entry per forward argument; the three trailing non-tensor arguments get none.
+    variable_list result = {g.u, g.delta, g.A, g.B, g.C, g.D, g.delta_bias, g.h0, at::Tensor(), at::Tensor(), at::Tensor()};
     for (std::size_t i = 0; i < kNumTensorInputs; ++i) {
       if (!ctx->needs_input_grad(i)) result[i] = at::Tensor();
     }
@@ -275,7 +281,7 @@ class SelectiveScanFunction : public torch::autograd::Function<SelectiveScanFunc
         inputs.push_back(*fields[i]);
       }
     }
-    variable_list result(kNumTensorInputs + 2);
+    variable_list result(kNumTensorInputs + 3);
     if (inputs.empty()) return result;
     const ScanResult ref = selective_scan_reference(args);
     const variable_list g = torch::autograd::grad({ref.y, ref.last_state}, inputs, {gy, ghL},
@@ -303,10 +309,17 @@ ScanResult selective_scan(const ScanArgs& args) {
     fail("selective_scan", std::string("the fused scan supports float32, float64 and bfloat16, got ") +
                                c10::toString(dtype) + "; use selective_scan_reference for other dtypes");
   }
+  // The forward keeps what its backward needs (the AVX-512 build's checkpoints) only when a backward
+  // can follow: grad mode on and some input requiring grad.
+  bool keep_checkpoints = false;
+  if (at::GradMode::is_enabled()) {
+    for (const at::Tensor* t : {&args.u, &args.delta, &args.A, &args.B, &args.C, &args.D, &args.delta_bias, &args.h0})
+      keep_checkpoints = keep_checkpoints || (t->defined() && t->requires_grad());
+  }
   const variable_list out = SelectiveScanFunction::apply(
       args.u, args.delta, args.A, args.B, args.C, placeholder_if_absent(args.D, args.u),
       placeholder_if_absent(args.delta_bias, args.u), placeholder_if_absent(args.h0, args.u), presence_mask(args),
-      args.delta_softplus);
+      args.delta_softplus, keep_checkpoints);
   return {out[0], out[1]};
 }
 
