@@ -8,7 +8,7 @@ if(MHD_HAVE_VIEWER)
   add_test(NAME Viewer.TinyStudyExport
            COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/viewer/export_tiny.sh $<TARGET_FILE:mhd> $<TARGET_FILE:mhd-viewer>
                    ${_viewer_out})
-  set_tests_properties(Viewer.TinyStudyExport PROPERTIES FIXTURES_SETUP viewer_png TIMEOUT 120
+  set_tests_properties(Viewer.TinyStudyExport PROPERTIES FIXTURES_SETUP viewer_png TIMEOUT 300
                        ENVIRONMENT QT_QPA_PLATFORM=offscreen)
 
   # Reads the exported PNGs and builds the same charts from the same results file in process (the

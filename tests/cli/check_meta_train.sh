@@ -24,7 +24,7 @@ check() {  # check NAME EXPECTED_EXIT PATTERN -- command...
 
 # The tiny model's tables, its forward solve given room to reach tol.
 tables=$(sed -e 's/^max_iter = 5$/max_iter = 40/' "$(dirname "$0")/../data/studies/tiny_model.toml")
-printf '[study]\nname = "cli_meta"\noutput = "%s/run.sqlite"\n%s\n[train]\nsteps = 2\nbatch = 4\neval_batches = 1\ncheckpoint_every = 2\n' \
+printf '[study]\nname = "cli_meta"\nthreads = 1\noutput = "%s/run.sqlite"\n%s\n[train]\nsteps = 2\nbatch = 4\neval_batches = 1\ncheckpoint_every = 2\n' \
   "$work" "$tables" > "$work/run.toml"
 check run 0 "1 done" -- "$mhd" run "$work/run.toml"
 ckpt=$(ls "$work"/run.sqlite.checkpoints/*.pt 2>/dev/null | head -1)

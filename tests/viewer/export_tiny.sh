@@ -13,6 +13,7 @@ fail() { echo "FAIL $*"; failures=$((failures + 1)); }
 
 cat > "$out/tiny.toml" <<TOML
 [study]
+threads = 1  # ctest runs two tests at once: two OpenMP threads each would stall at barriers
 name = "viewer_tiny"
 description = "mhd-viewer's test study"
 seeds = [0, 1]
