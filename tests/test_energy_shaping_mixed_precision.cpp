@@ -96,6 +96,20 @@ TEST(EnergyShaping, NoPenaltyWhenEveryEigenvalueIsTheTarget) {
   EXPECT_NEAR(m.at("shaping_curvature_mean"), 2.5, 1e-12);
 }
 
+// every = 3 shapes the first objective of each three and adds no term to the others; the metrics
+// average the shaped calls only.
+TEST(EnergyShaping, EveryNthObjectiveIsShaped) {
+  auto shaping = make("energy_shaping", {{"curvature_weight", 1.0}, {"every", std::int64_t{3}}});
+  const at::Tensor A = 2.0 * at::eye(6, at::kDouble);
+  const at::Tensor z = at::randn({8, 6}, at::kDouble);
+  std::vector<bool> shaped;
+  for (int call = 0; call < 7; ++call) shaped.push_back(shaping->objective_term(quadratic(A), z).defined());
+  EXPECT_EQ(shaped, (std::vector<bool>{true, false, false, true, false, false, true}));
+  const auto m = shaping->metrics();
+  EXPECT_NEAR(m.at("shaping_curvature_mean"), 2.0, 1e-12);
+  EXPECT_NEAR(m.at("shaping_curvature_penalty"), 1.0, 1e-12);  // (2 - 1)^2 for every eigenvalue
+}
+
 // The saddle penalty is positive exactly when the Hessian has a negative eigenvalue: the Krylov
 // space of dimension S is the whole space, so the smallest Ritz value is lambda_min.
 TEST(EnergyShaping, SaddlePenaltyIsPositiveExactlyWithNegativeCurvature) {

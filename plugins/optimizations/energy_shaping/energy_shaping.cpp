@@ -48,6 +48,7 @@ struct ShapingOptions {
   double saddle_weight = 1e-2;
   std::int64_t probes = 1;
   std::int64_t lanczos_steps = 3;
+  std::int64_t every = 1;
 };
 
 // Per-row inner product of [B, S] tensors: [B].
@@ -116,6 +117,9 @@ class EnergyShaping final : public mhd::Optimization {
 
   at::Tensor objective_term(const mhd::TensorMap& energy, const at::Tensor& z_star) override {
     if (!energy || !z_star.defined() || z_star.dim() != 2) return at::Tensor();
+    // Its Hessian-vector products run through the whole dynamics twice per Krylov step, several
+    // times a plain training step: `every` spends that on one step in N (the others add no term).
+    if (seen_++ % o_.every != 0) return at::Tensor();
     const bool trains = at::GradMode::is_enabled() && (o_.curvature_weight > 0 || o_.saddle_weight > 0);
     torch::AutoGradMode enable(true);
     const at::Tensor z = z_star.detach().requires_grad_(true);  // [B, S]
@@ -167,7 +171,8 @@ class EnergyShaping final : public mhd::Optimization {
   }
 
   ShapingOptions o_;
-  std::int64_t calls_ = 0;
+  std::int64_t seen_ = 0;   // objective_term calls, shaped or not
+  std::int64_t calls_ = 0;  // shaped calls since the last metrics()
   double sum_mean_ = 0, sum_square_ = 0, sum_ritz_ = 0, sum_negative_ = 0, sum_curvature_ = 0, sum_saddle_ = 0;
 };
 
@@ -190,6 +195,9 @@ mhd::Manifest make_manifest() {
                      1, 256),
       mhd::int_param("lanczos_steps", 3,
                      "Krylov dimension of the saddle search per probe (1: the curvature along the probe only)", 1, 64),
+      mhd::int_param("every", 1,
+                     "shape the energy at one objective in this many (1: every step); the others add no term",
+                     1, 1000000),
   };
   m.make_optimization = [](const mhd::Params& p) -> std::shared_ptr<mhd::Optimization> {
     ShapingOptions o;
@@ -198,6 +206,7 @@ mhd::Manifest make_manifest() {
     o.saddle_weight = p.real("saddle_weight");
     o.probes = p.integer("probes");
     o.lanczos_steps = p.integer("lanczos_steps");
+    o.every = p.integer("every");
     return std::make_shared<EnergyShaping>(o);
   };
   return m;
