@@ -4,22 +4,7 @@
 # Usage: check_generate.sh MHD_EXE
 set -uo pipefail
 mhd=$1
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-failures=0
-check() {  # check NAME EXPECTED_EXIT PATTERN -- command...
-  local name=$1 want=$2 pattern=$3
-  shift 4
-  local out
-  out=$("$@" 2>&1)
-  local got=$?
-  if [[ $got -ne $want ]] || ! grep -qE -- "$pattern" <<<"$out"; then
-    echo "FAIL $name: exit $got (want $want), output:"; echo "$out" | head -20
-    failures=$((failures + 1))
-  else
-    echo "ok   $name"
-  fi
-}
+source "$(dirname "$0")/check_lib.sh"
 
 for i in $(seq 1 40); do echo "the quick brown fox jumps over the lazy dog, line $i."; done > "$work/text.txt"
 # The tiny model's tables with [task] replaced by lm_bytes on the text above (relative path).

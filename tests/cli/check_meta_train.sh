@@ -5,22 +5,7 @@
 # line with exit 2. Usage: check_meta_train.sh MHD_EXE
 set -uo pipefail
 mhd=$1
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-failures=0
-check() {  # check NAME EXPECTED_EXIT PATTERN -- command...
-  local name=$1 want=$2 pattern=$3
-  shift 4
-  local out
-  out=$("$@" 2>&1)
-  local got=$?
-  if [[ $got -ne $want ]] || ! grep -qE -- "$pattern" <<<"$out"; then
-    echo "FAIL $name: exit $got (want $want), output:"; echo "$out" | head -20
-    failures=$((failures + 1))
-  else
-    echo "ok   $name"
-  fi
-}
+source "$(dirname "$0")/check_lib.sh"
 
 # The tiny model's tables, its forward solve given room to reach tol.
 tables=$(sed -e 's/^max_iter = 5$/max_iter = 40/' "$(dirname "$0")/../data/studies/tiny_model.toml")
