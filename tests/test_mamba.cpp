@@ -17,6 +17,7 @@
 #include "fast_exp.h"
 #include "mhd/error.h"
 #include "scan_kernels.h"
+#include "mamba_test_support.h"
 #include "selective_scan.h"
 
 namespace {
@@ -24,19 +25,7 @@ namespace {
 using mhd::mamba::ScanArgs;
 using mhd::mamba::ScanResult;
 
-double max_abs(const at::Tensor& t) { return t.numel() ? t.abs().max().item<double>() : 0.0; }
-double max_abs_diff(const at::Tensor& a, const at::Tensor& b) { return max_abs(a - b); }
-
-// Expects `fn` to throw mhd::Error whose message contains `needle`.
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected mhd::Error containing \"" << needle << "\"";
-  } catch (const mhd::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << "not one line: " << e.what();
-  }
-}
+using namespace mamba_test;
 
 // ---------------------------------------------------------------------------------------------
 // Scan fixtures
