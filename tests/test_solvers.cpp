@@ -36,6 +36,7 @@ const char* plugin_path(const std::string& name) {
 const mhd::Manifest& manifest(const std::string& name) {
   auto& reg = mhd::PluginRegistry::global();
   reg.load_file(plugin_path(name), mhd::PluginKind::Solver);
+  reg.load_file(MHD_PLUGIN_FIXED_POINT, mhd::PluginKind::Solver);  // early_exit's default inner solver
   return *reg.require(mhd::PluginKind::Solver, name).manifest;
 }
 

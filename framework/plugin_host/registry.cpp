@@ -44,7 +44,14 @@ bool is_plugin_file(const fs::path& p) {
 }  // namespace
 
 PluginRegistry& PluginRegistry::global() {
-  static auto* registry = new PluginRegistry();  // never destroyed: plugin code outlives statics
+  static auto* registry = [] {
+    auto* made = new PluginRegistry();  // never destroyed: plugin code outlives statics
+    // Solvers that wrap another solver (mhd/solver.h) build it from this registry, at its defaults.
+    install_solver_maker([made](const std::string& name) {
+      return made->make<Solver>(name, Params::defaults(made->require(PluginKind::Solver, name).manifest->params));
+    });
+    return made;
+  }();
   return *registry;
 }
 

@@ -80,4 +80,19 @@ void BestIterate::finish(SolverInfo& info) const {
   info.final_rel = rel_;
 }
 
+namespace {
+SolverMaker& installed_solver_maker() {
+  static SolverMaker maker;
+  return maker;
+}
+}  // namespace
+
+void install_solver_maker(SolverMaker maker) { installed_solver_maker() = std::move(maker); }
+
+std::shared_ptr<Solver> make_solver_by_name(const std::string& name) {
+  const SolverMaker& maker = installed_solver_maker();
+  if (!maker) throw Error("solver '" + name + "': no plugin host has been set up to build solvers by name");
+  return maker(name);
+}
+
 }  // namespace mhd

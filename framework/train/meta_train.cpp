@@ -22,7 +22,8 @@ struct PreparedBatch {
   bool converged = false;
 };
 
-PreparedBatch prepare(UnifiedModel& model, const at::Tensor& tokens, const MetaTrainOptions& options) {
+// One batch's forward problem against the frozen model, from the model's default start.
+PreparedBatch problem_of(UnifiedModel& model, const at::Tensor& tokens) {
   torch::NoGradGuard no_grad;
   PreparedBatch b;
   UnifiedDynamics& dynamics = model.dynamics();
@@ -31,6 +32,12 @@ PreparedBatch prepare(UnifiedModel& model, const at::Tensor& tokens, const MetaT
   b.z0 = dynamics.initial_state(b.context, X).detach();
   b.problem.f = dynamics.solver_map(b.context);
   b.problem.context = dynamics.position_inputs(b.context, X);  // [B, P, D]
+  return b;
+}
+
+PreparedBatch prepare(UnifiedModel& model, const at::Tensor& tokens, const MetaTrainOptions& options) {
+  torch::NoGradGuard no_grad;
+  PreparedBatch b = problem_of(model, tokens);
   learned::SolveOptions plain;
   plain.lam = options.lam;
   FixedPointProblem reference = b.problem;
@@ -153,6 +160,53 @@ MetaTrainReport meta_train(UnifiedModel& model, learned::Accelerator& accelerato
 
   report.after = measure(held_out, with(&accelerator), &report.max_distance_to_reference);
   return report;
+}
+
+ExitPredictorReport fit_exit_predictor(UnifiedModel& model, exit_predictor::Predictor& predictor,
+                                       const std::vector<at::Tensor>& train_tokens,
+                                       const std::vector<at::Tensor>& eval_tokens, Solver& inner,
+                                       const ExitPredictorOptions& options) {
+  if (!model.deq_enabled()) throw Error("meta-train: the model has no DEQ solve ([model] deq = false)");
+  if (train_tokens.empty() || eval_tokens.empty())
+    throw Error("meta-train: needs at least one training and one held-out batch");
+  FrozenModel frozen(model);
+  auto record = [&](const std::vector<at::Tensor>& tokens) {
+    exit_predictor::Trajectories all;
+    for (const auto& t : tokens) {
+      const PreparedBatch b = problem_of(model, t);
+      all.append(exit_predictor::record_trajectories(inner, b.problem, b.z0, options.limits));
+    }
+    return all;
+  };
+  const exit_predictor::Trajectories train = record(train_tokens), held_out = record(eval_tokens);
+  ExitPredictorReport report;
+  report.train_rows = train.rows();
+  report.held_out_rows = held_out.rows();
+  report.fit = exit_predictor::fit(predictor, train, held_out, options.fit);
+  return report;
+}
+
+EarlyExitStats measure_early_exit(UnifiedModel& model, const std::vector<at::Tensor>& tokens, Solver& solver,
+                                  const SolveLimits& limits) {
+  FrozenModel frozen(model);
+  EarlyExitStats s;
+  for (const auto& t : tokens) {
+    const PreparedBatch b = problem_of(model, t);
+    torch::NoGradGuard no_grad;
+    const SolveResult r = solver.solve(b.problem, b.z0, limits);
+    for (const auto& [key, value] : r.info.extra)
+      if (key == "early_exit_sample_evals") s.sample_evals += value;
+    s.f_evals += static_cast<double>(r.info.f_evals);
+    s.converged_share += r.info.converged ? 1.0 : 0.0;
+    s.worst_rel = std::max(s.worst_rel, r.info.final_rel.max().item<double>());
+    s.mean_wall_ms += r.info.wall_ms;
+  }
+  const double n = static_cast<double>(std::max<std::size_t>(tokens.size(), 1));
+  s.sample_evals /= n;
+  s.f_evals /= n;
+  s.converged_share /= n;
+  s.mean_wall_ms /= n;
+  return s;
 }
 
 }  // namespace mhd

@@ -13,6 +13,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "mhd/kits/exit_predictor.h"
 #include "mhd/kits/learned_accelerator.h"
 #include "mhd/solver.h"
 
@@ -52,5 +53,35 @@ MetaTrainReport meta_train(UnifiedModel& model, learned::Accelerator& accelerato
                            const std::vector<at::Tensor>& train_tokens, const std::vector<at::Tensor>& eval_tokens,
                            const MetaTrainOptions& options, Solver* baseline = nullptr,
                            const std::function<void(std::int64_t, double)>& on_step = {});
+
+// Fitting the early_exit solver's convergence predictor (mhd/kits/exit_predictor.h) on the frozen
+// model's solves: `inner` solves each batch from the model's z0 at `limits` while every evaluation of
+// f records each row's features and whether one plain step from there lands below tol; the MLP is
+// fitted to the training batches' rows and scored on the held-out batches' rows.
+struct ExitPredictorOptions {
+  exit_predictor::FitOptions fit;
+  SolveLimits limits{30, 1e-3};  // the recorded solves (the model's forward limits)
+};
+
+struct ExitPredictorReport {
+  exit_predictor::FitReport fit;
+  std::int64_t train_rows = 0, held_out_rows = 0;
+};
+
+ExitPredictorReport fit_exit_predictor(UnifiedModel& model, exit_predictor::Predictor& predictor,
+                                       const std::vector<at::Tensor>& train_tokens,
+                                       const std::vector<at::Tensor>& eval_tokens, Solver& inner,
+                                       const ExitPredictorOptions& options);
+
+// An early_exit solver's cost and outcome on the model's forward solves of `tokens`, per batch solve.
+struct EarlyExitStats {
+  double sample_evals = 0.0;     // rows x evaluations actually needed (early_exit_sample_evals)
+  double f_evals = 0.0;          // evaluations of the batch's map
+  double converged_share = 0.0;  // of the batch solves
+  double worst_rel = 0.0;        // the largest final relative residual of any row
+  double mean_wall_ms = 0.0;
+};
+EarlyExitStats measure_early_exit(UnifiedModel& model, const std::vector<at::Tensor>& tokens, Solver& solver,
+                                  const SolveLimits& limits);
 
 }  // namespace mhd

@@ -64,6 +64,9 @@ struct MetaTrainArgs {
   std::int64_t unroll = 6, hidden = 64, m = 5;
   double lr = 1e-3, tol = 0.0;  // tol 0: the checkpoint's forward tol
   std::uint64_t seed = 0;
+  bool exit_predictor = false;  // fit the early_exit solver's predictor instead of the accelerator
+  std::string inner;            // the solver whose trajectories it is fitted on ("": the checkpoint's)
+  double threshold = 0.95;      // the confidence the predictor is measured (and used) at
 };
 int meta_train(const MetaTrainArgs& args);
 

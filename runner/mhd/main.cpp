@@ -13,6 +13,7 @@
 int main(int argc, char** argv) {
   // Every command (generate, studies run in-process, probes) gets every core unless told otherwise.
   mhd::use_all_cores();
+  mhd::keep_freed_memory();
   // Hidden: ranks 1..K-1 of a data-parallel trial (train.world_size = K), started by rank 0.
   if (const int code = mhd::data_parallel_worker_main(argc, argv); code >= 0) return code;
   CLI::App app{"mhd: plugin-based experiments with the Unified Mamba-Hopfield-DEQ model"};
@@ -105,7 +106,7 @@ int main(int argc, char** argv) {
 
   mhd::cli::MetaTrainArgs meta_args;
   auto* meta = app.add_subcommand("meta-train",
-                                  "Train the learned solver's accelerator on a checkpoint's frozen model (writes --out)");
+                                  "Train the learned solver's accelerator (or, with --exit-predictor, the early_exit solver's predictor) on a checkpoint's frozen model (writes --out)");
   meta->add_option("checkpoint", meta_args.checkpoint, "Checkpoint file (written by [train] checkpoint_every)")
       ->required();
   meta->add_option("--out", meta_args.out, "Accelerator file to write ([solver] plugin = \"learned\", path = ...)")
@@ -126,6 +127,13 @@ int main(int argc, char** argv) {
   meta->add_option("--tol", meta_args.tol, "Tol of the iterations-to-tol measure (0: the checkpoint's)")
       ->check(CLI::Range(0.0, 1.0));
   meta->add_option("--seed", meta_args.seed, "Seed of the accelerator's initialisation and the training batches");
+  meta->add_flag("--exit-predictor", meta_args.exit_predictor,
+                 "Fit the early_exit solver's convergence predictor on recorded solver trajectories instead "
+                 "([solver] plugin = \"early_exit\", predictor_path = ...)");
+  meta->add_option("--inner", meta_args.inner,
+                   "With --exit-predictor: the solver whose trajectories are recorded (default: the checkpoint's)");
+  meta->add_option("--threshold", meta_args.threshold, "With --exit-predictor: the confidence it is measured at")
+      ->check(CLI::Range(0.5, 1.0));
 
   try {
     app.parse(argc, argv);

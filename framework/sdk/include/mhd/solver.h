@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -97,5 +98,13 @@ class BOOST_SYMBOL_VISIBLE Solver {
   virtual SolveResult solve(const FixedPointProblem& problem, const at::Tensor& z0,
                             const SolveLimits& limits) = 0;
 };
+
+// Solvers that run another solver (early_exit wraps an inner one) build it by name, with its default
+// parameters, through the host: the plugin host installs the maker when it creates its registry, so
+// a plugin needs nothing but this header. Throws mhd::Error for an unknown name (with the known ones)
+// or when no host has installed a maker.
+using SolverMaker = std::function<std::shared_ptr<Solver>(const std::string& name)>;
+void install_solver_maker(SolverMaker maker);
+std::shared_ptr<Solver> make_solver_by_name(const std::string& name);
 
 }  // namespace mhd
