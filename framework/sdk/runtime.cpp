@@ -1,5 +1,9 @@
 #include "mhd/runtime.h"
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <dlfcn.h>
 
 #include <algorithm>
@@ -88,6 +92,17 @@ int use_all_cores() {
   const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   at::set_num_threads(cores);
   return cores;
+}
+
+bool keep_freed_memory() {
+#if defined(__GLIBC__)
+  if (std::getenv("GLIBC_TUNABLES") != nullptr || std::getenv("MHD_MALLOC_DEFAULTS") != nullptr) return false;
+  const bool mmap_set = mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024) == 1;
+  const bool trim_set = mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024) == 1;
+  return mmap_set && trim_set;
+#else
+  return false;
+#endif
 }
 
 std::string runtime_summary(const std::string& device, int intra_op_threads) {

@@ -32,6 +32,7 @@
 #include <torch/autograd.h>
 
 #include "mamba_block.h"
+#include "mhd/runtime.h"
 #include "scan_kernels.h"
 #include "selective_scan.h"
 
@@ -284,10 +285,12 @@ void print_summary() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const bool kept = mhd::keep_freed_memory();  // as mhd does; MHD_MALLOC_DEFAULTS=1 measures glibc's defaults
   register_rows();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("torch_threads_at_start", std::to_string(at::get_num_threads()));
+  benchmark::AddCustomContext("allocator", kept ? "freed memory kept (mhd::keep_freed_memory)" : "glibc defaults");
   benchmark::AddCustomContext("scan_isa_auto", mhd::mamba::active_scan_isa());
   std::string builds;
   for (ScanIsa isa : mhd::mamba::available_scan_isas()) builds += (builds.empty() ? "" : ",") + mhd::mamba::scan_isa_name(isa);

@@ -106,6 +106,7 @@ int main(int argc, char** argv) {
   const int steps = argc > 1 ? std::atoi(argv[1]) : 30;
   const std::string study_path = argc > 2 ? argv[2] : std::string(MHD_SOURCE_DIR) + "/studies/quickstart.toml";
   mhd::use_all_cores();
+  mhd::keep_freed_memory();  // as mhd does
   std::cout << mhd::runtime_summary("cpu");
   auto& registry = mhd::PluginRegistry::global();
   registry.scan_default_paths();

@@ -23,6 +23,14 @@ std::string cpu_features();
 // count (LibTorch's own default counts "physical" cores and says 1 on some VMs). Returns the count set.
 int use_all_cores();
 
+// Keeps freed tensor memory in the process instead of returning it to the OS: glibc serves large
+// blocks (a scan's 4 MB outputs and gradients, every step) with mmap and unmaps them on free, so
+// every reuse page-faults afresh (17% of a backward's time, docs/benchmarks.md "The allocator
+// setting"). Sets the mmap threshold to glibc's 32 MiB ceiling and the trim threshold to 1 GiB.
+// Does nothing when GLIBC_TUNABLES or MHD_MALLOC_DEFAULTS is set (to compare, or to choose other
+// values) or off glibc. Returns whether it changed the settings.
+bool keep_freed_memory();
+
 // One line each: blas, threads (intra-op, inter-op), cpu, device; ends with a newline.
 // `intra_op_threads` < 1 reports LibTorch's current count (a study reports its trials' count).
 std::string runtime_summary(const std::string& device, int intra_op_threads = 0);
