@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <malloc.h>
 #include <thread>
 
 #include <ATen/ATen.h>
@@ -45,6 +46,24 @@ TEST(Runtime, SummaryNamesBlasThreadsCpuAndDevice) {
   // Every x86-64 CPU these machines lend has AVX2 and FMA; the report must not lose them.
   if (__builtin_cpu_supports("avx2")) EXPECT_NE(mhd::cpu_features().find("avx2"), std::string::npos);
 #endif
+}
+
+// A 4 MB tensor (a scan's output at the quickstart's sizes) freed and allocated again is served from
+// the heap, not by a fresh mmap that page-faults on first write; with glibc's defaults, or with
+// MHD_MALLOC_DEFAULTS set, it is mmapped (the negative control).
+TEST(Runtime, KeepFreedMemoryServesReusedBuffersFromTheHeap) {
+  auto mapped_blocks_while_holding = [] {
+    const at::Tensor buffer = at::empty({1 << 20}, at::kFloat);  // 4 MiB
+    return mallinfo2().hblks;
+  };
+  const std::size_t before = mallinfo2().hblks;
+  EXPECT_GT(mapped_blocks_while_holding(), before) << "glibc's default: a 4 MiB block is mmapped";
+  setenv("MHD_MALLOC_DEFAULTS", "1", 1);
+  EXPECT_FALSE(mhd::keep_freed_memory()) << "MHD_MALLOC_DEFAULTS keeps glibc's settings";
+  unsetenv("MHD_MALLOC_DEFAULTS");
+  if (std::getenv("GLIBC_TUNABLES") != nullptr) GTEST_SKIP() << "GLIBC_TUNABLES set: the process keeps them";
+  ASSERT_TRUE(mhd::keep_freed_memory());
+  EXPECT_EQ(mapped_blocks_while_holding(), mallinfo2().hblks) << "kept: the block comes from the heap";
 }
 
 }  // namespace
