@@ -6,10 +6,10 @@
 //   * its relative residual is below tol (always): it is frozen at that z, or
 //   * with `predictor = "exit"`, after `min_iter` evaluations, the convergence predictor says that one
 //     plain step lands below tol, p >= confidence_threshold: it is frozen at f(z).
-// From then on the wrapped map returns the frozen state for that row whatever the inner solver asks,
-// so every solver (Anderson's mixing, L-BFGS's line search, the ODE's stages) sees a row at its fixed
-// point and stops moving it; the returned state of a frozen row is its frozen state. Once every row has
-// exited, the wrapped map stops calling f at all.
+// From then on the wrapped map reads f(z) = z for that row wherever the inner solver holds it, so every
+// solver (Anderson's mixing, L-BFGS's line search, the ODE's stages) sees a zero residual there and
+// takes no step; the returned state of a frozen row is its frozen state. Once every row has exited,
+// the wrapped map stops calling f at all.
 //
 // The predictor: with `predictor_path` empty, the logistic model on the two residual features
 //   p = sigmoid(w_bias + w_log_residual x1 + w_log_ratio x2), x1 = log10(rel_k / tol),
@@ -113,7 +113,7 @@ class EarlyExitSolver final : public mhd::Solver {
   at::Tensor watched_map(const mhd::FixedPointProblem& problem, const at::Tensor& z, double tol,
                          ExitLedger& ledger) const {
     ++ledger.calls;
-    if (ledger.frozen.all().item<bool>()) return ledger.z_exit.to(z.dtype());  // nothing left to solve
+    if (ledger.frozen.all().item<bool>()) return z.clone();  // nothing left to solve: no evaluation of f
     ledger.sample_evals += z.size(0) - ledger.frozen.sum().item<std::int64_t>();
     const at::Tensor fz = problem.f(z);  // [B, D]
     mhd::check_map_shape("early_exit", z, fz);
@@ -146,8 +146,9 @@ class EarlyExitSolver final : public mhd::Solver {
       ledger.by_prediction = ledger.by_prediction | predicted_exit;
       ledger.frozen = ledger.frozen | exiting;
     }
-    // Exited rows read their frozen state; active rows f(z) (with its graph, for solvers that use one).
-    return at::where(ledger.frozen.unsqueeze(1), ledger.z_exit.to(fz.dtype()), fz);
+    // Exited rows read as fixed points wherever the solver holds them (f(z) = z: residual 0, no step);
+    // active rows get f(z), with its graph for solvers that differentiate the map.
+    return at::where(ledger.frozen.unsqueeze(1), z.to(fz.dtype()), fz);
   }
 
   // p >= confidence_threshold per row: [B] bool.
