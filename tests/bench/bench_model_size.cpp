@@ -75,7 +75,7 @@ double resident_mb() {
 }
 
 std::int64_t parameters_of(mhd::PluginRegistry& registry, std::int64_t d_model, std::int64_t n_layers) {
-  const auto trial = mhd::parse_study(study_text(d_model, n_layers, 8), "model_size.toml", registry).trials.front();
+  const auto trial = mhd::parse_study(study_text(d_model, n_layers, 16), "model_size.toml", registry).trials.front();
   auto task = mhd::make_task(trial.task_kind, trial.task, 0);
   mhd::UnifiedModel model(mhd::model_options(trial, task->vocab_size()), registry);
   return model.parameter_count();
