@@ -20,10 +20,28 @@
 //   the curvature along the probe itself). `saddle_penalty` = mean relu(-theta), weighted by
 //   `saddle_weight`; `shaping_negative_share` the share of (sample, probe) pairs with theta < 0.
 //
-// The gradient reaches the parameters through E (create_graph) with z* held fixed (detached): the
-// shape of the energy around the equilibrium is penalised, not the equilibrium's own motion.
-// The Krylov basis keeps its graph (it is built from H's products), so the gradient is that of the
-// estimate itself, the change of the Krylov space with the parameters included.
+// The gradient reaches the parameters through E with z* held fixed (detached): the shape of the
+// energy around the equilibrium is penalised, not the equilibrium's own motion. It is the gradient
+// of the estimate itself, the change of the Krylov space with the parameters included.
+//
+// Memory. Every product p_j = H q_j differentiated as a graph (create_graph) is a double-backward
+// graph through the whole dynamics (with the fused Mamba scan, a per-timestep reference recomputed
+// under it); keeping all probes x lanczos_steps of them in the returned term until the trainer's
+// loss.backward() made the term hold them all at once, beside the step's own graph (7.8 GB on the
+// ablation's small model, 19x an L-BFGS step). So the term is differentiated here, one product at a
+// time, and returned as a surrogate that holds no such graph:
+//   1. Forward: p_j = H q_j without a graph (a backward through dE/dz's graph, freed at once);
+//      the Krylov basis, T, the Ritz values and the statistics are built on a small graph whose
+//      only connection to H is a node per product (HessianProduct below).
+//   2. Backward over that small graph. A product's node receives a_j = d term / d p_j and, with
+//      q_j held fixed, builds H q_j once more with a graph, takes s_j = a_j . H q_j and
+//      differentiates it with respect to q_j (= H^T a_j, passed on down the small graph) and to
+//      the parameters (d term / d theta = sum_j d s_j / d theta: the chain rule, q_j's own
+//      dependence on theta flowing through the first part), then drops that graph.
+//   3. The term returned is value + sum_theta ((theta - sg(theta)) . g_theta): its value is the
+//      estimate, its gradient the one accumulated in 2, and its graph one multiply per parameter.
+// Peak memory is then dE/dz's graph plus one product's graph (a small multiple of a plain step),
+// for 3 products per Krylov step instead of 1 (about 1.5x the time).
 // Metrics are means over every objective_term call since the last metrics() call.
 #include <algorithm>
 #include <cmath>
@@ -31,10 +49,13 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/accumulate_grad.h>
 
 #include "mhd/error.h"
 #include "mhd/optimization.h"
@@ -54,25 +75,101 @@ struct ShapingOptions {
 // Per-row inner product of [B, S] tensors: [B].
 at::Tensor rowdot(const at::Tensor& a, const at::Tensor& b) { return (a * b).sum(1); }
 
-// The Hessian of sum_b E_b at z (a leaf with requires_grad), applied to u: [B, S].
+// The leaves (parameters) t's graph reaches, except `skip`: what the term's gradient is taken for.
+std::vector<at::Tensor> leaves_of(const at::Tensor& t, const at::Tensor& skip) {
+  std::vector<at::Tensor> out;
+  if (!t.grad_fn()) return out;
+  std::unordered_set<const torch::autograd::Node*> seen;
+  std::vector<torch::autograd::Node*> stack{t.grad_fn().get()};
+  while (!stack.empty()) {
+    torch::autograd::Node* node = stack.back();
+    stack.pop_back();
+    if (!seen.insert(node).second) continue;
+    if (const auto* acc = dynamic_cast<const torch::autograd::AccumulateGrad*>(node)) {
+      if (!acc->variable.is_same(skip)) out.push_back(acc->variable);
+      continue;
+    }
+    for (const auto& edge : node->next_edges())
+      if (edge.function) stack.push_back(edge.function.get());
+  }
+  return out;
+}
+
+// The Hessian of sum_b E_b at z (a leaf with requires_grad), applied to u: [B, S]; and, for the
+// backward of a product (see the top), the parameters' gradient of a_j . H q_j.
 class HessianProducts {
  public:
-  HessianProducts(const mhd::TensorMap& energy, const at::Tensor& z, bool keep_graph) : z_(z), keep_(keep_graph) {
+  HessianProducts(const mhd::TensorMap& energy, const at::Tensor& z, bool trains) : z_(z) {
     const at::Tensor e = energy(z_);
     if (!e.defined() || e.dim() != 1 || e.size(0) != z.size(0))
       throw mhd::Error("energy_shaping: the energy must map z [B, S] to [B]");
+    if (!e.requires_grad()) return;  // E does not depend on z: H = 0
     grad_ = torch::autograd::grad({e.sum()}, {z_}, {}, /*retain_graph=*/true, /*create_graph=*/true)[0];  // [B, S]
+    if (trains && grad_.requires_grad()) {
+      parameters_ = leaves_of(grad_, z_);
+      gradients_.resize(parameters_.size());
+    }
   }
+  bool curved() const { return grad_.defined() && grad_.requires_grad(); }
+  bool trains() const { return !parameters_.empty(); }
+
+  // H u without a graph: [B, S].
   at::Tensor operator()(const at::Tensor& u) const {
-    if (!grad_.requires_grad()) return at::zeros_like(u);  // E is affine in z: H = 0
-    const auto hu = torch::autograd::grad({rowdot(grad_, u).sum()}, {z_}, {}, /*retain_graph=*/true,
-                                          /*create_graph=*/keep_, /*allow_unused=*/true)[0];
-    return hu.defined() ? hu : at::zeros_like(u);  // [B, S]
+    if (!curved()) return at::zeros_like(u);  // E is affine in z: H = 0
+    at::AutoGradMode enable(true);
+    const auto hu = torch::autograd::grad({rowdot(grad_, u.detach()).sum()}, {z_}, {}, /*retain_graph=*/true,
+                                          /*create_graph=*/false, /*allow_unused=*/true)[0];
+    return hu.defined() ? hu.detach() : at::zeros_like(u);
+  }
+
+  // d (a . H q) / dq = H^T a: [B, S]; adds d (a . H q) / d theta to the parameters' gradients. One
+  // product's graph, dropped on return.
+  at::Tensor backward(const at::Tensor& q, const at::Tensor& a) {
+    if (!curved() || !a.defined()) return at::zeros_like(q);
+    at::AutoGradMode enable(true);
+    const at::Tensor qq = q.detach().requires_grad_(true);
+    const at::Tensor hq = torch::autograd::grad({rowdot(grad_, qq).sum()}, {z_}, {}, /*retain_graph=*/true,
+                                                /*create_graph=*/true, /*allow_unused=*/true)[0];
+    if (!hq.defined() || !hq.requires_grad()) return at::zeros_like(q);
+    std::vector<at::Tensor> inputs{qq};
+    inputs.insert(inputs.end(), parameters_.begin(), parameters_.end());
+    const auto g = torch::autograd::grad({rowdot(hq, a.detach()).sum()}, inputs, {}, /*retain_graph=*/true,
+                                         /*create_graph=*/false, /*allow_unused=*/true);
+    for (std::size_t i = 0; i < parameters_.size(); ++i) {
+      const at::Tensor& gi = g[i + 1];
+      if (!gi.defined()) continue;
+      gradients_[i] = gradients_[i].defined() ? gradients_[i] + gi : gi;
+    }
+    return g[0].defined() ? g[0] : at::zeros_like(q);
+  }
+
+  // value + sum_theta (theta - sg(theta)) . g_theta: the value, with the accumulated gradient.
+  at::Tensor surrogate(const at::Tensor& value) const {
+    at::Tensor out = value.detach();
+    for (std::size_t i = 0; i < parameters_.size(); ++i)
+      if (gradients_[i].defined()) out = out + ((parameters_[i] - parameters_[i].detach()) * gradients_[i]).sum();
+    return out;
   }
 
  private:
   at::Tensor z_, grad_;
-  bool keep_;
+  std::vector<at::Tensor> parameters_;
+  std::vector<at::Tensor> gradients_;  // d term / d parameter, filled by backward()
+};
+
+// p = H q as a node of the small graph: the value without a graph, the backward as above.
+class HessianProduct : public torch::autograd::Function<HessianProduct> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q, HessianProducts* hvp) {
+    ctx->saved_data["hvp"] = reinterpret_cast<std::int64_t>(hvp);
+    ctx->save_for_backward({q});
+    return (*hvp)(q);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                  torch::autograd::variable_list grads) {
+    auto* hvp = reinterpret_cast<HessianProducts*>(ctx->saved_data["hvp"].toInt());
+    return {hvp->backward(ctx->get_saved_variables()[0], grads[0]), at::Tensor()};
+  }
 };
 
 // One probe's statistics, per sample: [B] each.
@@ -90,10 +187,14 @@ at::Tensor orthogonalised(at::Tensor w, const std::vector<at::Tensor>& basis) {
   return w;
 }
 
-ProbeStats probe(const HessianProducts& hvp, const at::Tensor& z, double target, std::int64_t steps) {
-  const at::Tensor v = at::randint(0, 2, z.sizes(), z.options()).mul_(2).sub_(1);  // Rademacher: [B, S]
+// With `graph` the products are HessianProduct nodes of a small graph from q_1 (grad mode on);
+// otherwise plain values.
+ProbeStats probe(HessianProducts& hvp, const at::Tensor& z, double target, std::int64_t steps, bool graph) {
+  at::Tensor v = at::randint(0, 2, z.sizes(), z.options()).mul_(2).sub_(1);  // Rademacher: [B, S]
+  if (graph) v.requires_grad_(true);  // the small graph's input (its gradient is not used)
+  auto product = [&](const at::Tensor& q) { return graph ? HessianProduct::apply(q, &hvp) : hvp(q); };
   std::vector<at::Tensor> basis{v / std::sqrt(static_cast<double>(z.size(1)))};   // q_1 = v / ||v||
-  std::vector<at::Tensor> products{hvp(basis[0])};                                 // H q_1 (with graph)
+  std::vector<at::Tensor> products{product(basis[0])};                             // H q_1
   ProbeStats s;
   s.rayleigh = rowdot(basis[0], products[0]);
   s.square = products[0].pow(2).sum(1);
@@ -101,7 +202,7 @@ ProbeStats probe(const HessianProducts& hvp, const at::Tensor& z, double target,
   for (std::int64_t j = 1; j < std::min<std::int64_t>(steps, z.size(1)); ++j) {
     const at::Tensor w = orthogonalised(products.back(), basis);
     basis.push_back(w / w.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12));
-    products.push_back(hvp(basis.back()));
+    products.push_back(product(basis.back()));
   }
   const at::Tensor Q = at::stack(basis, 2);             // [B, S, k]
   const at::Tensor HQ = at::stack(products, 2);          // [B, S, k]
@@ -121,11 +222,13 @@ class EnergyShaping final : public mhd::Optimization {
     // times a plain training step: `every` spends that on one step in N (the others add no term).
     if (seen_++ % o_.every != 0) return at::Tensor();
     const bool trains = at::GradMode::is_enabled() && (o_.curvature_weight > 0 || o_.saddle_weight > 0);
-    torch::AutoGradMode enable(true);
+    at::AutoGradMode enable(true);
     const at::Tensor z = z_star.detach().requires_grad_(true);  // [B, S]
-    const HessianProducts hvp(energy, z, trains);
+    HessianProducts hvp(energy, z, trains);
+    const bool graph = hvp.trains();  // the small graph of the products (see the top)
     std::vector<ProbeStats> stats;
-    for (std::int64_t p = 0; p < o_.probes; ++p) stats.push_back(probe(hvp, z, o_.target_curvature, o_.lanczos_steps));
+    for (std::int64_t p = 0; p < o_.probes; ++p)
+      stats.push_back(probe(hvp, z, o_.target_curvature, o_.lanczos_steps, graph));
     auto stacked = [&](at::Tensor ProbeStats::*field) {
       std::vector<at::Tensor> parts;
       for (const auto& s : stats) parts.push_back(s.*field);
@@ -137,7 +240,10 @@ class EnergyShaping final : public mhd::Optimization {
     const at::Tensor saddle = at::relu(-ritz).mean();
     record(rayleigh.detach(), square.detach(), ritz.detach(), curvature.item<double>(), saddle.item<double>());
     const at::Tensor term = o_.curvature_weight * curvature + o_.saddle_weight * saddle;
-    return trains ? term : term.detach();
+    if (!graph) return term.detach();
+    // Step 2 (the top): the small graph's backward runs each product's backward in turn.
+    torch::autograd::backward({term});
+    return hvp.surrogate(term);
   }
 
   std::map<std::string, double> metrics() override {
