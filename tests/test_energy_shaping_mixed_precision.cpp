@@ -2,6 +2,7 @@
 // estimates against the exact Hessian statistics of quadratic energies, the saddle penalty's sign,
 // the objective term's gradient, training with it; mixed precision's reduced evaluations, its
 // float32 converged check, and its fixed point against a float32 solve; both with every solver.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -309,8 +310,72 @@ TEST(MixedPrecision, NearTolAndWithGradientsTheMapIsFloat32) {
   EXPECT_EQ(mixed->metrics()["mixed_guard_switches"], 1.0);
   const mhd::TensorMap g = mixed->wrap_solve(inner, {10, 1e-3});
   probe.seen.clear();
-  g(z * 3.0);  // gradients enabled: float32
+  g(z * 3.0);  // gradients enabled, z not the solver's leaf (unrolled training): float32
   EXPECT_EQ(probe.seen, std::vector<at::ScalarType>{at::kFloat});
+  // A solver differentiating f at its own iterate (L-BFGS's J^T r: a fresh leaf that requires grad)
+  // gets the reduced evaluation, and its gradient with respect to that leaf.
+  probe.seen.clear();
+  const at::Tensor leaf = (z * 3.0).detach().requires_grad_(true);
+  const at::Tensor fz = g(leaf);
+  EXPECT_EQ(probe.seen, std::vector<at::ScalarType>{at::kBFloat16});
+  EXPECT_EQ(fz.scalar_type(), at::kFloat);
+  ASSERT_TRUE(fz.requires_grad());
+  const at::Tensor vjp = torch::autograd::grad({fz.sum()}, {leaf})[0];
+  EXPECT_TRUE(at::allclose(vjp, at::ones_like(z).matmul(0.5 * W), 1e-2, 1e-2)) << "d/dz sum(0.5 W z + 1)";
+}
+
+// Every solver plugin of this build (the scan finds any the build made; tests/
+// energy_shaping_mixed_precision.cmake makes the test depend on the in-tree ones), one test body:
+// on a contractive map the first reduced_share of the solve's evaluations runs in bfloat16 — some
+// do, whether the solver evaluates f without a graph or differentiates it (L-BFGS, hybrid) — and the
+// solve still reaches tol, judged on a float32 evaluation: the returned state's residual recomputed
+// in float32 is below tol and the last evaluation the solver saw was float32.
+TEST(MixedPrecision, EverySolverRunsReducedEvaluationsAndReachesTol) {
+  auto& reg = registry();
+  reg.scan_directory(std::string(MHD_BINARY_DIR) + "/plugins/solver");
+  std::vector<std::string> solvers;
+  for (const auto* p : reg.plugins(mhd::PluginKind::Solver)) solvers.push_back(p->manifest->name);
+  for (const char* name : {"fixed_point", "anderson", "broyden", "hybrid", "lbfgs", "early_exit", "neural_ode", "learned"})
+    EXPECT_NE(std::find(solvers.begin(), solvers.end(), name), solvers.end()) << name << " not found";
+  const mhd::SolveLimits limits{40, 1e-4};
+  for (const auto& name : solvers) {
+    SCOPED_TRACE(name);
+    at::manual_seed(6);
+    // f(z) = tanh(W z + b), ||W|| = 0.6: a contraction; its product runs in bfloat16 under autocast.
+    at::Tensor W = at::randn({32, 32});
+    W = W * (0.6 / at::linalg_svdvals(W).max().item<double>());
+    const at::Tensor b = at::randn({4, 32});
+    std::vector<at::ScalarType> seen;
+    const mhd::TensorMap f = [&](const at::Tensor& z) {
+      const at::Tensor y = at::addmm(b, z, W.t());
+      seen.push_back(y.scalar_type());
+      return at::tanh(y);
+    };
+    auto mixed = make("mixed_precision", {});
+    auto solver = reg.make<mhd::Solver>(
+        name, mhd::Params::defaults(reg.require(mhd::PluginKind::Solver, name).manifest->params));
+    mhd::FixedPointProblem problem;
+    problem.f = mixed->wrap_solve(f, limits);
+    mhd::SolveResult out;
+    {
+      at::NoGradGuard no_grad;  // as the model runs the forward solve
+      out = solver->solve(problem, at::zeros({4, 32}), limits);
+    }
+    auto m = mixed->metrics();
+    RecordProperty(name, std::to_string(m["mixed_reduced_evals"]) + " reduced, " +
+                             std::to_string(m["mixed_float32_evals"]) + " float32, " +
+                             std::to_string(out.info.iterations) + " iterations");
+    EXPECT_GT(m["mixed_reduced_evals"], 0.0);
+    EXPECT_LE(m["mixed_reduced_evals"], 28.0) << "round(0.7 * max_iter)";
+    EXPECT_GT(m["mixed_float32_evals"], 0.0);
+    EXPECT_TRUE(out.info.converged);
+    ASSERT_FALSE(seen.empty());
+    EXPECT_EQ(seen.back(), at::kFloat) << "the converged check reads a float32 evaluation";
+    at::NoGradGuard no_grad;
+    const double rel = mhd::residuals(out.z, f(out.z)).rel.max().item<double>();
+    EXPECT_LE(rel, limits.tol);
+    EXPECT_LE(out.info.final_rel.max().item<double>(), limits.tol);
+  }
 }
 
 // The quickstart's model: the mixed solve reaches tol, converged refers to the float32 residual, and
@@ -363,12 +428,8 @@ TEST(EnergyShapingMixedPrecision, WorkWithEverySolverAndOptimization) {
     const auto result = mhd::train_trial(study.trials.at(0), registry(), sink);
     EXPECT_EQ(result.status, mhd::TrialStatus::Done) << solver << ": " << result.error;
     EXPECT_TRUE(std::isfinite(seen["loss"])) << solver;
-    // lbfgs differentiates f inside its solve (J^T r by autograd): evaluations with gradients on stay
-    // float32, so it runs no reduced evaluation (the negative case of the rule).
-    if (std::string(solver) == "lbfgs")
-      EXPECT_EQ(seen["mixed_reduced_evals"], 0.0);
-    else
-      EXPECT_GT(seen["mixed_reduced_evals"], 0.0) << solver;
+    // lbfgs and hybrid differentiate f inside the solve (J^T r by autograd): reduced all the same.
+    EXPECT_GT(seen["mixed_reduced_evals"], 0.0) << solver;
     EXPECT_TRUE(seen.count("shaping_curvature_mean")) << solver;
   }
 }

@@ -16,11 +16,33 @@
 // this one, e.g. contractive's, shrinks the solver's residual by its damping a: guard >= 1 / a keeps
 // the rule.)
 //
-// Gradients never pass through reduced precision: the solve runs without a graph, and an evaluation
-// with gradients enabled (unrolled training) is float32. So float16 needs no loss scaler.
+// Which evaluations may be reduced: those of the solve itself, whatever the grad mode. Most solvers
+// evaluate f without a graph; L-BFGS (and hybrid's L-BFGS phase) takes J_f(z)^T r by autograd inside
+// the solve (mhd::residual_objective: grad mode on, z a fresh leaf that requires grad, the gradient
+// taken with respect to that leaf only). Skipping every evaluation with grad mode on, as this map
+// once did, left L-BFGS with no reduced evaluation at all (0 of 264 in convergence_speed's
+// lbfgs + mixed variant). The solver's own search direction may come from a reduced graph; the
+// training gradient may not: an evaluation with grad mode on whose z is not such a leaf (unrolled
+// training differentiates through f(z) into the parameters: z is the detached start or an earlier
+// f's output) runs in float32. So the training gradient never passes through reduced precision and
+// float16 needs no loss scaler.
+//
+// A solver that differentiates f also compares values of its objective 1/2 ||z - f(z)||^2 (L-BFGS's
+// Armijo test) and keeps the value of its current point across steps; a reduced value's rounding
+// (relative error ~ eps of the type in f) is noise of relative size ~ eps / rel in r, so once rel nears
+// eps that noise decides the test, and a float32 trial compared with a reduced current value can fail
+// every backtrack: the sample stalls for good (measured: L-BFGS on a contraction stopped at rel
+// 1.3e-3 against tol 1e-4 when only the guard applied). So for such evaluations the reduced part also
+// ends, with the same float32 redo, once some sample's rel falls below 8 eps (bfloat16: 0.0625,
+// float16: 0.0078), where the noise is at most a few percent of phi.
+//
+// The budget is counted in evaluations of f (line-search trials included), not in the solver's
+// iterations, which the map cannot see: for solvers that evaluate f once per iteration they are the
+// same; L-BFGS spends its reduced evaluations over fewer steps.
 //
 // Metrics since the last call: mixed_reduced_evals, mixed_float32_evals, mixed_guard_switches (solves
 // that left reduced precision early), mixed_solves.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -99,7 +121,11 @@ class AutocastScope {
 struct SolveState {
   std::int64_t reduced_left = 0;  // reduced evaluations still allowed
   double switch_below = 0.0;      // guard * tol
+  double differentiated_below = 0.0;  // max(guard * tol, 8 eps): for evaluations the solver differentiates
 };
+
+// The reduced type's machine epsilon.
+double epsilon(Reduced r) { return r == Reduced::BFloat16 ? 0.0078125 : 0.0009765625; }
 
 class MixedPrecision final : public mhd::Optimization {
  public:
@@ -109,9 +135,11 @@ class MixedPrecision final : public mhd::Optimization {
     auto state = std::make_shared<SolveState>();
     state->reduced_left = std::llround(o_.reduced_share * static_cast<double>(limits.max_iter));
     state->switch_below = o_.guard * limits.tol;
+    state->differentiated_below = std::max(state->switch_below, 8.0 * epsilon(o_.dtype));
     ++counts_->solves;
     return [f = std::move(f), state, counts = counts_, dtype = o_.dtype](const at::Tensor& z) -> at::Tensor {
-      if (state->reduced_left <= 0 || at::GradMode::is_enabled() || !z.is_floating_point()) {
+      const bool differentiated = at::GradMode::is_enabled() && solver_leaf(z);
+      if (state->reduced_left <= 0 || !z.is_floating_point() || (at::GradMode::is_enabled() && !differentiated)) {
         ++counts->float32;
         return f(z);
       }
@@ -125,7 +153,7 @@ class MixedPrecision final : public mhd::Optimization {
       }
       fz = fz.to(z.scalar_type());
       ++counts->reduced;
-      if (acceptable(z, fz, state->switch_below)) return fz;
+      if (acceptable(z, fz, differentiated ? state->differentiated_below : state->switch_below)) return fz;
       state->reduced_left = 0;  // near tol (or non-finite): the rest of the solve is float32
       ++counts->guard_switches;
       ++counts->float32;
@@ -143,10 +171,15 @@ class MixedPrecision final : public mhd::Optimization {
   }
 
  private:
+  // z is a point the solver differentiates f at (a leaf it made with requires_grad; see the top):
+  // only its own gradient flows through the reduced graph.
+  static bool solver_leaf(const at::Tensor& z) { return z.requires_grad() && z.is_leaf(); }
+
   // A reduced value is kept while every sample's relative residual of it is above guard * tol.
   static bool acceptable(const at::Tensor& z, const at::Tensor& fz, double switch_below) {
     if (fz.sizes() != z.sizes()) return true;  // the solver reports the shape error
-    const mhd::Residuals r = mhd::residuals(z, fz);
+    at::NoGradGuard no_grad;  // a check, not part of the solver's graph
+    const mhd::Residuals r = mhd::residuals(z.detach(), fz.detach());
     return at::isfinite(fz).all().item<bool>() && r.rel.min().item<double>() > switch_below;
   }
 
