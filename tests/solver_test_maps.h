@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <map>
 #include <string>
 
 #include <ATen/ATen.h>
@@ -11,7 +12,9 @@
 #include <utility>
 
 #include "core/implicit.h"
+#include "mhd/params.h"
 #include "mhd/solver.h"
+#include "plugin_host/registry.h"
 
 namespace solver_test {
 
@@ -20,6 +23,16 @@ inline double extra(const mhd::SolverInfo& info, const std::string& key) {
   for (const auto& [k, v] : info.extra)
     if (k == key) return v;
   return std::nan("");
+}
+
+using Overrides = std::map<std::string, mhd::ParamValue>;
+
+// A solver plugin the registry has loaded, at its default parameters but for `overrides`.
+inline std::shared_ptr<mhd::Solver> make_solver_from(mhd::PluginRegistry& registry, const std::string& name,
+                                                     const Overrides& overrides = {}) {
+  mhd::Params params = mhd::Params::defaults(registry.require(mhd::PluginKind::Solver, name).manifest->params);
+  for (const auto& [key, value] : overrides) params.set(key, value);
+  return registry.make<mhd::Solver>(name, params);
 }
 
 // A [d, d] matrix with spectral norm exactly `norm`.

@@ -24,7 +24,7 @@
 
 namespace {
 
-using Overrides = std::map<std::string, mhd::ParamValue>;
+using solver_test::Overrides;
 using solver_test::extra;
 
 mhd::PluginRegistry& registry() {
@@ -35,10 +35,7 @@ mhd::PluginRegistry& registry() {
 }
 
 std::shared_ptr<mhd::Solver> make_solver(const std::string& name, const Overrides& overrides = {}) {
-  auto& reg = registry();
-  mhd::Params params = mhd::Params::defaults(reg.require(mhd::PluginKind::Solver, name).manifest->params);
-  for (const auto& [key, value] : overrides) params.set(key, value);
-  return reg.make<mhd::Solver>(name, params);
+  return solver_test::make_solver_from(registry(), name, overrides);
 }
 
 std::shared_ptr<mhd::Optimization> make_cache(const Overrides& overrides = {}) {

@@ -20,7 +20,7 @@
 
 namespace {
 
-using Overrides = std::map<std::string, mhd::ParamValue>;
+using solver_test::Overrides;
 using solver_test::extra;
 namespace xp = mhd::exit_predictor;
 
@@ -33,10 +33,7 @@ mhd::PluginRegistry& registry() {
 }
 
 std::shared_ptr<mhd::Solver> make_solver(const std::string& name, const Overrides& overrides = {}) {
-  auto& reg = registry();
-  mhd::Params params = mhd::Params::defaults(reg.require(mhd::PluginKind::Solver, name).manifest->params);
-  for (const auto& [key, value] : overrides) params.set(key, value);
-  return reg.make<mhd::Solver>(name, params);
+  return solver_test::make_solver_from(registry(), name, overrides);
 }
 
 // Row b: z -> s_b W z + c_b with ||W|| = 0.9 and s = (0.1, 0.3, 0.6, 1.0): the rows converge at very

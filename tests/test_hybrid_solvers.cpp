@@ -23,7 +23,7 @@
 
 namespace {
 
-using Overrides = std::map<std::string, mhd::ParamValue>;
+using solver_test::Overrides;
 
 mhd::PluginRegistry& registry() {
   auto& reg = registry_with_all_plugins();
@@ -33,17 +33,10 @@ mhd::PluginRegistry& registry() {
 }
 
 std::shared_ptr<mhd::Solver> make_solver(const std::string& name, const Overrides& overrides = {}) {
-  auto& reg = registry();
-  mhd::Params params = mhd::Params::defaults(reg.require(mhd::PluginKind::Solver, name).manifest->params);
-  for (const auto& [key, value] : overrides) params.set(key, value);
-  return reg.make<mhd::Solver>(name, params);
+  return solver_test::make_solver_from(registry(), name, overrides);
 }
 
-double extra(const mhd::SolverInfo& info, const std::string& key) {
-  for (const auto& [k, v] : info.extra)
-    if (k == key) return v;
-  return std::nan("");
-}
+using solver_test::extra;
 
 constexpr std::int64_t kBatch = 4;
 constexpr std::int64_t kDim = 8;

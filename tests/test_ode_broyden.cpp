@@ -28,7 +28,7 @@
 
 namespace {
 
-using Overrides = std::map<std::string, mhd::ParamValue>;
+using solver_test::Overrides;
 
 mhd::PluginRegistry& registry() {
   auto& reg = mhd::PluginRegistry::global();
@@ -38,10 +38,7 @@ mhd::PluginRegistry& registry() {
 }
 
 std::shared_ptr<mhd::Solver> make_solver(const std::string& name, const Overrides& overrides = {}) {
-  auto& reg = registry();
-  mhd::Params params = mhd::Params::defaults(reg.require(mhd::PluginKind::Solver, name).manifest->params);
-  for (const auto& [key, value] : overrides) params.set(key, value);
-  return reg.make<mhd::Solver>(name, params);
+  return solver_test::make_solver_from(registry(), name, overrides);
 }
 
 using solver_test::AffineMap;
