@@ -74,6 +74,8 @@ TEST_P(EveryInnerSolver, ReachesTheFixedPointAndRowsExitAtTol) {
   EXPECT_LT(true_residual(f, result.z).max().item<double>(), limits.tol);
   EXPECT_TRUE(at::allclose(result.info.final_rel, true_residual(f, result.z), 1e-6, 1e-12))
       << "reported residuals are those of the returned state";
+  const double worst = true_residual(f, result.z).max().item<double>();
+  EXPECT_NEAR(result.info.rel_trace.back(), worst, 1e-6 * worst) << "the trace ends at the returned state's residual";
   EXPECT_EQ(extra(result.info, "early_exit_tol_exits"), 4.0);
   const double sample_evals = extra(result.info, "early_exit_sample_evals");
   EXPECT_LE(sample_evals, 4.0 * static_cast<double>(result.info.f_evals));
