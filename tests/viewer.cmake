@@ -1,6 +1,7 @@
 # mhd-viewer: the query layer on hand-built results files, and the program end to end — a real tiny
-# study exported offscreen (Viewer.TinyStudyExport), whose PNGs test_viewer_export then inspects, and the
-# window itself (test_viewer_window).
+# study exported offscreen (Viewer.TinyStudyExport), whose PNGs test_viewer_export then inspects, the
+# export's text layout with long variant names (test_viewer_export_layout), and the window itself
+# (test_viewer_window).
 if(MHD_HAVE_VIEWER)
   mhd_add_test(NAME test_viewer_query SOURCES test_viewer_query.cpp LIBS mhd_viewer_query)
 
@@ -21,6 +22,13 @@ if(MHD_HAVE_VIEWER)
   add_dependencies(test_viewer_export mhd mhd-viewer)
   gtest_discover_tests(test_viewer_export DISCOVERY_TIMEOUT 60
                        PROPERTIES FIXTURES_REQUIRED viewer_png TIMEOUT 120 ENVIRONMENT QT_QPA_PLATFORM=offscreen)
+
+  # The export's label layout on a hand-built results file with the ablation ladder's names (no study run).
+  add_executable(test_viewer_export_layout test_viewer_export_layout.cpp)
+  target_link_libraries(test_viewer_export_layout PRIVATE mhd_viewer_ui GTest::gtest GTest::gtest_main)
+  set_target_properties(test_viewer_export_layout PROPERTIES BUILD_RPATH "${PROJECT_BINARY_DIR}/lib")
+  gtest_discover_tests(test_viewer_export_layout DISCOVERY_TIMEOUT 60
+                       PROPERTIES TIMEOUT 60 ENVIRONMENT QT_QPA_PLATFORM=offscreen)
 
   # The window offscreen: tree, tabs, controls, refresh while a study is written.
   add_executable(test_viewer_window test_viewer_window.cpp)

@@ -1,5 +1,6 @@
-// Ablation: the final value of a metric per variant (and sweep point) as bars, mean over the done
-// seeds with +-std error bars, sorted best first, the baseline variant in its own colour.
+// Ablation: the final value of a metric per variant (and sweep point) as horizontal bars, mean over
+// the done seeds with +-std error bars, sorted best first (at the top), the baseline variant in its own
+// colour.
 #include <algorithm>
 #include <cmath>
 
@@ -8,9 +9,9 @@
 #include <QChart>
 #include <QComboBox>
 #include <QHBoxLayout>
+#include <QHorizontalStackedBarSeries>
 #include <QLabel>
 #include <QLineSeries>
-#include <QStackedBarSeries>
 #include <QValueAxis>
 
 #include "train/metric_names.h"
@@ -24,25 +25,33 @@ std::unique_ptr<QChart> build_ablation(const StudyQuery& q, const std::string& m
   if (bars.empty()) return nullptr;
   auto chart = new_chart(QStringLiteral("final %1 per variant (mean \u00b1 std over seeds, %2 first)")
                              .arg(qs(metric), higher_is_better(metric) ? "highest" : "lowest"));
+  // Horizontal bars, best at the top: the variants' names (often long: "hierarchical_memory",
+  // "all_with_early_exit", with a sweep point) read left to right beside their bar instead of slanted
+  // under it, where Qt cuts them to the bar's width. Qt puts category 0 at the bottom, so the bars go
+  // in from the last (worst) to the first (best): bar i of `bars` sits at y = n - 1 - i.
   // Two stacked sets, each bar non-zero in exactly one of them: the baseline gets its own colour
   // and its own legend entry.
   auto* base = new QBarSet(QStringLiteral("baseline (%1)").arg(qs(q.baseline())));
   auto* others = new QBarSet(QStringLiteral("variant"));
   base->setColor(QColor(0x7f, 0x7f, 0x7f));
   others->setColor(series_color(0));
-  // Category labels on two lines (variant, then sweep point and seed count) so they fit under a bar.
+  // Category labels on two lines (variant, then sweep point and seed count); lay_out_for_export
+  // re-breaks them to fit.
   QStringList categories;
   double lo = 0.0, hi = 0.0;
   // A quantity that is never negative keeps its axis at 0 however wide a spread is (its error bars are
   // cut at 0 instead).
   const bool nonnegative = std::all_of(bars.begin(), bars.end(), [](const Bar& b) { return b.mean >= 0; });
-  for (const auto& b : bars) {
+  const int n = static_cast<int>(bars.size());
+  for (int i = n - 1; i >= 0; --i) {
+    const Bar& b = bars[i];
     *base << (b.baseline ? b.mean : 0.0);
     *others << (b.baseline ? 0.0 : b.mean);
-    QString label = (b.baseline ? QStringLiteral("\u2605 ") : QString()) + qs(b.variant) + QStringLiteral("<br>") +
-                    (b.sweep.empty() ? QString() : qs(b.sweep) + QStringLiteral(" ")) +
-                    QStringLiteral("(n=%1)").arg(b.n);
-    categories << label;
+    categories << (b.baseline ? QStringLiteral("\u2605 ") : QString()) + qs(b.variant) + QStringLiteral("<br>") +
+                      (b.sweep.empty() ? QString() : qs(b.sweep) + QStringLiteral(" ")) +
+                      QStringLiteral("(n=%1)").arg(b.n);
+  }
+  for (const Bar& b : bars) {
     lo = std::min(lo, nonnegative ? 0.0 : b.mean - b.std);
     hi = std::max(hi, b.mean + b.std);
   }
@@ -51,35 +60,34 @@ std::unique_ptr<QChart> build_ablation(const StudyQuery& q, const std::string& m
     lo = std::min(lo, ref.y);
     hi = std::max(hi, ref.y);
   }
-  auto* series = new QStackedBarSeries();
+  auto* series = new QHorizontalStackedBarSeries();
   series->append(base);
   series->append(others);
   series->setBarWidth(0.6);
   chart->addSeries(series);
 
-  auto* x = new QBarCategoryAxis();
-  x->append(categories);
-  if (categories.size() > 4) x->setLabelsAngle(-30);
-  auto* y = new QValueAxis();
+  auto* y = new QBarCategoryAxis();
+  y->append(categories);
+  auto* x = new QValueAxis();
   const double pad = (hi - lo) > 0 ? (hi - lo) * 0.08 : 1.0;
-  y->setRange(lo < 0 ? lo - pad : 0.0, hi + pad);
-  y->applyNiceNumbers();
-  y->setLabelFormat("%g");
-  y->setTitleText(qs(metric));
+  x->setRange(lo < 0 ? lo - pad : 0.0, hi + pad);
+  x->applyNiceNumbers();
+  x->setLabelFormat("%g");
+  x->setTitleText(qs(metric));
   chart->addAxis(x, Qt::AlignBottom);
   chart->addAxis(y, Qt::AlignLeft);
   series->attachAxis(x);
   series->attachAxis(y);
 
-  // Error bars: a polyline per bar (top cap, stem, bottom cap) at the category's x.
-  for (std::size_t i = 0; i < bars.size(); ++i) {
+  // Error bars: a polyline per bar (left cap, stem, right cap) at the category's y.
+  for (int i = 0; i < n; ++i) {
     const auto& b = bars[i];
     if (!(b.std > 0)) continue;
-    const double c = static_cast<double>(i), w = 0.08, top = b.mean + b.std;
-    const double bottom = nonnegative ? std::max(0.0, b.mean - b.std) : b.mean - b.std;
+    const double c = static_cast<double>(n - 1 - i), w = 0.08, right = b.mean + b.std;
+    const double left = nonnegative ? std::max(0.0, b.mean - b.std) : b.mean - b.std;
     auto* err = new QLineSeries();
-    *err << QPointF(c - w, top) << QPointF(c + w, top) << QPointF(c, top) << QPointF(c, bottom)
-         << QPointF(c - w, bottom) << QPointF(c + w, bottom);
+    *err << QPointF(right, c - w) << QPointF(right, c + w) << QPointF(right, c) << QPointF(left, c)
+         << QPointF(left, c - w) << QPointF(left, c + w);
     QPen pen(Qt::black);
     pen.setWidthF(1.6);
     err->setPen(pen);
@@ -88,14 +96,17 @@ std::unique_ptr<QChart> build_ablation(const StudyQuery& q, const std::string& m
     err->attachAxis(y);
     hide_from_legend(chart.get(), err);
   }
-  // Chance on accuracy bars, across every category (the category axis places bar i at x = i).
-  Range unused;
-  add_reference_lines(chart.get(), unused, references, -0.5, static_cast<double>(bars.size()) - 0.5, false);
-  for (QAbstractSeries* s : chart->series())
-    if (s->attachedAxes().isEmpty()) {
-      s->attachAxis(x);
-      s->attachAxis(y);
-    }
+  // Chance on accuracy bars: a vertical line across every category (bar k sits at y = k).
+  for (const auto& ref : references) {
+    auto* line = new QLineSeries();
+    line->setName(ref.label);
+    line->append(ref.y, -0.5);
+    line->append(ref.y, n - 0.5);
+    line->setPen(reference_pen());
+    chart->addSeries(line);
+    line->attachAxis(x);
+    line->attachAxis(y);
+  }
   return chart;
 }
 
@@ -119,9 +130,12 @@ class AblationPage : public ChartPage {
   }
 
   std::vector<ExportChart> exportCharts(const StudyQuery& query, const ExportOptions& options) const override {
+    // A study of one variant at one sweep point (the quickstart) would give one bar per metric, which
+    // compares nothing: no ablation charts then.
     std::vector<ExportChart> out;
     for (const auto& m : options.metrics)
-      if (auto chart = build_ablation(query, m)) out.push_back({QStringLiteral("ablation_") + qs(m), std::move(chart)});
+      if (query.ablation(m).size() >= 2)
+        if (auto chart = build_ablation(query, m)) out.push_back({QStringLiteral("ablation_") + qs(m), std::move(chart)});
     return out;
   }
 

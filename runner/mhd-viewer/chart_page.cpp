@@ -22,6 +22,7 @@
 #include <QLegend>
 #include <QLegendMarker>
 #include <QLogValueAxis>
+#include <QRegularExpression>
 #include <QSignalBlocker>
 #include <QValueAxis>
 #include <QVBoxLayout>
@@ -238,6 +239,13 @@ std::vector<ReferenceLine> reference_lines(const StudyQuery& query, const std::s
   return out;
 }
 
+QPen reference_pen() {
+  QPen pen(QColor(0x55, 0x55, 0x55));
+  pen.setWidthF(1.6);
+  pen.setStyle(Qt::DashLine);
+  return pen;
+}
+
 void add_reference_lines(QChart* chart, Range& range, const std::vector<ReferenceLine>& lines, double x0,
                          double x1, bool log_y) {
   for (const auto& ref : lines) {
@@ -246,10 +254,7 @@ void add_reference_lines(QChart* chart, Range& range, const std::vector<Referenc
     line->setName(ref.label);
     line->append(x0, ref.y);
     line->append(x1, ref.y);
-    QPen pen(QColor(0x55, 0x55, 0x55));
-    pen.setWidthF(1.6);
-    pen.setStyle(Qt::DashLine);
-    line->setPen(pen);
+    line->setPen(reference_pen());
     chart->addSeries(line);
     range.add(x0, ref.y);
     range.add(x1, ref.y);
@@ -357,16 +362,79 @@ void flow_legend(QChart* chart, const QSize& size) {
   }
 }
 
-// `label`'s lines ("<br>") re-broken at spaces into lines no wider than `width` where the words allow.
-QString wrap_label(const QString& label, const QFontMetricsF& fm, double width) {
+bool is_elided(const QString& text) {
+  return text.contains(QStringLiteral("...")) || text.contains(QChar(0x2026));
+}
+
+// The visible texts under `item` (axis labels, title, legend texts) that Qt elided.
+void collect_elided(const QGraphicsItem* item, QStringList& out) {
+  for (const QGraphicsItem* child : item->childItems()) {
+    if (!child->isVisible()) continue;
+    QString text;
+    if (auto* t = dynamic_cast<const QGraphicsTextItem*>(child)) text = t->toPlainText();
+    else if (auto* t = dynamic_cast<const QGraphicsSimpleTextItem*>(child)) text = t->text();
+    if (is_elided(text)) out << text;
+    collect_elided(child, out);
+  }
+}
+
+// A label without its line breaks and spaces: what must survive any re-breaking.
+QString letters(QString text) {
+  text.replace(QStringLiteral("<br>"), QStringLiteral(" "));
+  text.remove(QRegularExpression(QStringLiteral("\\s")));
+  return text;
+}
+
+// Whether Qt elided one of `axis`'s category labels when it last laid the chart out.
+bool category_label_cut(const QChart* chart, QBarCategoryAxis* axis) {
+  QStringList elided;
+  collect_elided(chart, elided);
+  for (QString text : elided) {
+    text = letters(text);
+    text.remove(QChar(0x2026));
+    text.remove(QStringLiteral("..."));
+    for (const QString& category : axis->categories())
+      if (letters(category).startsWith(text)) return true;
+  }
+  return false;
+}
+
+void relayout(QChart* chart) {
+  chart->layout()->invalidate();
+  chart->layout()->activate();
+}
+
+// `label`'s lines ("<br>") re-broken at spaces into lines no wider than `width` where the words allow;
+// with `break_words`, a word wider than `width` is also broken after a '_', '-', '.', '=', '/', ',' or
+// ':' ("hierarchical_" / "memory"), so that a long variant name needs no elision. No character is lost.
+QString wrap_label(const QString& label, const QFontMetricsF& fm, double width, bool break_words = false) {
   QStringList lines;
   for (const QString& part : label.split(QStringLiteral("<br>"))) {
-    QString line;
+    // Pieces of words, each with whether a space comes before it.
+    std::vector<std::pair<QString, bool>> pieces;
     for (const QString& word : part.split(QLatin1Char(' '), Qt::SkipEmptyParts)) {
-      const QString longer = line.isEmpty() ? word : line + QLatin1Char(' ') + word;
+      if (!break_words || fm.horizontalAdvance(word) <= width) {
+        pieces.emplace_back(word, true);
+        continue;
+      }
+      QString piece;
+      bool first = true;
+      for (const QChar c : word) {
+        piece += c;
+        if (QStringLiteral("_-./=,:").contains(c)) {
+          pieces.emplace_back(piece, first);
+          piece.clear();
+          first = false;
+        }
+      }
+      if (!piece.isEmpty()) pieces.emplace_back(piece, first);
+    }
+    QString line;
+    for (const auto& [piece, spaced] : pieces) {
+      const QString longer = line.isEmpty() ? piece : line + (spaced ? QStringLiteral(" ") : QString()) + piece;
       if (!line.isEmpty() && fm.horizontalAdvance(longer) > width) {
         lines << line;
-        line = word;
+        line = piece;
       } else {
         line = longer;
       }
@@ -376,31 +444,71 @@ QString wrap_label(const QString& label, const QFontMetricsF& fm, double width) 
   return lines.join(QStringLiteral("<br>"));
 }
 
-// Category labels ("variant<br>sweep (n=...)") that Qt will not elide: Qt cuts a horizontal or slanted
-// label to its category's width, and a vertical one to a share of the chart's height. So: horizontal,
-// re-broken at spaces into lines that fit the category's width, when every word does; else vertical,
-// re-broken into lines no longer than the longest word (as short, so as low, as the words allow).
+void set_categories(QBarCategoryAxis* axis, const QStringList& labels) {
+  axis->clear();
+  axis->append(labels);
+}
+
+// Category labels that Qt does not elide. Qt cuts a label on a bottom axis to its category's width (a
+// slanted one too), a vertical one to a share of the chart's height, and a label on a left axis (the
+// ablation's horizontal bars) to about 40% of the chart's width or to its category's height. Which
+// layout fits is decided by Qt's own layout: each candidate is laid out and the first that Qt leaves
+// whole is kept, in order of readability:
+// * left axis: each line of the label ("variant<br>sweep (n=...)") re-broken to 30% of the width
+//   (long names broken after '_' or '-'); then the lines run together (fewer lines per category when
+//   categories are many); then the same at smaller font sizes.
+// * bottom axis: horizontal, re-broken at spaces to the category's width as laid out; then vertical,
+//   re-broken into lines no longer than the longest word (as low as the words allow); then smaller.
 void fit_category_labels(QChart* chart, const QSize& size) {
-  for (QAbstractAxis* a : chart->axes(Qt::Horizontal)) {
+  for (QAbstractAxis* a : chart->axes()) {
     auto* axis = qobject_cast<QBarCategoryAxis*>(a);
     if (!axis || axis->count() == 0) continue;
-    const QFontMetricsF fm(axis->labelsFont());
-    double longest_word = 0.0;
-    for (const QString& label : axis->categories())
-      for (const QString& part : label.split(QStringLiteral("<br>")))
-        for (const QString& word : part.split(QLatin1Char(' '), Qt::SkipEmptyParts))
-          longest_word = std::max(longest_word, fm.horizontalAdvance(word));
-    // The plot is the chart less the margins and the y axis's labels and title (about 12 em).
-    const QMargins m = chart->margins();
-    const double plot = size.width() - m.left() - m.right() - 12.0 * fm.height();
-    const double line_width = plot / axis->count() - 2.0 * fm.height();
-    const bool horizontal = longest_word <= line_width;
-    QStringList wrapped;
-    for (const QString& label : axis->categories())
-      wrapped << wrap_label(label, fm, horizontal ? line_width : longest_word);
-    axis->clear();
-    axis->append(wrapped);
-    axis->setLabelsAngle(horizontal ? 0 : -90);
+    const QStringList original = axis->categories();
+    const bool left = axis->orientation() == Qt::Vertical;
+    QFont font = axis->labelsFont();
+    const int point_size = font.pointSize() > 0 ? font.pointSize() : 10;
+    for (int smaller = 0; smaller <= 3; ++smaller) {
+      font.setPointSize(point_size - smaller);
+      axis->setLabelsFont(font);
+      const QFontMetricsF fm(font);
+      if (left) {
+        for (const bool run_together : {false, true}) {
+          if (run_together && !original.join(QString()).contains(QStringLiteral("<br>"))) continue;
+          QStringList wrapped;
+          for (QString label : original) {
+            if (run_together) label.replace(QStringLiteral("<br>"), QStringLiteral(" "));
+            wrapped << wrap_label(label, fm, 0.3 * size.width(), true);
+          }
+          set_categories(axis, wrapped);
+          axis->setLabelsAngle(0);
+          relayout(chart);
+          if (!category_label_cut(chart, axis)) return;
+        }
+        continue;
+      }
+      // Bottom axis: the category's width as Qt lays the plot out, less a margin on each side.
+      set_categories(axis, original);
+      axis->setLabelsAngle(0);
+      relayout(chart);
+      const double line_width = chart->plotArea().width() / axis->count() - 1.5 * fm.height();
+      QStringList wrapped;
+      for (const QString& label : original) wrapped << wrap_label(label, fm, line_width);
+      set_categories(axis, wrapped);
+      relayout(chart);
+      if (!category_label_cut(chart, axis)) return;
+      double longest_word = 0.0;
+      for (const QString& label : original)
+        for (const QString& part : label.split(QStringLiteral("<br>")))
+          for (const QString& word : part.split(QLatin1Char(' '), Qt::SkipEmptyParts))
+            longest_word = std::max(longest_word, fm.horizontalAdvance(word));
+      wrapped.clear();
+      for (const QString& label : original) wrapped << wrap_label(label, fm, longest_word);
+      set_categories(axis, wrapped);
+      axis->setLabelsAngle(-90);
+      relayout(chart);
+      if (!category_label_cut(chart, axis)) return;
+    }
+    // Nothing fits (hundreds of categories): the smallest try stays, and --export warns about the cut.
   }
 }
 
@@ -408,23 +516,23 @@ void fit_category_labels(QChart* chart, const QSize& size) {
 
 void lay_out_for_export(QChart* chart, const QSize& size) {
   chart->resize(size);  // lays the chart out once: its legend and markers exist from here on
-  fit_category_labels(chart, size);
+  // The legend first: it sets the bottom margin, which the category labels then have to live with.
   flow_legend(chart, size);
-  // Again, synchronously, with the new margins and the legend hidden: the view's resize to the same
-  // size would not.
-  chart->layout()->invalidate();
-  chart->layout()->activate();
+  relayout(chart);
+  fit_category_labels(chart, size);
+  // Again, synchronously, with the final margins and labels: the view's resize to the same size would
+  // not.
+  relayout(chart);
 }
 
 QStringList elided_texts(const QGraphicsScene& scene) {
   QStringList out;
-  auto elided = [](const QString& t) { return t.contains(QStringLiteral("...")) || t.contains(QChar(0x2026)); };
   for (QGraphicsItem* item : scene.items()) {
     if (!item->isVisible()) continue;
     QString text;
     if (auto* t = dynamic_cast<QGraphicsTextItem*>(item)) text = t->toPlainText();
     else if (auto* t = dynamic_cast<QGraphicsSimpleTextItem*>(item)) text = t->text();
-    if (elided(text)) out << text;
+    if (is_elided(text)) out << text;
   }
   return out;
 }

@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include <QPen>
 #include <QSize>
 #include <QString>
 #include <QStringList>
@@ -99,6 +100,8 @@ struct ReferenceLine {
   double y = 0.0;
 };
 std::vector<ReferenceLine> reference_lines(const StudyQuery& query, const std::string& metric);
+// The dashed grey pen of a reference line.
+QPen reference_pen();
 // Adds each line as a dashed grey series from x0 to x1 (with a legend entry) and grows `range` to show
 // it; a line at y <= 0 is left out of a log axis. Call before attach_axes().
 void add_reference_lines(QChart* chart, Range& range, const std::vector<ReferenceLine>& lines, double x0,
@@ -106,8 +109,10 @@ void add_reference_lines(QChart* chart, Range& range, const std::vector<Referenc
 
 // Lays a chart out for a PNG of `size` so that no text is cut: the legend as rows of entries under the
 // plot (Qt's own legend elides labels that do not fit in one row), with the bottom margin measured
-// from the legend font's metrics, and category labels re-broken into lines that fit their category,
-// horizontal when every word fits its width, else vertical (Qt elides slanted ones).
+// from the legend font's metrics, and category labels re-broken into lines (and, when many, set
+// smaller) until Qt's own layout draws every one whole: on a left axis (the ablation's horizontal
+// bars) lines of at most 30% of the width; on a bottom axis horizontal lines that fit their category,
+// else vertical ones (Qt elides slanted ones).
 void lay_out_for_export(QChart* chart, const QSize& size);
 // The texts of `scene` that Qt elided ("fixed-point task.num_p..."): empty when nothing is cut.
 QStringList elided_texts(const QGraphicsScene& scene);
