@@ -1,9 +1,14 @@
 # The README's two commands:
 #   make quickstart   install missing Debian packages, configure, build, run studies/quickstart.toml
 #   make test         the same set-up, then every test (ctest)
-#   make figures      the same set-up, then re-run the cheap numbers of docs/benchmarks.md and
-#                     docs/experiments.md and print each beside the documented value (scripts/figures.sh)
+#   make figures      the same set-up, then the charts of every results/*.sqlite as PNGs in
+#                     results/figures/NAME/ (scripts/charts.sh; needs results/quickstart.sqlite, which
+#                     make quickstart writes; RESULTS=DIR reads another folder), then re-run the cheap
+#                     numbers of docs/benchmarks.md and docs/experiments.md and print each beside the
+#                     documented value (scripts/figures.sh; minutes: it runs the benchmarks)
+#   make charts       the charts alone (seconds)
 BUILD ?= build
+RESULTS ?= results
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
 
@@ -13,7 +18,7 @@ PACKAGES := build-essential cmake ninja-build git pkg-config \
   libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev \
   qt6-base-dev qt6-charts-dev libqt6opengl6-dev libgloo-dev libopenblas0-openmp
 
-.PHONY: quickstart test figures build configure deps clean
+.PHONY: quickstart test figures charts build configure deps clean
 
 quickstart: build
 	$(BUILD)/bin/mhd run studies/quickstart.toml
@@ -21,8 +26,19 @@ quickstart: build
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j$(JOBS)
 
-figures: build
+figures: charts
 	scripts/figures.sh $(BUILD)
+
+charts: build
+	scripts/charts.sh $(BUILD) $(RESULTS) $(RESULTS)/figures
+
+# The charts need the quickstart's results: without them, one line before anything is built (unless
+# `make quickstart figures` is about to write them).
+ifneq ($(filter figures charts,$(MAKECMDGOALS)),)
+ifeq ($(filter quickstart,$(MAKECMDGOALS))$(wildcard $(RESULTS)/quickstart.sqlite),)
+$(error $(RESULTS)/quickstart.sqlite not found: run `make quickstart` first (it trains studies/quickstart.toml and writes it))
+endif
+endif
 
 build: configure
 	cmake --build $(BUILD) -j$(JOBS)

@@ -23,6 +23,14 @@ if(MHD_HAVE_VIEWER)
   gtest_discover_tests(test_viewer_export DISCOVERY_TIMEOUT 60
                        PROPERTIES FIXTURES_REQUIRED viewer_png TIMEOUT 120 ENVIRONMENT QT_QPA_PLATFORM=offscreen)
 
+  # `make figures` / `make charts` (scripts/charts.sh) on copies of the tiny study's results file: the
+  # missing-results error (script and Makefile), the target's commands, one folder per results file.
+  add_test(NAME Viewer.Charts
+           COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/viewer/check_charts.sh ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR}
+                   ${_viewer_out}/tiny.sqlite ${CMAKE_CURRENT_BINARY_DIR}/viewer_charts)
+  set_tests_properties(Viewer.Charts PROPERTIES FIXTURES_REQUIRED viewer_png TIMEOUT 300
+                       ENVIRONMENT QT_QPA_PLATFORM=offscreen)
+
   # The export's label layout on a hand-built results file with the ablation ladder's names (no study run).
   add_executable(test_viewer_export_layout test_viewer_export_layout.cpp)
   target_link_libraries(test_viewer_export_layout PRIVATE mhd_viewer_ui GTest::gtest GTest::gtest_main)
