@@ -133,8 +133,9 @@ TEST_F(ViewerQuery, AblationIsFinalValueOfDoneTrialsSortedBestFirstWithBaseline)
   EXPECT_EQ(bars[0].variant, "good");
   EXPECT_EQ(bars[1].variant, "base");
   EXPECT_EQ(bars[2].variant, "bad");
-  EXPECT_DOUBLE_EQ(bars[1].mean, 3.0);
-  EXPECT_NEAR(bars[1].std, std::sqrt(2.0), 1e-12);
+  // Final values as mhd report's: the mean of the last 10 logged values ((9 + 2) / 2, (9 + 4) / 2).
+  EXPECT_DOUBLE_EQ(bars[1].mean, 6.0);
+  EXPECT_NEAR(bars[1].std, std::sqrt(0.5), 1e-12);
   EXPECT_EQ(bars[1].n, 2);
   EXPECT_EQ(bars[2].n, 1);
   EXPECT_TRUE(bars[1].baseline);
@@ -143,6 +144,23 @@ TEST_F(ViewerQuery, AblationIsFinalValueOfDoneTrialsSortedBestFirstWithBaseline)
   EXPECT_EQ(desc.front().variant, "bad");
   EXPECT_TRUE(mhd::viewer::higher_is_better("eval_accuracy"));
   EXPECT_FALSE(mhd::viewer::higher_is_better("loss"));
+}
+
+// The charts' final value is mhd report's (FinalRule): a per-step metric the mean of its last 10
+// logged values, a held-out one its last evaluation, so a figure and the table beside it agree.
+TEST_F(ViewerQuery, AblationFinalValuesAreMhdReportsFinalValues) {
+  std::vector<double> noisy(20, 1.0);
+  noisy.back() = 11.0;  // one noisy last step: the mean of the last 10 is 2.0, the last value 11.0
+  const auto id = trial("base", 0, noisy);
+  trial("base", 0, {0.1, 0.2, 0.3}, TrialStatus::Done, 0, "eval_accuracy");
+  const auto q = query();
+  const auto loss = q->ablation("loss");
+  ASSERT_EQ(loss.size(), 1u);
+  EXPECT_DOUBLE_EQ(loss[0].mean, 2.0);
+  EXPECT_DOUBLE_EQ(mhd::rule_final_metrics(*db_, id).at("loss"), loss[0].mean);
+  const auto acc = q->ablation("eval_accuracy");
+  ASSERT_EQ(acc.size(), 1u);
+  EXPECT_DOUBLE_EQ(acc[0].mean, 0.3) << "a held-out metric: its last evaluation";
 }
 
 TEST_F(ViewerQuery, BaselineIsTheFirstVariantWithoutBase) {
@@ -169,11 +187,11 @@ TEST_F(ViewerQuery, ScalingIsFinalMetricAgainstANumericSweepAxisPerVariant) {
   ASSERT_EQ(s.size(), 2u);
   EXPECT_EQ(s[0].label, "base");
   EXPECT_EQ(s[0].x, (std::vector<double>{4, 16}));  // sorted by the axis
-  EXPECT_DOUBLE_EQ(s[0].mean[0], 2.0);
+  EXPECT_DOUBLE_EQ(s[0].mean[0], 3.5);  // seeds' finals (5 + 1) / 2 and (5 + 3) / 2, as mhd report's
   EXPECT_DOUBLE_EQ(s[0].mean[1], 5.0);
-  EXPECT_NEAR(s[0].std[1], std::sqrt(2.0), 1e-12);
+  EXPECT_NEAR(s[0].std[1], std::sqrt(0.5), 1e-12);
   EXPECT_EQ(s[1].label, "fp");
-  EXPECT_EQ(s[1].mean, (std::vector<double>{7.0, 9.0}));
+  EXPECT_EQ(s[1].mean, (std::vector<double>{6.0, 7.0}));
   // With a sweep, curves and ablation keep sweep points apart.
   const auto curves = q->curves("loss");
   ASSERT_EQ(curves.size(), 4u);

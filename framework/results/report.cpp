@@ -34,21 +34,6 @@ struct Group {
   std::map<std::string, std::vector<double>> finals;  // metric -> final value per done trial
 };
 
-// A done trial's final value of each metric (FinalRule).
-std::map<std::string, double> trial_finals(const ResultsDb& db, std::int64_t trial_id, std::int64_t k) {
-  std::map<std::string, double> out;
-  for (const auto& [name, values] : db.last_metric_values(trial_id, k)) {
-    if (final_rule(name) == FinalRule::LastEvaluation) {
-      out[name] = values.back();
-      continue;
-    }
-    double sum = 0;
-    for (const double v : values) sum += v;
-    out[name] = sum / static_cast<double>(values.size());
-  }
-  return out;
-}
-
 // Groups in the order of the study's expansion (first trial of each group).
 std::vector<Group> collect_groups(const ResultsDb& db, std::int64_t study_id, std::int64_t k) {
   std::vector<Group> groups;
@@ -66,7 +51,7 @@ std::vector<Group> collect_groups(const ResultsDb& db, std::int64_t study_id, st
     switch (trial.status) {
       case TrialStatus::Done:
         ++it->done;
-        for (const auto& [name, value] : trial_finals(db, trial.id, k)) it->finals[name].push_back(value);
+        for (const auto& [name, value] : rule_final_metrics(db, trial.id, k)) it->finals[name].push_back(value);
         break;
       case TrialStatus::Failed: ++it->failed; break;
       case TrialStatus::Diverged: ++it->diverged; break;
@@ -247,6 +232,20 @@ std::string csv_report(const std::vector<Group>& groups, const std::vector<std::
 }
 
 }  // namespace
+
+std::map<std::string, double> rule_final_metrics(const ResultsDb& db, std::int64_t trial_id, std::int64_t k) {
+  std::map<std::string, double> out;
+  for (const auto& [name, values] : db.last_metric_values(trial_id, k)) {
+    if (final_rule(name) == FinalRule::LastEvaluation) {
+      out[name] = values.back();
+      continue;
+    }
+    double sum = 0;
+    for (const double v : values) sum += v;
+    out[name] = sum / static_cast<double>(values.size());
+  }
+  return out;
+}
 
 FinalRule final_rule(const std::string& metric) {
   for (const char* prefix : {"eval_", "val_", "continual_"})

@@ -192,6 +192,9 @@ class ResultsDb {
 // last step does not stand for the trial.
 enum class FinalRule { LastEvaluation, MeanOfLastK };
 FinalRule final_rule(const std::string& metric);
+// A trial's final value of every metric by FinalRule (k: MeanOfLastK's k): what `mhd report`
+// tabulates and what the viewer's ablation and scaling charts draw, so figure and table agree.
+std::map<std::string, double> rule_final_metrics(const ResultsDb& db, std::int64_t trial_id, std::int64_t k = 10);
 // `mhd report`: final metrics (FinalRule) per variant and sweep point, mean +- std over seeds (sample std,
 // n-1; 0 for a single seed), from trials whose status is done; failed and diverged trials are
 // counted per group. `metrics` empty means: in the text table, the usual headline metrics that

@@ -224,7 +224,7 @@ std::vector<Bar> StudyQuery::ablation(const std::string& metric, std::optional<b
     std::vector<double> values;
     for (const auto& t : trials_) {
       if (t.row.variant != g.variant || t.row.sweep != g.sweep || t.row.status != TrialStatus::Done) continue;
-      const auto finals = db_->final_metrics(t.row.id);
+      const auto finals = rule_final_metrics(*db_, t.row.id);  // as mhd report
       const auto it = finals.find(metric);
       if (it != finals.end() && std::isfinite(it->second)) values.push_back(it->second);
     }
@@ -254,7 +254,7 @@ std::vector<Series> StudyQuery::scaling(const std::string& metric, const std::st
     entry.first = t.row.variant;
     auto& values = entry.second[x->second];  // the point exists even before a trial is done
     if (t.row.status != TrialStatus::Done) continue;
-    const auto finals = db_->final_metrics(t.row.id);
+    const auto finals = rule_final_metrics(*db_, t.row.id);  // as mhd report
     const auto it = finals.find(metric);
     if (it != finals.end() && std::isfinite(it->second)) values.push_back(it->second);
   }
