@@ -1,4 +1,5 @@
-// Anderson, the hybrid solver's three modes, L-BFGS, neural_ode and broyden vs fixed point on contractive
+// Anderson, the hybrid solver's three modes, L-BFGS, neural_ode, broyden, early_exit (around Anderson and
+// fixed point) and learned (untrained) vs fixed point on contractive
 // maps, B = 32, D = 256, to tol 1e-4 (worst sample's relative residual), every plugin loaded through the
 // registry as the host loads it, with its default parameters (variant rows: anderson_broyden = Anderson
 // with fallback = broyden, the hand-over to Broyden on a degenerate system; anderson_lam0 = Anderson
@@ -56,6 +57,8 @@ const char* plugin_file(const std::string& name) {
   if (name == "lbfgs") return MHD_PLUGIN_LBFGS;
   if (name == "neural_ode") return MHD_PLUGIN_NEURAL_ODE;
   if (name == "broyden") return MHD_PLUGIN_BROYDEN;
+  if (name == "early_exit") return MHD_PLUGIN_EARLY_EXIT;
+  if (name == "learned") return MHD_PLUGIN_LEARNED;
   return MHD_PLUGIN_FIXED_POINT;
 }
 
@@ -64,7 +67,9 @@ using Overrides = std::map<std::string, mhd::ParamValue>;
 // The plugin's defaults, with `overrides` (e.g. the hybrid solver's mode) on top.
 std::shared_ptr<mhd::Solver> make_solver(const std::string& name, const Overrides& overrides) {
   auto& reg = mhd::PluginRegistry::global();
-  reg.load_file(plugin_file(name), mhd::PluginKind::Solver);
+  // Every solver, so that early_exit finds the inner solver it wraps.
+  for (const char* solver : {"fixed_point", "anderson", "hybrid", "lbfgs", "neural_ode", "broyden", "early_exit", "learned"})
+    reg.load_file(plugin_file(solver), mhd::PluginKind::Solver);
   auto params = mhd::Params::defaults(reg.require(mhd::PluginKind::Solver, name).manifest->params);
   for (const auto& [key, value] : overrides) params.set(key, value);
   return reg.make<mhd::Solver>(name, params);
@@ -112,6 +117,7 @@ Overrides lam(double value) { return {{"lam", value}}; }
 Overrides fallback(const char* value) { return {{"fallback", std::string(value)}}; }
 Overrides mode(const char* value) { return {{"mode", std::string(value)}}; }
 Overrides backtracks(std::int64_t value) { return {{"max_backtracks", value}}; }
+Overrides inner(const char* value) { return {{"inner", std::string(value)}}; }
 
 void BM_Solve(benchmark::State& state, const std::string& solver_name, const Overrides& overrides = {}) {
   const std::int64_t which = state.range(0);
@@ -144,6 +150,10 @@ void BM_Solve(benchmark::State& state, const std::string& solver_name, const Ove
   if (solver_name == "neural_ode") {
     state.counters["ode_trials"] = extra(last.info, "ode_trials");
     state.counters["ode_rejected"] = extra(last.info, "ode_rejected_steps");
+  }
+  if (solver_name == "early_exit") {
+    state.counters["sample_evals"] = extra(last.info, "early_exit_sample_evals");
+    state.counters["evals_saved"] = extra(last.info, "early_exit_f_evals_saved");
   }
   if (solver_name == "broyden") {
     state.counters["ls_evals"] = extra(last.info, "broyden_line_search_evals");
@@ -193,6 +203,21 @@ BENCHMARK_CAPTURE(BM_Solve, hybrid_simultaneous, std::string("hybrid"), mode("si
     ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Solve, hybrid_cascade, std::string("hybrid"), mode("cascade"))
     ->DenseRange(0, 2)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+// Per-row exits around Anderson and fixed point: the same iterations, fewer sample evaluations.
+BENCHMARK_CAPTURE(BM_Solve, early_exit_anderson, std::string("early_exit"), inner("anderson"))
+    ->DenseRange(0, 3)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Solve, early_exit_fixed_point, std::string("early_exit"), inner("fixed_point"))
+    ->DenseRange(0, 3)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+// The learned solver without an accelerator file: Anderson's mixing from the same plugin (its
+// trained form needs a model's context: mhd meta-train, docs/experiments.md).
+BENCHMARK_CAPTURE(BM_Solve, learned_untrained, std::string("learned"))
+    ->DenseRange(0, 3)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Solve, lbfgs, std::string("lbfgs"))
