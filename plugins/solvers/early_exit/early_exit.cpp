@@ -182,8 +182,8 @@ class EarlyExitSolver final : public mhd::Solver {
     info.final_abs = abs;
     info.converged = rel.lt(tol).all().item<bool>();
     // The traces are the inner solver's view, in which exited rows read 0; their last entry is what a
-    // run reports as the solve's residual, so it is the returned state's.
-    if (!info.rel_trace.empty()) {
+    // run reports as the solve's residual, so once a row has exited it is the returned state's.
+    if (ledger.frozen.any().item<bool>() && !info.rel_trace.empty()) {
       info.rel_trace.back() = rel.max().item<double>();
       info.abs_trace.back() = abs.max().item<double>();
     }
