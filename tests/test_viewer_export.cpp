@@ -30,6 +30,7 @@
 #include "chart_page.h"
 #include "mhd/error.h"
 #include "query.h"
+#include "viewer_test_app.h"
 
 namespace {
 
@@ -135,16 +136,6 @@ TEST(ExportFiles, ConstantMetricsAreSkipped) {
 
 // --- the charts, in this process ------------------------------------------------------------------
 
-QApplication& app() {
-  static int argc = 1;
-  static char name[] = "test_viewer_export";
-  static char* argv[] = {name, nullptr};
-  static QApplication* a = [] {
-    if (qEnvironmentVariableIsEmpty("QT_QPA_PLATFORM")) qputenv("QT_QPA_PLATFORM", "offscreen");
-    return new QApplication(argc, argv);
-  }();
-  return *a;
-}
 
 // The tiny study's results file; every test that reads it draws, so the application is made here.
 std::unique_ptr<StudyQuery> tiny() {

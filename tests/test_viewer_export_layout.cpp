@@ -28,21 +28,12 @@
 #include "query.h"
 #include "results/results.h"
 #include "study/study.h"
+#include "viewer_test_app.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-QApplication& app() {
-  static int argc = 1;
-  static char name[] = "test_viewer_export_layout";
-  static char* argv[] = {name, nullptr};
-  static QApplication* a = [] {
-    if (qEnvironmentVariableIsEmpty("QT_QPA_PLATFORM")) qputenv("QT_QPA_PLATFORM", "offscreen");
-    return new QApplication(argc, argv);
-  }();
-  return *a;
-}
 
 // The ladder of studies/ablation.toml, plus a name longer than Qt lets an axis label be (about 40% of
 // the chart's width), which has to be broken after its underscores.

@@ -25,6 +25,7 @@
 #include "results/results.h"
 #include "study/study.h"
 #include "query.h"
+#include "viewer_test_app.h"
 
 namespace fs = std::filesystem;
 using mhd::TrialStatus;
@@ -33,16 +34,6 @@ using mhd::viewer::StudyQuery;
 
 namespace {
 
-QApplication& app() {
-  static int argc = 1;
-  static char name[] = "test_viewer_window";
-  static char* argv[] = {name, nullptr};
-  static QApplication* a = [] {
-    if (qEnvironmentVariableIsEmpty("QT_QPA_PLATFORM")) qputenv("QT_QPA_PLATFORM", "offscreen");
-    return new QApplication(argc, argv);
-  }();
-  return *a;
-}
 
 class ViewerWindow : public ::testing::Test {
  protected:
