@@ -55,6 +55,26 @@ struct AffineMap {
   }
 };
 
+// Row b: z -> s_b W z + c_b with ||W|| = 0.9 and s = (0.1, 0.3, 0.6, 1.0): contractions 0.09 to 0.9,
+// so the rows converge at very different speeds (what per-row exits act on). Returns the map and its
+// exact fixed point; B = 4.
+inline std::pair<mhd::TensorMap, at::Tensor> mixed_speed_map(std::int64_t dim, std::uint64_t seed = 11) {
+  at::manual_seed(seed);
+  const at::Tensor w = matrix_with_norm(dim, 0.9, at::kDouble);
+  const at::Tensor s = at::tensor({0.1, 0.3, 0.6, 1.0}, at::kDouble);
+  const at::Tensor c = at::randn({4, dim}, at::kDouble);
+  const mhd::TensorMap f = [w, s, c](const at::Tensor& z) { return s.unsqueeze(1) * z.matmul(w.t()) + c; };
+  at::Tensor exact = at::empty({4, dim}, at::kDouble);
+  for (std::int64_t i = 0; i < 4; ++i)
+    exact[i] = at::linalg_solve(at::eye(dim, at::kDouble) - s[i].item<double>() * w, c[i].unsqueeze(1)).squeeze(1);
+  return {f, exact};
+}
+
+// The largest relative distance of a row of z from the same row of ref.
+inline double max_row_error(const at::Tensor& z, const at::Tensor& ref) {
+  return ((z - ref).norm(2, {1}) / ref.norm(2, {1})).max().item<double>();
+}
+
 // A DEQ layer small enough for float64 gradient checks (as tests/test_implicit.cpp):
 // f(z) = tanh(W z + U x + b), ||W|| = 0.6, z: [3, 6].
 struct ToyLayer {

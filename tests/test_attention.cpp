@@ -17,21 +17,13 @@
 #include "mhd/error.h"
 #include "mhd/plugin.h"
 #include "plugin_host/registry.h"
+#include "backbone_checks.h"
 
 namespace {
 
-double max_abs(const at::Tensor& t) { return t.numel() ? t.abs().max().item<double>() : 0.0; }
-double max_abs_diff(const at::Tensor& a, const at::Tensor& b) { return max_abs(a - b); }
-
-void expect_error(const std::function<void()>& fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected mhd::Error containing \"" << needle << "\"";
-  } catch (const mhd::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << "not one line: " << e.what();
-  }
-}
+using backbone_checks::expect_error;
+using backbone_checks::max_abs;
+using backbone_checks::max_abs_diff;
 
 const mhd::LoadedPlugin& plugin() {
   return mhd::PluginRegistry::global().load_file(MHD_PLUGIN_ATTENTION, mhd::PluginKind::Backbone);

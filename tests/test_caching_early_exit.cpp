@@ -26,6 +26,8 @@ namespace {
 
 using solver_test::Overrides;
 using solver_test::extra;
+using solver_test::max_row_error;
+using solver_test::mixed_speed_map;
 
 mhd::PluginRegistry& registry() {
   auto& reg = registry_with_all_plugins();
@@ -45,25 +47,7 @@ std::shared_ptr<mhd::Optimization> make_cache(const Overrides& overrides = {}) {
   return reg.make<mhd::Optimization>("caching", params);
 }
 
-// Row b: z -> s_b W z + b_b with ||W|| = 0.9 and s = (0.1, 0.3, 0.6, 1.0): contractions 0.09 to 0.9,
-// so the rows converge at very different speeds. Returns the map and its exact fixed point.
-std::pair<mhd::TensorMap, at::Tensor> mixed_speed_map(std::int64_t dim) {
-  at::manual_seed(11);
-  const at::Tensor w = solver_test::matrix_with_norm(dim, 0.9, at::kDouble);
-  const at::Tensor s = at::tensor({0.1, 0.3, 0.6, 1.0}, at::kDouble);
-  const at::Tensor b = at::randn({4, dim}, at::kDouble);
-  const mhd::TensorMap f = [w, s, b](const at::Tensor& z) { return s.unsqueeze(1) * z.matmul(w.t()) + b; };
-  at::Tensor exact = at::empty({4, dim}, at::kDouble);
-  for (std::int64_t i = 0; i < 4; ++i) {
-    const at::Tensor a = at::eye(dim, at::kDouble) - s[i].item<double>() * w;
-    exact[i] = at::linalg_solve(a, b[i].unsqueeze(1)).squeeze(1);
-  }
-  return {f, exact};
-}
 
-double max_row_error(const at::Tensor& z, const at::Tensor& ref) {
-  return ((z - ref).norm(2, {1}) / ref.norm(2, {1})).max().item<double>();
-}
 
 // ---------------------------------------------------------------- registry
 

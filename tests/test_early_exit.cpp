@@ -22,6 +22,8 @@ namespace {
 
 using solver_test::Overrides;
 using solver_test::extra;
+using solver_test::max_row_error;
+using solver_test::mixed_speed_map;
 namespace xp = mhd::exit_predictor;
 
 mhd::PluginRegistry& registry() {
@@ -36,23 +38,7 @@ std::shared_ptr<mhd::Solver> make_solver(const std::string& name, const Override
   return solver_test::make_solver_from(registry(), name, overrides);
 }
 
-// Row b: z -> s_b W z + c_b with ||W|| = 0.9 and s = (0.1, 0.3, 0.6, 1.0): the rows converge at very
-// different speeds. Returns the map and its exact fixed point.
-std::pair<mhd::TensorMap, at::Tensor> mixed_speed_map(std::int64_t dim, std::uint64_t seed = 11) {
-  at::manual_seed(seed);
-  const at::Tensor w = solver_test::matrix_with_norm(dim, 0.9, at::kDouble);
-  const at::Tensor s = at::tensor({0.1, 0.3, 0.6, 1.0}, at::kDouble);
-  const at::Tensor c = at::randn({4, dim}, at::kDouble);
-  const mhd::TensorMap f = [w, s, c](const at::Tensor& z) { return s.unsqueeze(1) * z.matmul(w.t()) + c; };
-  at::Tensor exact = at::empty({4, dim}, at::kDouble);
-  for (std::int64_t i = 0; i < 4; ++i)
-    exact[i] = at::linalg_solve(at::eye(dim, at::kDouble) - s[i].item<double>() * w, c[i].unsqueeze(1)).squeeze(1);
-  return {f, exact};
-}
 
-double max_row_error(const at::Tensor& z, const at::Tensor& ref) {
-  return ((z - ref).norm(2, {1}) / ref.norm(2, {1})).max().item<double>();
-}
 
 // The true relative residual of every returned row, [B].
 at::Tensor true_residual(const mhd::TensorMap& f, const at::Tensor& z) { return mhd::residuals(z, f(z)).rel; }

@@ -17,7 +17,7 @@
 #include "fast_exp.h"
 #include "mhd/error.h"
 #include "scan_kernels.h"
-#include "mamba_test_support.h"
+#include "backbone_checks.h"
 #include "selective_scan.h"
 
 namespace {
@@ -25,7 +25,9 @@ namespace {
 using mhd::mamba::ScanArgs;
 using mhd::mamba::ScanResult;
 
-using namespace mamba_test;
+using backbone_checks::expect_error;
+using backbone_checks::max_abs;
+using backbone_checks::max_abs_diff;
 
 // ---------------------------------------------------------------------------------------------
 // Scan fixtures

@@ -17,7 +17,7 @@
 #include "mamba_block.h"
 #include "mhd/error.h"
 #include "plugin_host/registry.h"
-#include "mamba_test_support.h"
+#include "backbone_checks.h"
 #include "selective_scan.h"
 
 namespace {
@@ -26,7 +26,9 @@ using mhd::mamba::MambaBlock;
 using mhd::mamba::MambaConfig;
 
 
-using namespace mamba_test;
+using backbone_checks::expect_error;
+using backbone_checks::max_abs;
+using backbone_checks::max_abs_diff;
 
 // ---------------------------------------------------------------------------------------------
 // The block
