@@ -346,28 +346,109 @@ TEST_F(MemoryScale, SparseRetrievalRecallsStoredPatterns) {
   }
 }
 
-// Writes file patterns as they arrive; consolidate() refiles them after the router changed.
-TEST_F(MemoryScale, WritesAreFiledAndConsolidateRefiles) {
-  const std::int64_t dim = 32, slots = 512;
-  auto memory = make_memory("sparse_hash", dim, {{"size", slots}, {"buckets", std::int64_t{32}}, {"top_k", std::int64_t{1}},
-                                                 {"beta", 1000.0}, {"init", std::string("zeros")}});
-  // Unit patterns: a pattern is its own best match, so a query finding its bucket returns itself.
-  at::Tensor stored = random_patterns(slots, dim);
-  stored = stored / stored.norm(2, 1, true);
-  memory->write(stored.narrow(0, 0, 300));
-  EXPECT_EQ(memory->stats(stored.narrow(0, 0, 4)).at("stored"), 300.0);
-  memory->write(stored.narrow(0, 300, 212));
-  at::NoGradGuard no_grad;
-  // A stored pattern as its own query hashes to its own bucket (top_k = 1): found.
-  auto found = [&] {
+// A sparse_hash memory of 512 unit patterns, top_k 1 and a sharp beta: a stored pattern used as
+// its own query is found exactly when it is filed under the bucket the current hash gives it.
+struct FiledPatterns {
+  static constexpr std::int64_t dim = 32, slots = 512;
+  std::shared_ptr<mhd::Memory> memory;
+  at::Tensor stored;  // [slots, dim]
+
+  explicit FiledPatterns(std::int64_t refile_every) {
+    memory = make_memory("sparse_hash", dim, {{"size", slots}, {"buckets", std::int64_t{32}}, {"top_k", std::int64_t{1}},
+                                              {"beta", 1000.0}, {"init", std::string("zeros")},
+                                              {"refile_every", refile_every}});
+    stored = random_patterns(slots, dim);
+    stored = stored / stored.norm(2, 1, true);
+  }
+  double found() const {
+    at::NoGradGuard no_grad;
     const at::Tensor out = memory->retrieve(stored);
     return (out - stored).norm(2, 1).lt(1e-3).to(at::kDouble).mean().item<double>();
+  }
+  at::Tensor hash() const { return named_tensor(*memory, "hash"); }
+};
+
+// Writes file patterns as they arrive; a change of the router refiles them (all at once with
+// refile_every = 1); consolidate() refiles them whatever changed.
+TEST_F(MemoryScale, WritesAreFiledAndRouterChangesRefile) {
+  FiledPatterns f(1);
+  f.memory->write(f.stored.narrow(0, 0, 300));
+  EXPECT_EQ(f.memory->stats(f.stored.narrow(0, 0, 4)).at("stored"), 300.0);
+  f.memory->write(f.stored.narrow(0, 300, 212));
+  EXPECT_EQ(f.found(), 1.0);
+  at::NoGradGuard no_grad;
+  f.hash().copy_(at::randn({1, FiledPatterns::dim, 32}));  // the router moved (as after an optimizer step)
+  EXPECT_EQ(f.found(), 1.0);
+  EXPECT_EQ(f.memory->stats(f.stored.narrow(0, 0, 4)).at("filing_stale_share"), 0.0);
+
+  // consolidate() refiles everything whatever refile_every says: with one slot refiled per change,
+  // a router change leaves most patterns in their old buckets until it runs.
+  FiledPatterns slow(1000);
+  slow.memory->write(slow.stored);
+  slow.hash().copy_(at::randn({1, FiledPatterns::dim, 32}));
+  EXPECT_LT(slow.found(), 0.5) << "negative control: one slot of 512 refiled";
+  slow.memory->consolidate();
+  EXPECT_EQ(slow.found(), 1.0);
+}
+
+// refile_every = k refiles a rolling ceil(M / k) slots per change of the bank or router, so every
+// pattern is filed under the current router after k changes; a version bump that leaves every value
+// as it was refiles nothing.
+TEST_F(MemoryScale, RollingRefileCatchesUpAfterRefileEveryChanges) {
+  FiledPatterns f(4);
+  f.memory->write(f.stored);
+  const at::Tensor probe = f.stored.narrow(0, 0, 4);
+  f.memory->stats(probe);  // resets the refiled count
+  EXPECT_EQ(f.found(), 1.0);
+  at::NoGradGuard no_grad;
+  f.hash().copy_(at::randn({1, FiledPatterns::dim, 32}));
+  std::vector<double> found = {f.found()};
+  auto s = f.memory->stats(probe);
+  EXPECT_EQ(s.at("refiled_slots"), 128.0);
+  EXPECT_GT(s.at("filing_stale_share"), 0.5);
+  EXPECT_LT(found.back(), 0.5);
+  f.hash().add_(0.0);  // the counter moves, the values do not
+  f.found();
+  EXPECT_EQ(f.memory->stats(probe).at("refiled_slots"), 0.0);
+  // Doubling W leaves its unit columns (what the hash reads) bit for bit: each doubling is a change
+  // that refiles the next quarter under the same router.
+  for (int change = 0; change < 3; ++change) {
+    f.hash().mul_(2.0);
+    found.push_back(f.found());
+    EXPECT_EQ(f.memory->stats(probe).at("refiled_slots"), 128.0) << "change " << change;
+    EXPECT_GT(found.back(), found[found.size() - 2]) << "change " << change;
+  }
+  EXPECT_EQ(found.back(), 1.0);
+  EXPECT_EQ(f.memory->stats(probe).at("filing_stale_share"), 0.0);
+}
+
+// The filing is part of the memory's state: a copy of every tensor into a memory built with another
+// seed (a checkpoint load) retrieves as the original does, including a refile still pending at the
+// copy, and a dtype cast keeps the index exact.
+TEST_F(MemoryScale, FilingTravelsWithTheStateAndSurvivesCasts) {
+  FiledPatterns a(4);
+  a.memory->write(a.stored);
+  at::NoGradGuard no_grad;
+  a.hash().copy_(at::randn({1, FiledPatterns::dim, 32}));
+  a.found();
+  a.hash().mul_(2.0);  // pending: the next retrieval refiles the second quarter
+  at::manual_seed(7);
+  FiledPatterns b(4);
+  auto copy_state = [](mhd::Memory& from, mhd::Memory& to) {
+    for (const auto& item : to.named_parameters()) item.value().copy_(named_tensor(from, item.key()));
+    for (const auto& item : to.named_buffers()) item.value().copy_(named_tensor(from, item.key()));
   };
-  EXPECT_EQ(found(), 1.0);
-  named_tensor(*memory, "hash").copy_(at::randn({1, dim, 32}));  // the router moved (as after training)
-  EXPECT_LT(found(), 0.5) << "negative control: patterns stay filed under the old hash";
-  memory->consolidate();
-  EXPECT_EQ(found(), 1.0);
+  copy_state(*a.memory, *b.memory);
+  const at::Tensor q = a.stored;
+  EXPECT_TRUE(a.memory->retrieve(q).equal(b.memory->retrieve(q)));
+  EXPECT_EQ(a.memory->stats(q.narrow(0, 0, 4)).at("filing_stale_share"),
+            b.memory->stats(q.narrow(0, 0, 4)).at("filing_stale_share"));
+
+  const at::Tensor filing = named_tensor(*a.memory, "filing").clone();
+  a.memory->to(at::kDouble);
+  EXPECT_EQ(named_tensor(*a.memory, "filing").scalar_type(), at::kLong);
+  EXPECT_TRUE(named_tensor(*a.memory, "filing").equal(filing));
+  EXPECT_EQ(a.memory->stats(q.narrow(0, 0, 4).to(at::kDouble)).at("stored"), 512.0);
 }
 
 TEST_F(MemoryScale, MemoryUseIsReportedInBytes) {

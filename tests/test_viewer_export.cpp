@@ -17,6 +17,7 @@
 #include <QBarCategoryAxis>
 #include <QBarSeries>
 #include <QBarSet>
+#include <QCategoryAxis>
 #include <QChart>
 #include <QChartView>
 #include <QColor>
@@ -89,8 +90,8 @@ TEST_P(Export, ChartIsDrawnAtTheFixedSize) {
 
 INSTANTIATE_TEST_SUITE_P(Viewer, Export,
                          ::testing::Values("curves_loss", "curves_rel_residual", "ablation_loss",
-                                           "ablation_grad_norm", "scaling_memory.size_loss",
-                                           "scaling_memory.size_grad_norm", "traces_forward",
+                                           "ablation_task_loss", "scaling_memory.size_loss",
+                                           "scaling_memory.size_task_loss", "traces_forward",
                                            "traces_backward"),
                          [](const auto& info) {
                            std::string s = info.param;
@@ -130,7 +131,7 @@ TEST(ExportFiles, ConstantMetricsAreSkipped) {
   for (const char* constant : {"curves_lr", "curves_chance_accuracy", "curves_solver_tol", "ablation_parameter_count",
                                "scaling_memory.size_lr"})
     EXPECT_FALSE(dir.exists(QString::fromUtf8(constant) + ".png")) << constant << " is constant but was exported";
-  for (const char* varying : {"curves_loss", "curves_grad_norm", "ablation_loss"})
+  for (const char* varying : {"curves_loss", "curves_task_loss", "ablation_loss"})
     EXPECT_TRUE(dir.exists(QString::fromUtf8(varying) + ".png")) << varying;
 }
 
@@ -185,9 +186,16 @@ TEST(ExportMetrics, ConstantMetricsAreLeftOutUnlessKept) {
   EXPECT_GT(q->distinct_values("loss").size(), 1u);
   const auto drawn = mhd::viewer::export_metrics(*q, {}, false);
   auto has = [](const std::vector<std::string>& v, const char* m) { return std::find(v.begin(), v.end(), m) != v.end(); };
-  for (const char* m : {"loss", "grad_norm", "rel_residual"}) EXPECT_TRUE(has(drawn, m)) << m;
-  for (const char* m : {"lr", "chance_accuracy", "solver_tol", "parameter_count"}) EXPECT_FALSE(has(drawn, m)) << m;
-  const auto kept = mhd::viewer::export_metrics(*q, {}, true);
+  // By default the headline metrics that vary; grad_norm varies but is not one of them.
+  for (const char* m : {"loss", "task_loss", "rel_residual"}) EXPECT_TRUE(has(drawn, m)) << m;
+  for (const char* m : {"lr", "chance_accuracy", "solver_tol", "parameter_count", "grad_norm"}) EXPECT_FALSE(has(drawn, m)) << m;
+  for (const auto& m : drawn)
+    EXPECT_NE(std::find(mhd::viewer::headline_metrics().begin(), mhd::viewer::headline_metrics().end(), m),
+              mhd::viewer::headline_metrics().end()) << m;
+  const auto all = mhd::viewer::export_metrics(*q, {}, false, /*all_metrics=*/true);
+  EXPECT_TRUE(has(all, "grad_norm"));
+  EXPECT_FALSE(has(all, "lr"));
+  const auto kept = mhd::viewer::export_metrics(*q, {}, true, /*all_metrics=*/true);
   EXPECT_EQ(kept, q->metric_names());
   EXPECT_TRUE(has(kept, "lr"));
 }
@@ -281,12 +289,67 @@ TEST(ExportScaling, TimeAgainstAPositiveAxisIsLogLog) {
   ASSERT_TRUE(time);
   auto axis_of = [](QChart* chart, Qt::Orientation o) { return chart->axes(o).isEmpty() ? nullptr : chart->axes(o).front(); };
   ASSERT_TRUE(axis_of(time.get(), Qt::Horizontal));
-  EXPECT_EQ(axis_of(time.get(), Qt::Horizontal)->type(), QAbstractAxis::AxisTypeLogValue);
+  EXPECT_EQ(axis_of(time.get(), Qt::Horizontal)->type(), QAbstractAxis::AxisTypeCategory);
   EXPECT_EQ(y_axis(time.get())->type(), QAbstractAxis::AxisTypeLogValue);
   auto loss = only_chart(export_page("Scaling", *q, with_metrics({"loss"})), "scaling_memory.size_loss");
   ASSERT_TRUE(loss);
-  EXPECT_EQ(axis_of(loss.get(), Qt::Horizontal)->type(), QAbstractAxis::AxisTypeLogValue);
+  EXPECT_EQ(axis_of(loss.get(), Qt::Horizontal)->type(), QAbstractAxis::AxisTypeCategory);
   EXPECT_EQ(y_axis(loss.get())->type(), QAbstractAxis::AxisTypeValue);
+}
+
+// The log x axis is labelled at the swept values (memory.size 4 and 8), not at powers of ten: the
+// points sit at log10(x) and the labels there say x. Each error bar has caps at both ends.
+TEST(ExportScaling, LogAxisTicksAreTheSweptValuesAndErrorBarsHaveCaps) {
+  const auto q = tiny();
+  auto chart = only_chart(export_page("Scaling", *q, with_metrics({"loss"})), "scaling_memory.size_loss");
+  ASSERT_TRUE(chart);
+  auto* x = qobject_cast<QCategoryAxis*>(chart->axes(Qt::Horizontal).front());
+  ASSERT_TRUE(x);
+  EXPECT_EQ(x->categoriesLabels(), (QStringList{"4", "8"}));
+  EXPECT_DOUBLE_EQ(x->endValue("4"), std::log10(4.0));
+  EXPECT_DOUBLE_EQ(x->endValue("8"), std::log10(8.0));
+  EXPECT_LT(x->min(), std::log10(4.0));
+  EXPECT_GT(x->max(), std::log10(8.0));
+  const auto series = q->scaling("loss", "memory.size");
+  ASSERT_FALSE(series.empty());
+  int bars = 0;
+  for (const auto& s : series) {
+    QLineSeries* line = line_named(chart.get(), QString::fromStdString(s.label));
+    ASSERT_TRUE(line) << s.label;
+    ASSERT_EQ(line->count(), static_cast<int>(s.x.size()));
+    for (int i = 0; i < line->count(); ++i) EXPECT_DOUBLE_EQ(line->at(i).x(), std::log10(s.x[i]));
+  }
+  for (auto* s : chart->series()) {
+    auto* err = qobject_cast<QLineSeries*>(s);
+    if (!err || !err->name().isEmpty() || err->count() != 6) continue;
+    ++bars;
+    // (x - c, lo) (x + c, lo) (x, lo) (x, hi) (x - c, hi) (x + c, hi)
+    EXPECT_LT(err->at(0).x(), err->at(2).x());
+    EXPECT_GT(err->at(1).x(), err->at(2).x());
+    EXPECT_EQ(err->at(0).y(), err->at(1).y());
+    EXPECT_EQ(err->at(4).y(), err->at(5).y());
+    EXPECT_LT(err->at(2).y(), err->at(3).y());
+    EXPECT_EQ(err->at(2).x(), err->at(3).x());
+  }
+  EXPECT_GT(bars, 0) << "two seeds give every point a spread, hence a capped bar";
+}
+
+// Equal lines lie on each other: each series has a dash pattern of its own, so the one below shows
+// through the gaps of the one above.
+TEST(ExportCurves, EachLineHasItsOwnDashPattern) {
+  const auto q = tiny();
+  auto chart = only_chart(export_page("Training curves", *q, with_metrics({"loss"})), "curves_loss");
+  ASSERT_TRUE(chart);
+  QSet<int> styles;
+  int lines = 0;
+  for (const auto& s : q->curves("loss")) {
+    QLineSeries* line = line_named(chart.get(), QString::fromStdString(s.label));
+    ASSERT_TRUE(line);
+    styles.insert(static_cast<int>(line->pen().style()));
+    ++lines;
+  }
+  EXPECT_EQ(lines, 4);
+  EXPECT_EQ(styles.size(), lines);
 }
 
 TEST(ExportReferenceLines, ChanceOnAccuracyAndTolOnTheForwardResidual) {
@@ -409,7 +472,7 @@ TEST(ExportRender, EveryPointIsDrawnAtItsPlace) {
 TEST(ExportLayout, NoTextIsCut) {
   const auto q = tiny();
   ExportOptions o;
-  o.metrics = mhd::viewer::export_metrics(*q, {}, true);
+  o.metrics = mhd::viewer::export_metrics(*q, {}, true, /*all_metrics=*/true);
   for (const QString& title : {QStringLiteral("Training curves"), QStringLiteral("Ablation"), QStringLiteral("Scaling"),
                                QStringLiteral("Solver traces")})
     for (auto& item : export_page(title, *q, o)) {

@@ -2,7 +2,8 @@
 // names (studies/ablation.toml: "hierarchical_memory", "all_with_early_exit", ...) at a sweep point:
 // the exported ablation chart draws every category label whole, horizontal and inside the image, with
 // none overlapping another or the plot, best variant at the top; Qt's own layout of the same chart
-// cuts a label (negative control); a study with one bar per metric gets no ablation chart. Also a bottom
+// cuts a label (negative control); the window's Ablation tab fits its labels the same way at any size;
+// curves of one seed draw no band; a study with one bar per metric gets no ablation chart. Also a bottom
 // category axis with the ladder's names (the old
 // ablation's slanted labels, cut to "all_optimizations (n..."), which must end up whole too.
 #include <gtest/gtest.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include <QApplication>
+#include <QAreaSeries>
 #include <QBarCategoryAxis>
 #include <QBarSeries>
 #include <QBarSet>
@@ -23,6 +25,7 @@
 #include <QGraphicsTextItem>
 #include <QLineSeries>
 #include <QRegularExpression>
+#include <QValueAxis>
 
 #include "chart_page.h"
 #include "query.h"
@@ -214,6 +217,64 @@ TEST_F(ExportLayout, OneBarIsNoAblationChart) {
     for (const auto& c : page->exportCharts(*q, o)) names.push_back(c.name);
   EXPECT_EQ(std::count(names.begin(), names.end(), QStringLiteral("ablation_eval_accuracy")), 0);
   ASSERT_TRUE(ablation(*query())) << "two or more bars do get one";
+}
+
+// The window's Ablation tab draws the same chart: its labels are fitted to the view as the export fits
+// them to the PNG, at any window size, where Qt alone cuts one (QtAloneCutsTheLongestName).
+TEST_F(ExportLayout, TheAblationTabFitsItsLabelsToTheWindow) {
+  const auto q = query();
+  QWidget holder;
+  mhd::viewer::ChartPage* page = nullptr;
+  for (auto* p : mhd::viewer::make_chart_pages(&holder))
+    if (p->title() == QStringLiteral("Ablation")) page = p;
+  ASSERT_TRUE(page);
+  page->setParent(nullptr);
+  std::unique_ptr<mhd::viewer::ChartPage> owned(page);
+  page->setQuery(q.get());  // eval_accuracy is its default metric
+  for (const QSize size : {kSize, QSize(900, 700), QSize(1400, 900)}) {
+    page->resize(size);
+    page->show();
+    page->grab();
+    auto* view = page->findChild<QChartView*>();
+    ASSERT_TRUE(view);
+    EXPECT_TRUE(mhd::viewer::elided_texts(*view->scene()).isEmpty())
+        << size.width() << "x" << size.height() << ": " << mhd::viewer::elided_texts(*view->scene()).join(", ").toStdString();
+    for (const QString& label : full_labels(*q))
+      EXPECT_EQ(drawn(*view->scene(), label).size(), 1u) << size.width() << "x" << size.height() << ": " << label.toStdString();
+  }
+}
+
+// Curves of one seed have no spread to shade: no band, and the title says "one seed"; with three seeds
+// the band is there and the title counts them. An accuracy axis starts at 0 either way.
+TEST_F(ExportLayout, CurvesShadeASpreadOnlyWhenThereIsOne) {
+  app();
+  auto curves = [](const mhd::viewer::StudyQuery& q) {
+    QWidget holder;
+    mhd::viewer::ExportOptions o;
+    o.metrics = {"eval_accuracy"};
+    for (auto* page : mhd::viewer::make_chart_pages(&holder))
+      if (page->title() == QStringLiteral("Training curves"))
+        for (auto& c : page->exportCharts(q, o)) return std::move(c.chart);
+    return std::unique_ptr<QChart>();
+  };
+  auto areas = [](QChart* chart) {
+    int n = 0;
+    for (auto* s : chart->series()) n += qobject_cast<QAreaSeries*>(s) != nullptr;
+    return n;
+  };
+  auto y_min = [](QChart* chart) { return qobject_cast<QValueAxis*>(chart->axes(Qt::Vertical).front())->min(); };
+  const auto one = mhd::viewer::StudyQuery::open((dir_ / "one.sqlite").string());
+  auto single = curves(*one);
+  ASSERT_TRUE(single);
+  EXPECT_TRUE(single->title().contains(QStringLiteral("one seed"))) << single->title().toStdString();
+  EXPECT_FALSE(single->title().contains(QStringLiteral("band"))) << single->title().toStdString();
+  EXPECT_EQ(areas(single.get()), 0);
+  EXPECT_EQ(y_min(single.get()), 0.0) << "an accuracy of 0.5 alone must still read from 0";
+  auto three = curves(*query());
+  ASSERT_TRUE(three);
+  EXPECT_TRUE(three->title().contains(QStringLiteral("mean over 3 seeds, band min..max"))) << three->title().toStdString();
+  EXPECT_EQ(areas(three.get()), static_cast<int>(kVariants.size()));
+  EXPECT_EQ(y_min(three.get()), 0.0);
 }
 
 // A bottom category axis with the ladder's names: the category width the old estimate assumed was

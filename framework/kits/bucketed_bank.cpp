@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <fstream>
 #include <limits>
 #include <sstream>
@@ -116,16 +117,41 @@ CandidateSearch parse_candidate_search(const std::string& who, const std::string
   throw Error(who + ": search = \"" + text + "\" is not one of \"per_solve\", \"per_call\"");
 }
 
+ParamSchema bucket_index_params() {
+  return {
+      choice_param("search", "per_solve", {"per_solve", "per_call"},
+                   "when a query's buckets are chosen: \"per_solve\" once per forward solve, from its first "
+                   "iterate (f smooth within a solve), or \"per_call\" at every retrieval"),
+      int_param("refile_every", 1,
+                "bank or router changes (optimizer steps) over which every pattern is refiled once: 1 refiles all "
+                "at each change (exact); k > 1 refiles a rolling 1/k of them per change (large banks)",
+                1, std::int64_t{1} << 20),
+  };
+}
+
+BucketIndexOptions bucket_index_options(const std::string& who, const Params& p) {
+  BucketIndexOptions o;
+  o.search = parse_candidate_search(who, p.text("search"));
+  o.refile_every = p.integer("refile_every");
+  return o;
+}
+
 BucketedBankMemory::BucketedBankMemory(std::string name, const at::Tensor& bank, bool learnable, double beta,
                                        std::int64_t rounds, std::int64_t buckets, bool all_slots_filled,
-                                       CandidateSearch search_mode)
+                                       const BucketIndexOptions& index)
     : PatternBankMemory(name, bank, learnable),
       name_(std::move(name)),
       beta_(beta),
       rounds_(rounds),
       buckets_(buckets),
       all_slots_filled_(all_slots_filled),
-      search_mode_(search_mode) {}
+      search_mode_(index.search),
+      refile_every_(index.refile_every) {
+  const auto index_options = at::TensorOptions().dtype(at::kLong);
+  bucket_of_ = register_buffer("filing", at::full({rounds, bank.size(0)}, -1, index_options));
+  refile_cursor_ = register_buffer("filing_cursor", at::zeros({}, index_options));
+  filed_checksum_ = register_buffer("filing_checksum", at::zeros({}, index_options));
+}
 
 void BucketedBankMemory::begin_solve(const torch::Tensor& queries) {
   at::NoGradGuard no_grad;
@@ -151,20 +177,86 @@ at::Tensor BucketedBankMemory::probes(const at::Tensor& q) {
 
 std::int64_t BucketedBankMemory::filled_slots() const { return all_slots_filled_ ? size() : stored(); }
 
+namespace {
+
+// The bits of t's values summed as integers (wrapping): any change of a value changes it, short of
+// changes that cancel bit for bit.
+std::int64_t bit_sum(const at::Tensor& t) {
+  const at::Tensor c = t.detach().contiguous();
+  const at::ScalarType as = c.element_size() == 8 ? at::kLong : c.element_size() == 4 ? at::kInt
+                          : c.element_size() == 2 ? at::kShort : at::kByte;
+  return c.view(as).sum(at::kLong).item<std::int64_t>();
+}
+
+}  // namespace
+
+// The filed content is every floating-point parameter and buffer: the bank and the router (trained or
+// not); the integer buffers are the index and counters themselves.
+std::vector<at::Tensor> BucketedBankMemory::filed_content() const {
+  std::vector<at::Tensor> content;
+  for (const auto& p : parameters())
+    if (p.is_floating_point()) content.push_back(p);
+  for (const auto& b : buffers())
+    if (b.is_floating_point()) content.push_back(b);
+  return content;
+}
+
+std::int64_t BucketedBankMemory::content_checksum() const {
+  std::int64_t sum = 0;
+  for (const auto& t : filed_content()) sum += bit_sum(t);
+  return sum;
+}
+
+std::int64_t BucketedBankMemory::content_versions() const {
+  // A dtype or device move (Module::to) swaps the data without necessarily moving the counter: the
+  // data's address counts too.
+  std::int64_t sum = 0;
+  for (const auto& t : filed_content())
+    sum += t._version() + static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(t.data_ptr()));
+  return sum;
+}
+
 const at::Tensor& BucketedBankMemory::filing() {
-  if (!bucket_of_.defined() || bank_version_ != bank()._version()) refile_all();
-  if (!sorted_) rebuild_sorted();
+  const std::int64_t versions = content_versions();
+  if (versions != seen_versions_) {
+    at::NoGradGuard no_grad;
+    seen_versions_ = versions;
+    const std::int64_t checksum = content_checksum();
+    if (checksum != filed_checksum_.item<std::int64_t>()) {
+      refile_changed();
+      filed_checksum_.fill_(checksum);
+    }
+  }
+  // The filing changes by refiles and writes, and by a checkpoint load copying into the buffer.
+  if (sorted_version_ != bucket_of_._version()) rebuild_sorted();
   return bucket_of_;
 }
 
 void BucketedBankMemory::refile_all() {
   at::NoGradGuard no_grad;
-  const std::int64_t M = size(), filled = filled_slots();
-  bucket_of_ = at::full({rounds_, M}, -1, at::TensorOptions().dtype(at::kLong).device(bank().device()));
+  const std::int64_t filled = filled_slots();
+  bucket_of_.fill_(-1);
+  if (filled > 0) file_slots(at::arange(filled, bucket_of_.options()));
+}
+
+void BucketedBankMemory::refile_changed() {
+  const std::int64_t filled = filled_slots();
+  if (filled == 0) return;
+  if (refile_every_ == 1 || bucket_of_.narrow(1, 0, filled).lt(0).any().item<bool>()) {
+    refile_all();
+    return;
+  }
+  const std::int64_t share = (filled + refile_every_ - 1) / refile_every_;
+  const std::int64_t start = refile_cursor_.item<std::int64_t>() % filled;
+  file_slots(at::remainder(at::arange(start, start + share, bucket_of_.options()), filled));
+  refile_cursor_.fill_((start + share) % filled);
+}
+
+void BucketedBankMemory::file_slots(const at::Tensor& slots) {
+  at::NoGradGuard no_grad;
   // Filed in chunks: the router's scores [n, R, buckets] would not fit at once for a large bank.
-  bucket_of_.narrow(1, 0, filled).copy_(assign_chunked(bank().narrow(0, 0, filled).detach()).t());
-  bank_version_ = bank()._version();
-  sorted_ = false;
+  bucket_of_.index_copy_(1, slots, assign_chunked(bank().index_select(0, slots).detach()).t());  // [R, n]
+  refiled_slots_ += slots.numel();
 }
 
 at::Tensor BucketedBankMemory::assign_chunked(const at::Tensor& x) const {
@@ -192,7 +284,7 @@ void BucketedBankMemory::rebuild_sorted() {
     rows.push_back(at::cat({at::zeros({1}, counts.options()), counts.cumsum(0)}) + empty);
   }
   offsets_ = at::stack(rows);  // [R, buckets + 1]
-  sorted_ = true;
+  sorted_version_ = bucket_of_._version();
 }
 
 std::int64_t BucketedBankMemory::write(const torch::Tensor& patterns) {
@@ -202,16 +294,17 @@ std::int64_t BucketedBankMemory::write(const torch::Tensor& patterns) {
   const std::int64_t n = PatternBankMemory::write(patterns);
   if (n == 0) return 0;
   // File only the slots just written (the queue's k mod M); the rest keep their buckets.
-  const at::Tensor slot =
-      at::remainder(at::arange(before, before + n, bucket_of_.options()), size());           // [n]
-  bucket_of_.index_copy_(1, slot, assign_chunked(bank().index_select(0, slot)).t());                 // [R, n]
-  bank_version_ = bank()._version();
-  sorted_ = false;
+  file_slots(at::remainder(at::arange(before, before + n, bucket_of_.options()), size()));  // [n]
+  filed_checksum_.fill_(content_checksum());
+  seen_versions_ = content_versions();
   return n;
 }
 
 void BucketedBankMemory::consolidate() {
+  at::NoGradGuard no_grad;
   refile_all();
+  filed_checksum_.fill_(content_checksum());
+  seen_versions_ = content_versions();
   rebuild_sorted();
 }
 
@@ -388,8 +481,7 @@ std::int64_t BucketedBankMemory::memory_bytes() const {
     if (t.defined()) bytes += t.numel() * static_cast<std::int64_t>(t.element_size());
   };
   for (const auto& p : parameters()) add(p);
-  for (const auto& b : buffers()) add(b);
-  add(bucket_of_);
+  for (const auto& b : buffers()) add(b);  // the filing included
   add(order_);
   add(offsets_);
   return bytes;
@@ -407,6 +499,16 @@ std::map<std::string, double> BucketedBankMemory::bucket_stats(const at::Tensor&
   const at::Tensor entropy = -(w * w.clamp_min(1e-30).log()).sum(-1);                   // [N], nats
   const std::int64_t held = memory_bytes();
   const double filled = static_cast<double>(std::max<std::int64_t>(1, filled_slots()));
+  double stale = 0;
+  if (filled_slots() > 0) {
+    const at::Tensor sample =
+        at::linspace(0, static_cast<double>(filled_slots() - 1), std::min<std::int64_t>(4096, filled_slots()),
+                     at::TensorOptions().dtype(at::kDouble)).round().to(bucket_of_.options());      // [S]
+    const at::Tensor now = assign_chunked(bank().index_select(0, sample).detach()).t();              // [R, S]
+    stale = now.ne(bucket_of_.index_select(1, sample)).to(at::kDouble).mean().item<double>();
+  }
+  const double refiled = static_cast<double>(refiled_slots_);
+  refiled_slots_ = 0;
   return {{"bucket_load_max", loads.max().item<double>()},
           {"bucket_load_mean", loads.mean().item<double>()},
           {"bucket_empty_share", loads.eq(0).to(at::kDouble).mean().item<double>()},
@@ -415,6 +517,8 @@ std::map<std::string, double> BucketedBankMemory::bucket_stats(const at::Tensor&
           {"stored", static_cast<double>(stored())},
           {"memory_bytes", static_cast<double>(held)},
           {"bytes_per_pattern", static_cast<double>(held) / filled},
+          {"filing_stale_share", stale},
+          {"refiled_slots", refiled},
           {"solve_searches", static_cast<double>(solve_searches_)},
           {"solve_fixed_reads", static_cast<double>(solve_fixed_reads_)}};
 }

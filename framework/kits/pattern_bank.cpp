@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <utility>
+#include <vector>
 
 #include <ATen/ATen.h>
 
@@ -48,15 +49,15 @@ torch::Tensor PatternBankMemory::max_similarity(const torch::Tensor& query) {
 }
 
 void PatternBankMemory::to(torch::Dtype dtype, bool non_blocking) {
-  const std::int64_t count = written();
+  const auto kept = integer_buffers();
   torch::nn::Module::to(dtype, non_blocking);
-  restore_count(count);
+  restore_integer_buffers(kept);
 }
 
 void PatternBankMemory::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
-  const std::int64_t count = written();
+  const auto kept = integer_buffers();
   torch::nn::Module::to(device, dtype, non_blocking);
-  restore_count(count);
+  restore_integer_buffers(kept);
 }
 
 void PatternBankMemory::check_query(const at::Tensor& query, const char* op) const {
@@ -70,8 +71,18 @@ std::int64_t PatternBankMemory::written() const { return write_count_.item<std::
 
 std::int64_t PatternBankMemory::stored() const { return std::min(written(), patterns_.size(0)); }
 
-void PatternBankMemory::restore_count(std::int64_t count) {
-  write_count_.set_data(at::full({}, count, at::TensorOptions().dtype(at::kLong).device(patterns_.device())));
+std::vector<std::pair<at::Tensor, at::Tensor>> PatternBankMemory::integer_buffers() const {
+  std::vector<std::pair<at::Tensor, at::Tensor>> kept;
+  for (const auto& buffer : buffers(/*recurse=*/true))
+    if (buffer.scalar_type() == at::kLong) kept.emplace_back(buffer, buffer.clone());
+  return kept;
+}
+
+void PatternBankMemory::restore_integer_buffers(const std::vector<std::pair<at::Tensor, at::Tensor>>& kept) {
+  for (const auto& [buffer, value] : kept) {
+    at::Tensor handle = buffer;  // the module's own tensor: set_data keeps its identity
+    handle.set_data(value.to(patterns_.device()));
+  }
 }
 
 at::Tensor initial_pattern_bank(const std::string& who, const std::string& init, std::int64_t slots, std::int64_t dim) {

@@ -5,6 +5,7 @@
 
 #include <QAbstractSeries>
 #include <QBarCategoryAxis>
+#include <QCategoryAxis>
 #include <QFontMetricsF>
 #include <QGraphicsLayout>
 #include <QGraphicsLineItem>
@@ -16,6 +17,7 @@
 #include <QTextDocument>
 #include <QChart>
 #include <QChartView>
+#include <QResizeEvent>
 #include <QComboBox>
 #include <QHBoxLayout>
 #include <QLabel>
@@ -45,11 +47,27 @@ std::vector<ChartPage*> make_chart_pages(QWidget* parent) {
           new_probes_page(parent)};
 }
 
+namespace {
+// The window's chart view: category labels (the ablation's variant names) are fitted to the view as the
+// export fits them to its PNG, again whenever the view is resized, so the tab shows what the export
+// writes rather than Qt's elided labels.
+class FittedChartView : public QChartView {
+ public:
+  using QChartView::QChartView;
+
+ protected:
+  void resizeEvent(QResizeEvent* event) override {
+    QChartView::resizeEvent(event);
+    if (chart()) fit_category_labels(chart(), size());
+  }
+};
+}  // namespace
+
 ChartPage::ChartPage(QWidget* parent) : QWidget(parent) {
   auto* layout = new QVBoxLayout(this);
   controls_ = new QHBoxLayout();
   layout->addLayout(controls_);
-  view_ = new QChartView(this);
+  view_ = new FittedChartView(this);
   view_->setRenderHint(QPainter::Antialiasing);
   layout->addWidget(view_, 1);
   message_ = new QLabel(this);
@@ -66,6 +84,7 @@ void ChartPage::setChart(std::unique_ptr<QChart> chart, const QString& message) 
     view_->setChart(chart.release());
     view_->show();
     message_->hide();
+    if (view_->width() > 0 && view_->height() > 0) fit_category_labels(view_->chart(), view_->size());
   } else {
     view_->setChart(new QChart());
     view_->hide();
@@ -82,6 +101,16 @@ QColor series_color(int index) {
                                   QColor(0xe3, 0x77, 0xc2), QColor(0x7f, 0x7f, 0x7f), QColor(0xbc, 0xbd, 0x22),
                                   QColor(0x17, 0xbe, 0xcf)};
   return colors[index % 10];
+}
+
+QPen series_pen(int index) {
+  // Lines of equal values lie on each other: a dash pattern per series keeps the one below visible
+  // through the gaps of the one above (and tells series apart in black and white).
+  static const Qt::PenStyle styles[] = {Qt::SolidLine, Qt::DashLine, Qt::DotLine, Qt::DashDotLine, Qt::DashDotDotLine};
+  QPen pen(series_color(index));
+  pen.setWidthF(2.0);
+  pen.setStyle(styles[index % 5]);
+  return pen;
 }
 
 std::unique_ptr<QChart> new_chart(const QString& title) {
@@ -172,11 +201,29 @@ QAbstractAxis* make_axis(double lo, double hi, bool log, const QString& title, b
 }
 }  // namespace
 
+namespace {
+// A log axis labelled at `ticks` (the chart's x are log10 of them): a category axis whose labels sit on
+// the tick positions.
+QAbstractAxis* make_log_tick_axis(double lo, double hi, const std::vector<double>& ticks, const QString& title) {
+  auto* axis = new QCategoryAxis();
+  const double margin = std::max(0.05, (hi - lo) * 0.08);
+  axis->setRange(lo - margin, hi + margin);
+  for (const double t : ticks) axis->append(QString::number(t, 'g', 6), std::log10(t));
+  axis->setLabelsPosition(QCategoryAxis::AxisLabelsPositionOnValue);
+  axis->setTitleText(title + QStringLiteral(" (log scale)"));
+  QFont font;
+  font.setPointSize(10);
+  axis->setLabelsFont(font);
+  return axis;
+}
+}  // namespace
+
 void attach_axes(QChart* chart, const Range& range, const QString& x_title, const QString& y_title, bool log_x,
-                 bool log_y, bool pad_x) {
+                 bool log_y, bool pad_x, const std::vector<double>& log_x_ticks) {
   Range r = range;
   if (r.empty()) r = Range{0, 1, 0, 1};
-  QAbstractAxis* x = make_axis(r.xmin, r.xmax, log_x, x_title, pad_x);
+  QAbstractAxis* x = log_x && !log_x_ticks.empty() ? make_log_tick_axis(r.xmin, r.xmax, log_x_ticks, x_title)
+                                                   : make_axis(r.xmin, r.xmax, log_x, x_title, pad_x);
   QAbstractAxis* y = make_axis(r.ymin, r.ymax, log_y, y_title, true);
   chart->addAxis(x, Qt::AlignBottom);
   chart->addAxis(y, Qt::AlignLeft);
@@ -202,7 +249,7 @@ void refill_choices(QComboBox* box, const std::vector<std::string>& items, const
 // --- export: metrics, reference lines, text that fits ------------------------------------------
 
 std::vector<std::string> export_metrics(const StudyQuery& query, const std::vector<std::string>& requested,
-                                        bool keep_constant) {
+                                        bool keep_constant, bool all_metrics) {
   const auto& known = query.metric_names();
   if (!requested.empty()) {
     std::vector<std::string> out;
@@ -213,27 +260,36 @@ std::vector<std::string> export_metrics(const StudyQuery& query, const std::vect
     }
     return out;
   }
+  const auto& headline = headline_metrics();
   std::vector<std::string> out;
-  for (const auto& name : known)
+  for (const auto& name : known) {
+    if (!all_metrics && std::find(headline.begin(), headline.end(), name) == headline.end()) continue;
     if (keep_constant || !query.constant_metric(name)) out.push_back(name);
+  }
   return out;
 }
 
-namespace {
-bool is_accuracy(const std::string& metric) {
+bool is_accuracy_metric(const std::string& metric) {
   return metric != metric::kChanceAccuracy &&
          (metric.find("accuracy") != std::string::npos || metric.rfind(metric::kContinualAccuracyPrefix, 0) == 0);
 }
-}  // namespace
+
+const std::vector<std::string>& headline_metrics() {
+  static const std::vector<std::string> names = {
+      metric::kLoss,          metric::kTaskLoss,    metric::kEvalLoss,     metric::kEvalAccuracy,
+      metric::kTrainAccuracy, metric::kValAccuracy, metric::kRelResidual,  metric::kSolverIters,
+      metric::kConvergedShare, metric::kStepMs,     metric::kPeakRssMb};
+  return names;
+}
 
 std::vector<ReferenceLine> reference_lines(const StudyQuery& query, const std::string& metric) {
-  const char* source = is_accuracy(metric) ? metric::kChanceAccuracy
+  const char* source = is_accuracy_metric(metric) ? metric::kChanceAccuracy
                        : metric == metric::kRelResidual ? metric::kSolverTol
                                                         : nullptr;
   if (!source) return {};
   const auto values = query.distinct_values(source, 3);
   if (values.size() > 3) return {};
-  const QString word = is_accuracy(metric) ? QStringLiteral("chance") : QStringLiteral("tol");
+  const QString word = is_accuracy_metric(metric) ? QStringLiteral("chance") : QStringLiteral("tol");
   std::vector<ReferenceLine> out;
   for (const double v : values) out.push_back({word + QStringLiteral(" %1").arg(v, 0, 'g', 4), v});
   return out;
@@ -459,14 +515,22 @@ void set_categories(QBarCategoryAxis* axis, const QStringList& labels) {
 //   categories are many); then the same at smaller font sizes.
 // * bottom axis: horizontal, re-broken at spaces to the category's width as laid out; then vertical,
 //   re-broken into lines no longer than the longest word (as low as the words allow); then smaller.
+}  // namespace
+
 void fit_category_labels(QChart* chart, const QSize& size) {
   for (QAbstractAxis* a : chart->axes()) {
     auto* axis = qobject_cast<QBarCategoryAxis*>(a);
     if (!axis || axis->count() == 0) continue;
-    const QStringList original = axis->categories();
-    const bool left = axis->orientation() == Qt::Vertical;
+    // The labels as built, kept on the axis: a refit (the window resized) starts from them, not from
+    // the last fit's line breaks.
+    const char* kOriginal = "mhd_original_categories";
+    if (!axis->property(kOriginal).isValid()) axis->setProperty(kOriginal, axis->categories());
+    const QStringList original = axis->property(kOriginal).toStringList();
     QFont font = axis->labelsFont();
-    const int point_size = font.pointSize() > 0 ? font.pointSize() : 10;
+    if (!axis->property("mhd_original_point_size").isValid())
+      axis->setProperty("mhd_original_point_size", font.pointSize() > 0 ? font.pointSize() : 10);
+    const bool left = axis->orientation() == Qt::Vertical;
+    const int point_size = axis->property("mhd_original_point_size").toInt();
     for (int smaller = 0; smaller <= 3; ++smaller) {
       font.setPointSize(point_size - smaller);
       axis->setLabelsFont(font);
@@ -511,8 +575,6 @@ void fit_category_labels(QChart* chart, const QSize& size) {
     // Nothing fits (hundreds of categories): the smallest try stays, and --export warns about the cut.
   }
 }
-
-}  // namespace
 
 void lay_out_for_export(QChart* chart, const QSize& size) {
   chart->resize(size);  // lays the chart out once: its legend and markers exist from here on

@@ -32,8 +32,9 @@ struct ExportChart {
   std::unique_ptr<QChart> chart;
 };
 
-// How `mhd-viewer --export` draws (README, "Looking at results"): the command line's --metric, --log-y,
-// --smooth and --keep-constant. The curve settings are those of the curves page's controls.
+// How `mhd-viewer --export` draws (README, "Looking at results"): the command line's --metric,
+// --all-metrics, --log-y, --smooth and --keep-constant. The curve settings are those of the curves
+// page's controls.
 struct ExportOptions {
   // The metrics whose curves, ablation and scaling charts are written, as export_metrics() resolves
   // them; traces, probe charts and the window do not depend on it.
@@ -41,14 +42,21 @@ struct ExportOptions {
   bool log_y = false;        // curves and scaling: logarithmic y axis (values <= 0 are left out)
   double smoothing = 0.0;    // curves: EMA weight in [0, 1), as the curves page's smoothing slider
   bool keep_constant = false;
+  bool all_metrics = false;
 };
 
 // The metrics an export draws: `requested` as given when it is not empty (every name must be one of the
 // study's metrics: mhd::Error "unknown metric 'X'; did you mean 'Y'? (known: ...)" otherwise), else
-// every metric of the study that is not constant over it (StudyQuery::constant_metric), or every
-// metric with `keep_constant`.
+// the study's headline metrics (headline_metrics()), or with `all_metrics` every metric of the study;
+// of those, the ones that are not constant over it (StudyQuery::constant_metric), or all with
+// `keep_constant`.
 std::vector<std::string> export_metrics(const StudyQuery& query, const std::vector<std::string>& requested,
-                                        bool keep_constant);
+                                        bool keep_constant, bool all_metrics = false);
+// What a paper's figures show by default: the objective and task losses, the accuracies, the forward
+// solve (residual, iterations, share converged) and the cost (step time, peak memory).
+const std::vector<std::string>& headline_metrics();
+// An accuracy (not chance_accuracy itself): its charts carry the chance line and start at 0.
+bool is_accuracy_metric(const std::string& metric);
 
 class ChartPage : public QWidget {
  public:
@@ -77,6 +85,8 @@ std::vector<ChartPage*> make_chart_pages(QWidget* parent);
 
 // --- shared chart helpers (chart_page.cpp) -----------------------------------------------------
 QColor series_color(int index);
+// The line of series `index`: its colour, width 2, and a dash pattern of its own (solid, dash, dot, ...).
+QPen series_pen(int index);
 // A chart with the viewer's look: title, legend at the bottom, no animation.
 std::unique_ptr<QChart> new_chart(const QString& title);
 // The data range of a chart, grown point by point; attach_axes() turns it into the chart's axes
@@ -86,8 +96,10 @@ struct Range {
   void add(double x, double y);
   bool empty() const { return xmin > xmax; }
 };
+// With log_x and `log_x_ticks` (the swept values), the series hold log10(x) and the x axis is labelled at
+// those values instead of at powers of ten.
 void attach_axes(QChart* chart, const Range& range, const QString& x_title, const QString& y_title,
-                 bool log_x, bool log_y, bool pad_x = false);
+                 bool log_x, bool log_y, bool pad_x = false, const std::vector<double>& log_x_ticks = {});
 // Hides the legend entry of a helper series (a band, an error bar).
 void hide_from_legend(QChart* chart, QAbstractSeries* series);
 
@@ -114,6 +126,9 @@ void add_reference_lines(QChart* chart, Range& range, const std::vector<Referenc
 // bars) lines of at most 30% of the width; on a bottom axis horizontal lines that fit their category,
 // else vertical ones (Qt elides slanted ones).
 void lay_out_for_export(QChart* chart, const QSize& size);
+// Only the category labels' part of that, for a chart shown at `size` (the window's view calls it on each
+// resize); a refit starts from the labels as built.
+void fit_category_labels(QChart* chart, const QSize& size);
 // The texts of `scene` that Qt elided ("fixed-point task.num_p..."): empty when nothing is cut.
 QStringList elided_texts(const QGraphicsScene& scene);
 // QString from std::string.

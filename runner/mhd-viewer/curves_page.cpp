@@ -1,5 +1,6 @@
 // Training curves: a metric against step, one line per variant (and sweep point) with the mean over
-// seeds and a shaded band (min..max or +-std), EMA smoothing, log-y, and the chance (accuracies) or tol
+// seeds and a shaded band (min..max or +-std; none, and "one seed" in the title, for one seed), a dash
+// pattern per line so equal lines stay visible, accuracies from 0, EMA smoothing, log-y, and the chance (accuracies) or tol
 // (relative residual) line. --export draws with the same CurveOptions, set from its command line.
 #include <algorithm>
 #include <cmath>
@@ -30,22 +31,31 @@ struct CurveOptions {
 std::unique_ptr<QChart> build_curves(const StudyQuery& q, const std::string& metric, const CurveOptions& o) {
   const auto series = q.curves(metric, o.smoothing);
   if (series.empty()) return nullptr;
-  const QString band = o.band == Band::MinMax ? QStringLiteral(", band min..max")
-                       : o.band == Band::Std  ? QStringLiteral(", band \u00b1 std")
-                                              : QString();
-  auto chart = new_chart(qs(metric) + QStringLiteral(" vs step (mean over seeds") + band + QStringLiteral(")"));
+  int seeds = 0;
+  for (const auto& s : series)
+    for (const int n : s.n) seeds = std::max(seeds, n);
+  // One seed has no spread: no band, and the title says so.
+  const Band band = seeds > 1 ? o.band : Band::None;
+  const QString band_text = band == Band::MinMax ? QStringLiteral(", band min..max")
+                            : band == Band::Std  ? QStringLiteral(", band \u00b1 std")
+                                                 : QString();
+  auto chart = new_chart(seeds > 1 ? qs(metric) + QStringLiteral(" vs step (mean over %1 seeds").arg(seeds) + band_text + QStringLiteral(")")
+                                   : qs(metric) + QStringLiteral(" vs step (one seed)"));
   Range range;
   auto ok = [&](double y) { return std::isfinite(y) && (!o.log_y || y > 0); };
+  const bool from_zero = is_accuracy_metric(metric) && !o.log_y;  // an accuracy reads in proportion from 0
   int index = 0;
   for (const auto& s : series) {
-    const QColor color = series_color(index++);
-    if (o.band != Band::None) {
+    const QColor color = series_color(index);
+    const QPen pen = series_pen(index);
+    ++index;
+    if (band != Band::None) {
       auto* area = new QAreaSeries();
       auto* upper = new QLineSeries(area);
       auto* lower = new QLineSeries(area);
       for (std::size_t i = 0; i < s.x.size(); ++i) {
-        double lo = o.band == Band::MinMax ? s.min[i] : s.mean[i] - s.std[i];
-        double hi = o.band == Band::MinMax ? s.max[i] : s.mean[i] + s.std[i];
+        double lo = band == Band::MinMax ? s.min[i] : s.mean[i] - s.std[i];
+        double hi = band == Band::MinMax ? s.max[i] : s.mean[i] + s.std[i];
         if (o.log_y) {
           if (!(hi > 0)) continue;
           if (!(lo > 0)) lo = std::min(hi, s.mean[i] > 0 ? s.mean[i] : hi) * 0.5;
@@ -71,9 +81,8 @@ std::unique_ptr<QChart> build_curves(const StudyQuery& q, const std::string& met
       if (!ok(s.mean[i])) continue;
       line->append(s.x[i], s.mean[i]);
       range.add(s.x[i], s.mean[i]);
+      if (from_zero) range.add(s.x[i], 0.0);
     }
-    QPen pen(color);
-    pen.setWidthF(2.0);
     line->setPen(pen);
     line->setPointsVisible(line->count() <= 30);  // sparse metrics (evaluations) show their points
     chart->addSeries(line);

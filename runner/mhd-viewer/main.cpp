@@ -1,4 +1,4 @@
-// mhd-viewer FILE.sqlite [--export DIR [--metric NAME]... [--log-y] [--smooth W] [--keep-constant]] [--study ID]
+// mhd-viewer FILE.sqlite [--export DIR [--metric NAME]... [--all-metrics] [--log-y] [--smooth W] [--keep-constant]] [--study ID]
 // Browses a results file in a Qt Charts window, or with --export renders every chart to PNG offscreen
 // (README, "Looking at results").
 #include <algorithm>
@@ -28,15 +28,18 @@ constexpr int kExportWidth = 1200;
 constexpr int kExportHeight = 800;
 
 const char* kUsage =
-    "usage: mhd-viewer FILE.sqlite [--export DIR [--metric NAME]... [--log-y] [--smooth W] [--keep-constant]]\n"
-    "                              [--study ID]\n"
+    "usage: mhd-viewer FILE.sqlite [--export DIR [--metric NAME]... [--all-metrics] [--log-y] [--smooth W]\n"
+    "                              [--keep-constant]] [--study ID]\n"
     "  Browse an mhd results file: the study's variants, sweep points and trials, training curves,\n"
     "  ablation bars, scaling and solver traces. The file is opened read-only and re-read every 2 s\n"
     "  while a trial is pending or running.\n"
     "  --export DIR     render every chart to DIR/*.png (1200x800) and the window to DIR/window.png\n"
     "                   without a display, list the files written, exit\n"
     "  --metric NAME    with --export: curves, ablation and scaling charts of these metrics only\n"
-    "                   (repeat it, or NAME,NAME,...); default: every metric that is not constant\n"
+    "                   (repeat it, or NAME,NAME,...); default: the headline metrics (loss, task_loss,\n"
+    "                   eval_loss, the accuracies, rel_residual, solver_iters, converged_share,\n"
+    "                   step_ms, peak_rss_mb) that the study has and that are not constant\n"
+    "  --all-metrics    with --export: every metric of the study that is not constant\n"
     "  --log-y          with --export: logarithmic y axis on the curves and scaling charts (scaling\n"
     "                   charts of a positive sweep axis are log x, and log-log for *_ms, *_mb, *_bytes)\n"
     "  --smooth W       with --export: smooth each seed's curve by an exponential moving average of\n"
@@ -174,6 +177,8 @@ int main(int argc, char** argv) {
       }
     } else if (arg == "--log-y") {
       options.log_y = chart_options = true;
+    } else if (arg == "--all-metrics") {
+      options.all_metrics = chart_options = true;
     } else if (arg == "--keep-constant") {
       options.keep_constant = chart_options = true;
     } else if (arg.size() > 1 && arg[0] == '-' && arg.rfind("-platform", 0) != 0) {
@@ -185,7 +190,7 @@ int main(int argc, char** argv) {
     }
   }
   if (file.empty()) return usage_error("no results file given");
-  if (chart_options && !export_dir) return usage_error("--metric, --log-y, --smooth and --keep-constant go with --export");
+  if (chart_options && !export_dir) return usage_error("--metric, --all-metrics, --log-y, --smooth and --keep-constant go with --export");
 
   // Open the file first, so that a bad file is one line on stderr before Qt prints anything.
   std::unique_ptr<mhd::viewer::StudyQuery> query;
@@ -193,7 +198,7 @@ int main(int argc, char** argv) {
   try {
     query = mhd::viewer::StudyQuery::open(file, study_id);
     // Unknown --metric names are one line too ("did you mean"), before anything is drawn.
-    if (export_dir) options.metrics = mhd::viewer::export_metrics(*query, metrics, options.keep_constant);
+    if (export_dir) options.metrics = mhd::viewer::export_metrics(*query, metrics, options.keep_constant, options.all_metrics);
   } catch (const std::exception& e) {
     open_error = e.what();
   }

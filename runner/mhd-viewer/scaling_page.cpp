@@ -1,6 +1,7 @@
 // Scaling: the final value of a metric against a numeric sweep axis (memory size, sequence length, ...),
-// one line per variant with points at the mean over seeds and +-std error bars; log-log option. The
-// export draws a positive axis logarithmic, and a cost metric (time, memory) against it log-log.
+// one line per variant with points at the mean over seeds and capped +-std error bars; log-log option.
+// The export draws a positive axis logarithmic (ticks at the swept values), and a cost metric (time,
+// memory) against it log-log.
 #include <algorithm>
 #include <cmath>
 
@@ -18,42 +19,72 @@
 namespace mhd::viewer {
 namespace {
 
+// The swept values of the chart: its x ticks.
+std::vector<double> swept_values(const std::vector<Series>& series) {
+  std::vector<double> xs;
+  for (const auto& s : series) xs.insert(xs.end(), s.x.begin(), s.x.end());
+  std::sort(xs.begin(), xs.end());
+  xs.erase(std::unique(xs.begin(), xs.end()), xs.end());
+  return xs;
+}
+
+// A log x axis is labelled at the swept values (1024, 10240, 102400), not at powers of ten: the series
+// hold log10(x) and the axis is a category axis at those positions (attach_axes' log_x_ticks).
 std::unique_ptr<QChart> build_scaling(const StudyQuery& q, const std::string& metric, const std::string& axis,
                                       bool log_x, bool log_y) {
   const auto series = q.scaling(metric, axis);
   if (series.empty()) return nullptr;
-  auto chart = new_chart(QStringLiteral("final %1 vs %2 (mean \u00b1 std over seeds)").arg(qs(metric), qs(axis)));
+  int seeds = 0;
+  for (const auto& s : series)
+    for (const int n : s.n) seeds = std::max(seeds, n);
+  auto chart = new_chart(seeds > 1 ? QStringLiteral("final %1 vs %2 (mean \u00b1 std over %3 seeds)").arg(qs(metric), qs(axis)).arg(seeds)
+                                   : QStringLiteral("final %1 vs %2 (one seed)").arg(qs(metric), qs(axis)));
+  std::vector<double> ticks;
+  if (log_x)
+    for (const double x : swept_values(series))
+      if (x > 0) ticks.push_back(x);
+  auto at_x = [&](double x) { return log_x ? std::log10(x) : x; };
   Range range;
   auto ok = [&](double x, double y) { return (!log_x || x > 0) && (!log_y || y > 0); };
+  // An error bar's caps span 2% of the x range either side.
+  const double cap = log_x && ticks.size() > 1 ? 0.02 * (std::log10(ticks.back()) - std::log10(ticks.front()))
+                     : [&] {
+                         const auto xs = swept_values(series);
+                         return xs.size() > 1 ? 0.02 * (xs.back() - xs.front()) : 0.05 * std::max(1.0, std::abs(xs.front()));
+                       }();
   std::vector<QLineSeries*> errors;
   int index = 0;
+  const bool accuracy = is_accuracy_metric(metric);
   for (const auto& s : series) {
-    const QColor color = series_color(index++);
+    const QColor color = series_color(index);
     auto* line = new QLineSeries();
     line->setName(qs(s.label));
-    QPen pen(color);
-    pen.setWidthF(2.0);
-    line->setPen(pen);
+    line->setPen(series_pen(index));
+    ++index;
     auto* dots = new QScatterSeries();
     dots->setColor(color);
     dots->setBorderColor(color);
     dots->setMarkerSize(9);
     for (std::size_t i = 0; i < s.x.size(); ++i) {
       if (!ok(s.x[i], s.mean[i])) continue;
-      line->append(s.x[i], s.mean[i]);
-      dots->append(s.x[i], s.mean[i]);
-      range.add(s.x[i], s.mean[i]);
+      const double x = at_x(s.x[i]);
+      line->append(x, s.mean[i]);
+      dots->append(x, s.mean[i]);
+      range.add(x, s.mean[i]);
+      if (accuracy && !log_y) range.add(x, 0.0);  // an accuracy reads in proportion from 0
       if (s.std[i] > 0) {
         double lo = s.mean[i] - s.std[i], hi = s.mean[i] + s.std[i];
         if (log_y && !(lo > 0)) lo = s.mean[i] * 0.5;
+        // The bar, then its caps: one polyline (lower cap, bar, upper cap).
         auto* err = new QLineSeries();
-        *err << QPointF(s.x[i], lo) << QPointF(s.x[i], hi);
+        *err << QPointF(x - cap, lo) << QPointF(x + cap, lo) << QPointF(x, lo) << QPointF(x, hi)
+             << QPointF(x - cap, hi) << QPointF(x + cap, hi);
         QPen epen(color);
         epen.setWidthF(1.5);
         err->setPen(epen);
         errors.push_back(err);
-        range.add(s.x[i], lo);
-        range.add(s.x[i], hi);
+        range.add(x, lo);
+        range.add(x, hi);
       }
     }
     chart->addSeries(line);
@@ -63,7 +94,7 @@ std::unique_ptr<QChart> build_scaling(const StudyQuery& q, const std::string& me
   for (auto* err : errors) chart->addSeries(err);
   for (auto* err : errors) hide_from_legend(chart.get(), err);
   if (!range.empty()) add_reference_lines(chart.get(), range, reference_lines(q, metric), range.xmin, range.xmax, log_y);
-  attach_axes(chart.get(), range, qs(axis), qs(metric), log_x, log_y, /*pad_x=*/true);
+  attach_axes(chart.get(), range, qs(axis), qs(metric), log_x, log_y, /*pad_x=*/true, ticks);
   return chart;
 }
 

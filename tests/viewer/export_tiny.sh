@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # mhd-viewer end to end: run a real tiny study (2 variants x 2 sweep points x 2 seeds, 4 steps), export
 # every chart offscreen into OUT_DIR (checked by test_viewer_export), and check the command line's
-# exit codes and one-line errors, the export options (--metric, --log-y, --smooth, --keep-constant)
+# exit codes and one-line errors, the export options (--metric, --all-metrics, --log-y, --smooth,
+# --keep-constant)
 # and that nothing drawn was cut (mhd-viewer warns when Qt elides a text).
 # Usage: export_tiny.sh MHD_EXE VIEWER_EXE OUT_DIR
 set -uo pipefail
@@ -49,6 +50,8 @@ done
 for f in curves_lr curves_chance_accuracy ablation_solver_tol; do
   grep -qx "$out/png/$f.png" "$out/export.log" && fail "constant metric exported: $f.png"
 done
+# By default only the headline metrics: grad_norm varies but is not one of them.
+grep -qx "$out/png/curves_grad_norm.png" "$out/export.log" && fail "a metric that is not a headline one was exported by default"
 grep -qE "^[0-9]+ chart\(s\) written to $out/png$" "$out/export.log" || fail "no summary line in the export output"
 grep -q "warning" "$out/export.log" && { fail "export warned (text cut?):"; grep warning "$out/export.log"; }
 
@@ -61,9 +64,15 @@ for f in curves_loss curves_lr curves_grad_norm ablation_grad_norm traces_forwar
   grep -qx "$out/png_options/$f.png" "$out/export_options.log" || fail "--metric export did not list $f.png"
 done
 grep -q "curves_rel_residual\|curves_task_loss" "$out/export_options.log" && fail "--metric did not filter"
-"$viewer" "$out/tiny.sqlite" --export "$out/png_kept" --keep-constant > "$out/export_kept.log" 2>&1 ||
+"$viewer" "$out/tiny.sqlite" --export "$out/png_kept" --keep-constant --all-metrics > "$out/export_kept.log" 2>&1 ||
   fail "--keep-constant exited non-zero"
-grep -qx "$out/png_kept/curves_lr.png" "$out/export_kept.log" || fail "--keep-constant did not draw lr"
+grep -qx "$out/png_kept/curves_lr.png" "$out/export_kept.log" || fail "--keep-constant --all-metrics did not draw lr"
+"$viewer" "$out/tiny.sqlite" --export "$out/png_all" --all-metrics > "$out/export_all.log" 2>&1 ||
+  fail "--all-metrics exited non-zero"
+grep -qx "$out/png_all/curves_grad_norm.png" "$out/export_all.log" || fail "--all-metrics did not draw grad_norm"
+grep -qx "$out/png_all/curves_lr.png" "$out/export_all.log" && fail "--all-metrics drew a constant metric"
+[[ $(grep -c '\.png$' "$out/export_all.log") -gt $(grep -c '\.png$' "$out/export.log") ]] ||
+  fail "--all-metrics drew no more charts than the default"
 
 # Bad export options: one line (did you mean), exit 2, before anything is drawn.
 err=$("$viewer" "$out/tiny.sqlite" --export "$out/none" --metric losss 2>&1 >/dev/null); rc=$?

@@ -23,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -44,7 +45,7 @@ struct ProductKeyOptions {
   std::string init = "random";
   bool learnable = false;
   bool learn_keys = true;
-  mhd::CandidateSearch search = mhd::CandidateSearch::PerSolve;
+  mhd::BucketIndexOptions index;  // search, refile_every
 };
 
 std::int64_t exact_sqrt(std::int64_t k) {
@@ -58,7 +59,7 @@ class ProductKeyMemory final : public mhd::BucketedBankMemory {
  public:
   ProductKeyMemory(const ProductKeyOptions& o, std::int64_t dim)
       : BucketedBankMemory("product_key", mhd::initial_pattern_bank("product_key", o.init, o.slots, dim), o.learnable,
-                           o.beta, o.heads, o.slots, o.init == "random", o.search),
+                           o.beta, o.heads, o.slots, o.init == "random", o.index),
         n_(exact_sqrt(o.slots)),
         top_k_(o.top_k),
         cells_(o.cells),
@@ -147,7 +148,7 @@ ProductKeyOptions options_from(const mhd::Params& p, const mhd::ModelDims& dims)
   o.init = p.text("init");
   o.learnable = p.flag("learnable");
   o.learn_keys = p.flag("learn_keys");
-  o.search = mhd::parse_candidate_search("product_key", p.text("search"));
+  o.index = mhd::bucket_index_options("product_key", p);
   const std::int64_t n = exact_sqrt(o.slots);
   if (n * n != o.slots)
     throw mhd::Error("product_key: size = " + std::to_string(o.slots) + " is not a perfect square (nearest: " +
@@ -185,10 +186,8 @@ mhd::Manifest make_manifest() {
                         "initial bank: \"random\" N(0, 1/D) entries, or \"zeros\" (empty slots are never candidates)"),
       mhd::bool_param("learnable", false, "the bank is a trained parameter (true) or a buffer filled by write()"),
       mhd::bool_param("learn_keys", true, "the sub-keys are trained (gradients through the candidates' scores)"),
-      mhd::choice_param("search", "per_solve", {"per_solve", "per_call"},
-                        "when a query's buckets are chosen: \"per_solve\" once per forward solve, from its first "
-                        "iterate (f smooth within a solve), or \"per_call\" at every retrieval"),
   };
+  for (auto& spec : mhd::bucket_index_params()) m.params.push_back(std::move(spec));  // search, refile_every
   m.make_memory = [](const mhd::Params& p, const mhd::ModelDims& dims) -> std::shared_ptr<mhd::Memory> {
     return std::make_shared<ProductKeyMemory>(options_from(p, dims), dims.d_model);
   };

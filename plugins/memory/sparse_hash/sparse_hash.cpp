@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -37,14 +38,14 @@ struct SparseHashOptions {
   std::string init = "random";
   bool learnable = false;
   bool learn_hash = true;
-  mhd::CandidateSearch search = mhd::CandidateSearch::PerSolve;
+  mhd::BucketIndexOptions index;  // search, refile_every
 };
 
 class SparseHashMemory final : public mhd::BucketedBankMemory {
  public:
   SparseHashMemory(const SparseHashOptions& o, std::int64_t dim)
       : BucketedBankMemory("sparse_hash", mhd::initial_pattern_bank("sparse_hash", o.init, o.slots, dim), o.learnable,
-                           o.beta, o.rounds, o.buckets, o.init == "random", o.search),
+                           o.beta, o.rounds, o.buckets, o.init == "random", o.index),
         top_k_(o.top_k) {
     // N(0, 1/D) entries: random hyperplanes whose scores x W have unit scale for ||x|| ~ 1.
     const at::Tensor w = at::randn({o.rounds, dim, o.buckets}) / std::sqrt(static_cast<double>(dim));
@@ -111,7 +112,7 @@ SparseHashOptions options_from(const mhd::Params& p, const mhd::ModelDims& dims)
   o.init = p.text("init");
   o.learnable = p.flag("learnable");
   o.learn_hash = p.flag("learn_hash");
-  o.search = mhd::parse_candidate_search("sparse_hash", p.text("search"));
+  o.index = mhd::bucket_index_options("sparse_hash", p);
   if (o.top_k > o.buckets)
     throw mhd::Error("sparse_hash: top_k = " + std::to_string(o.top_k) + " exceeds buckets = " +
                      std::to_string(o.buckets) + " (a query cannot search more buckets than there are)");
@@ -138,10 +139,8 @@ mhd::Manifest make_manifest() {
                         "initial bank: \"random\" N(0, 1/D) entries, or \"zeros\" (empty slots are never candidates)"),
       mhd::bool_param("learnable", false, "the bank is a trained parameter (true) or a buffer filled by write()"),
       mhd::bool_param("learn_hash", true, "W is a trained parameter (gradients through the candidates' scores)"),
-      mhd::choice_param("search", "per_solve", {"per_solve", "per_call"},
-                        "when a query's buckets are chosen: \"per_solve\" once per forward solve, from its first "
-                        "iterate (f smooth within a solve), or \"per_call\" at every retrieval"),
   };
+  for (auto& spec : mhd::bucket_index_params()) m.params.push_back(std::move(spec));  // search, refile_every
   m.make_memory = [](const mhd::Params& p, const mhd::ModelDims& dims) -> std::shared_ptr<mhd::Memory> {
     return std::make_shared<SparseHashMemory>(options_from(p, dims), dims.d_model);
   };

@@ -15,9 +15,18 @@
 // of the buckets whose patterns lower the loss. Within a fixed candidate set grad_q E = q - retrieve(q),
 // as for Hopfield. A query with no candidate reads 0 (lse taken as 0).
 //
-// The index (patterns sorted by bucket, per round) follows writes incrementally; any other change of
-// the bank (an optimizer step on a learnable bank, a checkpoint load) refiles every pattern on the
-// next retrieval, and consolidate() refiles them under the router's current parameters.
+// The index (patterns sorted by bucket, per round) follows writes incrementally. Any other change of
+// the bank or the router (an optimizer step, a copy into them) refiles patterns on the next retrieval: all of them
+// (refile_every = 1, exact), or a rolling share of ceil(M / refile_every) slots per change, so that
+// no pattern's filing is more than refile_every changes old and no step pays for a whole refile of a
+// large bank (refiling 100K patterns under 4 x 4096 hash buckets is ~1e11 multiply-adds). Between
+// refiles a pattern sits in its old bucket: retrieval still reads its current value, a query may
+// miss it (the stat filing_stale_share measures how often). A change is a change of content: the
+// bank's and router's bits are checksummed when their version counters move, so a checkpoint load
+// that restores the state the filing was saved with refiles nothing. The filing, the rolling cursor
+// and that checksum are int64 buffers ("filing", "filing_cursor", "filing_checksum"): a checkpoint
+// holds the index it was trained with, and a resumed run refiles exactly as an uninterrupted one.
+// consolidate() refiles every pattern under the router's current parameters.
 //
 // C(q) is a step function of q: chosen afresh at every retrieval, an iterate crossing a bucket
 // boundary changes its candidates and f jumps, so a forward solve stalls above tol. Searched once
@@ -30,11 +39,13 @@
 #include <map>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 #include <boost/config.hpp>
 
 #include "mhd/kits/pattern_bank.h"
+#include "mhd/params.h"
 
 namespace mhd {
 
@@ -45,6 +56,15 @@ enum class CandidateSearch {
 };
 // "per_solve" / "per_call"; anything else throws mhd::Error naming `who` and the key `search`.
 CandidateSearch parse_candidate_search(const std::string& who, const std::string& text);
+
+// How a sparse memory keeps its bucket index: the parameters `search` and `refile_every` that every
+// bucketed memory plugin declares (bucket_index_params) and reads (bucket_index_options).
+struct BucketIndexOptions {
+  CandidateSearch search = CandidateSearch::PerSolve;
+  std::int64_t refile_every = 1;  // bank or router changes over which every pattern is refiled once
+};
+ParamSchema bucket_index_params();
+BucketIndexOptions bucket_index_options(const std::string& who, const Params& p);
 
 class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
  public:
@@ -71,7 +91,7 @@ class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
   // all_slots_filled: the initial bank holds patterns (init "random"); otherwise a slot counts only
   // once written (init "zeros": empty slots are never candidates).
   BucketedBankMemory(std::string name, const at::Tensor& bank, bool learnable, double beta, std::int64_t rounds,
-                     std::int64_t buckets, bool all_slots_filled, CandidateSearch search_mode);
+                     std::int64_t buckets, bool all_slots_filled, const BucketIndexOptions& index);
 
   // The bucket of each pattern per round: x: [N, D] -> [N, R] int64 in [0, buckets). No autograd.
   virtual at::Tensor assign(const at::Tensor& x) const = 0;
@@ -82,7 +102,10 @@ class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
   virtual at::Tensor log_gate(const at::Tensor& q, const at::Tensor& buckets) const = 0;
 
   // Diagnostics shared by the sparse memories: bucket loads (max, mean, empty share, round 0),
-  // candidates per query, attention entropy, stored, memory_bytes, bytes_per_pattern, and of the
+  // candidates per query, attention entropy, stored, memory_bytes, bytes_per_pattern,
+  // filing_stale_share (share of a sample of up to 4096 filed slots, per round, whose bucket under the
+  // router's current parameters is not the one they are filed under), refiled_slots (slots refiled
+  // since the last stats call), and of the
   // last solve: solve_searches (searches after its first iterate; 0 when every retrieval read the
   // fixed buckets) and solve_fixed_reads (retrievals that read them).
   std::map<std::string, double> bucket_stats(const at::Tensor& query);
@@ -113,6 +136,15 @@ class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
   at::Tensor probes(const at::Tensor& q);
   at::Tensor assign_chunked(const at::Tensor& x) const;  // assign() over row chunks: [N, R]
   void refile_all();
+  // Brings the filing up to date after a change of the bank or router: every slot when refile_every
+  // is 1 or some filled slot was never filed, else the next ceil(filled / refile_every) slots from
+  // the rolling cursor.
+  void refile_changed();
+  void file_slots(const at::Tensor& slots);  // slots: [n] int64
+  std::vector<at::Tensor> filed_content() const;  // the floating-point parameters and buffers
+  // Their bits summed as integers: changes with any value.
+  std::int64_t content_checksum() const;
+  std::int64_t content_versions() const;  // their version counters and data addresses, summed
   void rebuild_sorted();
   std::int64_t filled_slots() const;
 
@@ -121,14 +153,18 @@ class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
   std::int64_t rounds_, buckets_;
   bool all_slots_filled_;
   CandidateSearch search_mode_;
+  std::int64_t refile_every_;
   at::Tensor fixed_probes_;  // [N, R, P] of the current solve's first iterate (PerSolve), else undefined
   bool in_solve_ = false;
   std::int64_t solve_searches_ = 0, solve_fixed_reads_ = 0;  // of the current (or last) solve
-  at::Tensor bucket_of_;  // [R, M] int64
+  at::Tensor bucket_of_;         // buffer "filing": [R, M] int64, -1 where not filed
+  at::Tensor refile_cursor_;     // buffer "filing_cursor": scalar int64, the next slot a rolling refile files
+  at::Tensor filed_checksum_;    // buffer "filing_checksum": scalar int64, content_checksum() as last filed
   at::Tensor order_;      // [R * M] int64: round r's slots sorted by bucket, at r * M ...
   at::Tensor offsets_;    // [R, buckets + 1] int64: bucket b of round r at order_[r M + offsets_[r][b] ...]
-  std::int64_t bank_version_ = -1;  // the bank's version counter when bucket_of_ was last right
-  bool sorted_ = false;
+  std::int64_t seen_versions_ = -1;   // content_versions() when the checksum was last compared
+  std::int64_t sorted_version_ = -1;  // bucket_of_'s version counter when order_ and offsets_ were built
+  std::int64_t refiled_slots_ = 0;    // since the last bucket_stats
 };
 
 // Throws mhd::Error "WHO: KEY = VALUE needs BYTES bytes (WHAT), more than the AVAILABLE bytes of

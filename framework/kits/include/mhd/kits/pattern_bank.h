@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 #include <boost/config.hpp>
@@ -23,8 +25,9 @@ class BOOST_SYMBOL_VISIBLE PatternBankMemory : public Memory {
   torch::Tensor max_similarity(const torch::Tensor& query) override;
   std::int64_t size() const override { return patterns_.size(0); }
 
-  // Module::to(dtype) casts every buffer, the write counter included (a float16 count is exact only
-  // up to 2048): cast, then restore the counter as an exact int64 on the bank's device.
+  // Module::to(dtype) casts every buffer, integer ones included (a float16 write counter is exact
+  // only up to 2048; a bucket index is not a float): cast, then restore every int64 buffer exactly
+  // on the bank's device.
   using torch::nn::Module::to;
   void to(torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
@@ -40,7 +43,8 @@ class BOOST_SYMBOL_VISIBLE PatternBankMemory : public Memory {
   std::int64_t stored() const;                           // min(written, M)
 
  private:
-  void restore_count(std::int64_t count);
+  std::vector<std::pair<at::Tensor, at::Tensor>> integer_buffers() const;  // (buffer, its value)
+  void restore_integer_buffers(const std::vector<std::pair<at::Tensor, at::Tensor>>& kept);
 
   std::string name_;
   std::int64_t dim_;
