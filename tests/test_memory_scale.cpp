@@ -289,6 +289,33 @@ TEST_F(MemoryScale, GradientsReachTheHashAndTheSubKeys) {
   }
 }
 
+// sparse_hash's router gradient (a custom autograd node that scores the buckets only in its backward)
+// is the gradient of g - sg(g), g = mean_r log softmax(q W_r)[bucket_r(x)], written out with plain
+// autograd here: every bucket searched, float64, to 1e-10.
+TEST_F(MemoryScale, HashGradientIsTheBucketLogProbabilitysGradient) {
+  const std::int64_t dim = 8, slots = 64, buckets = 8, rounds = 2;
+  const double beta = 3.0;
+  auto memory = make_memory("sparse_hash", dim, {{"size", slots}, {"buckets", buckets}, {"top_k", buckets},
+                                                 {"rounds", rounds}, {"beta", beta}, {"init", std::string("zeros")}});
+  memory->to(at::kDouble);
+  const at::Tensor stored = random_patterns(slots, dim).to(at::kDouble);
+  memory->write(stored);
+  const at::Tensor q = at::randn({5, dim}, at::kDouble);
+  const at::Tensor hash = named_tensor(*memory, "hash");
+  memory->retrieve(q).pow(2).sum().backward();
+  ASSERT_TRUE(hash.grad().defined());
+
+  const at::Tensor w = hash.detach().clone().requires_grad_(true);
+  const at::Tensor unit = w / w.norm(2, 1, true);                                   // [R, D, NB]
+  const at::Tensor bucket = at::matmul(stored.unsqueeze(0), unit).argmax(-1);        // [R, M]
+  const at::Tensor log_p = at::log_softmax(at::matmul(q.unsqueeze(0), unit), -1);    // [R, N, NB]
+  const at::Tensor g = log_p.gather(2, bucket.unsqueeze(1).expand({rounds, 5, slots})).mean(0);  // [N, M]
+  const at::Tensor s = beta * q.matmul(stored.t()) + (g - g.detach());
+  at::softmax(s, -1).matmul(stored).pow(2).sum().backward();
+  EXPECT_LT(max_abs_diff(hash.grad(), w.grad()), 1e-10);
+  EXPECT_GT(w.grad().abs().max().item<double>(), 1e-3) << "the reference gradient must not be 0";
+}
+
 // Changing keys and values after position t leaves every output at positions <= t bit-identical,
 // for the whole sequence (Lq = Lk) and for a decoder's last queries (Lq < Lk).
 TEST_F(MemoryScale, ContextSourceIsCausal) {

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <sstream>
@@ -179,13 +180,28 @@ std::int64_t BucketedBankMemory::filled_slots() const { return all_slots_filled_
 
 namespace {
 
-// The bits of t's values summed as integers (wrapping): any change of a value changes it, short of
-// changes that cancel bit for bit.
+// The bytes of t's values summed as 64-bit words (wrapping): any change of a value changes it, short
+// of changes that cancel bit for bit. Read in place on the CPU (a 1M-pattern bank is 256 MB: no
+// widened copy); elsewhere through a copy to the CPU.
 std::int64_t bit_sum(const at::Tensor& t) {
-  const at::Tensor c = t.detach().contiguous();
-  const at::ScalarType as = c.element_size() == 8 ? at::kLong : c.element_size() == 4 ? at::kInt
-                          : c.element_size() == 2 ? at::kShort : at::kByte;
-  return c.view(as).sum(at::kLong).item<std::int64_t>();
+  const at::Tensor c = t.detach().device().is_cpu() ? t.detach().contiguous() : t.detach().cpu().contiguous();
+  const auto* bytes = static_cast<const unsigned char*>(c.data_ptr());
+  const std::int64_t n = static_cast<std::int64_t>(c.nbytes());
+  const std::int64_t words = n / 8;
+  const std::uint64_t total = at::parallel_reduce(
+      0, words, std::int64_t{1} << 16, std::uint64_t{0},
+      [&](std::int64_t begin, std::int64_t end, std::uint64_t sum) {
+        for (std::int64_t i = begin; i < end; ++i) {
+          std::uint64_t word;
+          std::memcpy(&word, bytes + 8 * i, 8);
+          sum += word;
+        }
+        return sum;
+      },
+      [](std::uint64_t a, std::uint64_t b) { return a + b; });
+  std::uint64_t tail = 0;
+  for (std::int64_t i = 8 * words; i < n; ++i) tail += bytes[i];
+  return static_cast<std::int64_t>(total + tail);
 }
 
 }  // namespace
@@ -272,6 +288,42 @@ at::Tensor BucketedBankMemory::assign_chunked(const at::Tensor& x) const {
 void BucketedBankMemory::rebuild_sorted() {
   at::NoGradGuard no_grad;
   const std::int64_t M = size();
+  if (bucket_of_.device().is_cpu()) {
+    // A counting sort per round, O(R (M + buckets)): the buckets are small integers, and a comparison
+    // sort of the [R, M] filing (with its index copy) cost a large bank most of a training step.
+    const at::Tensor filing = bucket_of_.contiguous();
+    const std::int64_t* f = filing.data_ptr<std::int64_t>();
+    if (!order_.defined() || order_.numel() != rounds_ * M) order_ = at::empty({rounds_ * M}, filing.options());
+    at::Tensor offsets = at::empty({rounds_, buckets_ + 1}, filing.options());
+    std::int64_t* order = order_.data_ptr<std::int64_t>();
+    std::int64_t* off = offsets.data_ptr<std::int64_t>();
+    at::parallel_for(0, rounds_, 1, [&](std::int64_t begin, std::int64_t end) {
+      std::vector<std::int64_t> next(static_cast<std::size_t>(buckets_ + 1));
+      for (std::int64_t r = begin; r < end; ++r) {
+        const std::int64_t* row = f + r * M;
+        std::int64_t* o = off + r * (buckets_ + 1);
+        // Empty slots (-1) first, then bucket b at o[b] ... o[b + 1].
+        std::fill(next.begin(), next.end(), 0);
+        std::int64_t empty = 0;
+        for (std::int64_t m = 0; m < M; ++m) {
+          if (row[m] < 0) ++empty;
+          else ++next[static_cast<std::size_t>(row[m]) + 1];
+        }
+        next[0] = empty;
+        for (std::int64_t b = 0; b < buckets_; ++b) next[static_cast<std::size_t>(b) + 1] += next[static_cast<std::size_t>(b)];
+        for (std::int64_t b = 0; b <= buckets_; ++b) o[b] = next[static_cast<std::size_t>(b)];
+        std::int64_t unfiled = 0;
+        std::int64_t* sorted = order + r * M;
+        for (std::int64_t m = 0; m < M; ++m) {
+          if (row[m] < 0) sorted[unfiled++] = m;
+          else sorted[next[static_cast<std::size_t>(row[m])]++] = m;
+        }
+      }
+    });
+    offsets_ = offsets;
+    sorted_version_ = bucket_of_._version();
+    return;
+  }
   // Empty slots (-1) sort first, so bucket b of round r starts after them: offsets from counts.
   // order_[r M + i]: the slot at sorted position i of round r.
   order_ = std::get<1>(bucket_of_.sort(1)).reshape({-1});
@@ -347,8 +399,7 @@ std::pair<at::Tensor, at::Tensor> BucketedBankMemory::candidate_scores(const at:
                        c.valid.unsqueeze(-1).to(bank().scalar_type());              // X_C: [N, C, D]
   at::Tensor s = beta_ * x.bmm(query.unsqueeze(2)).squeeze(2);                        // [N, C]
   const at::Tensor filed = bucket_of_.index_select(1, c.index.reshape({-1})).view({rounds_, N, C}).permute({1, 2, 0});
-  const at::Tensor g = log_gate(query.detach(), filed);                              // [N, C]
-  s = s + (g - g.detach());
+  s = s + gate_term(query.detach(), filed.clamp_min(0));                              // [N, C]
   return {s.masked_fill(c.valid.logical_not(), -kInf), x};
 }
 
@@ -403,7 +454,7 @@ torch::Tensor BucketedBankMemory::energy(const torch::Tensor& query) {
   if (!needs_graph(query) && (q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble)) {
     at::NoGradGuard no_grad;
     const at::Tensor e = -fused(q, false).second / beta_ + 0.5 * q.pow(2).sum(-1) + std::log(m) / beta_ +
-                         0.5 * bank().pow(2).sum(-1).max();
+                         0.5 * max_norm_sq();
     return e.view(query.sizes().slice(0, query.dim() - 1));
   }
   const Candidates all = candidates(q);
@@ -414,8 +465,7 @@ torch::Tensor BucketedBankMemory::energy(const torch::Tensor& query) {
     const Candidates c{all.index.narrow(0, start, n), all.valid.narrow(0, start, n)};
     lse.push_back(masked_lse(candidate_scores(q.narrow(0, start, n), c).first, c.valid.any(1).logical_not()));
   }
-  const at::Tensor max_norm_sq = bank().pow(2).sum(-1).max();
-  const at::Tensor e = -at::cat(lse) / beta_ + 0.5 * q.pow(2).sum(-1) + std::log(m) / beta_ + 0.5 * max_norm_sq;
+  const at::Tensor e = -at::cat(lse) / beta_ + 0.5 * q.pow(2).sum(-1) + std::log(m) / beta_ + 0.5 * max_norm_sq();
   return e.view(query.sizes().slice(0, query.dim() - 1));
 }
 
@@ -447,11 +497,11 @@ torch::Tensor BucketedBankMemory::retrieve_context(const torch::Tensor& queries,
     const at::Tensor probes = this->probes(queries.detach().reshape({-1, D}));
     mask = context_mask(filed, probes.view({B, Lq, rounds_, probes.size(2)}), Lq, Lk);  // [B, Lq, Lk]
   }
-  // g of each (query, key) pair: the query's log-probability of the key's buckets.
-  const at::Tensor g = log_gate(queries.detach().reshape({-1, D}),
-                                filed.unsqueeze(1).expand({B, Lq, Lk, rounds_}).reshape({B * Lq, Lk, rounds_}))
-                           .view({B, Lq, Lk});
-  const at::Tensor s = (beta_ * queries.matmul(keys.transpose(1, 2)) + (g - g.detach())).masked_fill(mask.logical_not(), -kInf);
+  // g - sg(g) of each (query, key) pair: g the query's log-probability of the key's buckets.
+  const at::Tensor gate = gate_term(queries.detach().reshape({-1, D}),
+                                    filed.unsqueeze(1).expand({B, Lq, Lk, rounds_}).reshape({B * Lq, Lk, rounds_}))
+                              .view({B, Lq, Lk});
+  const at::Tensor s = (beta_ * queries.matmul(keys.transpose(1, 2)) + gate).masked_fill(mask.logical_not(), -kInf);
   return masked_weights(s, mask.any(-1).logical_not()).matmul(values);  // [B, Lq, D]
 }
 
@@ -465,14 +515,27 @@ torch::Tensor BucketedBankMemory::context_energy(const torch::Tensor& queries, c
     const at::Tensor probes = this->probes(queries.detach().reshape({-1, D}));
     mask = context_mask(filed, probes.view({B, Lq, rounds_, probes.size(2)}), Lq, Lk);
   }
-  const at::Tensor g = log_gate(queries.detach().reshape({-1, D}),
-                                filed.unsqueeze(1).expand({B, Lq, Lk, rounds_}).reshape({B * Lq, Lk, rounds_}))
-                           .view({B, Lq, Lk});
-  const at::Tensor s = (beta_ * queries.matmul(keys.transpose(1, 2)) + (g - g.detach())).masked_fill(mask.logical_not(), -kInf);
+  const at::Tensor gate = gate_term(queries.detach().reshape({-1, D}),
+                                    filed.unsqueeze(1).expand({B, Lq, Lk, rounds_}).reshape({B * Lq, Lk, rounds_}))
+                              .view({B, Lq, Lk});
+  const at::Tensor s = (beta_ * queries.matmul(keys.transpose(1, 2)) + gate).masked_fill(mask.logical_not(), -kInf);
   const at::Tensor lse = masked_lse(s, mask.any(-1).logical_not());                               // [B, Lq]
   const at::Tensor max_norm_sq = std::get<0>(at::cummax(keys.pow(2).sum(-1), 1)).narrow(1, Lk - Lq, Lq);
   const at::Tensor log_count = visible_counts(Lq, Lk, queries.options()).log();
   return -lse / beta_ + 0.5 * queries.pow(2).sum(-1) + log_count / beta_ + 0.5 * max_norm_sq;
+}
+
+at::Tensor BucketedBankMemory::max_norm_sq() {
+  // Differentiable where the bank is trained; otherwise read once per content (filing() has just
+  // compared it), as one norm reduction without an [M, D] temporary.
+  if (at::GradMode::is_enabled() && bank().requires_grad()) return bank().pow(2).sum(-1).max();
+  const std::int64_t versions = content_versions();
+  if (!max_norm_sq_.defined() || max_norm_versions_ != versions) {
+    at::NoGradGuard no_grad;
+    max_norm_sq_ = at::linalg_vector_norm(bank(), 2, {-1}).max().pow(2);
+    max_norm_versions_ = versions;
+  }
+  return max_norm_sq_;
 }
 
 std::int64_t BucketedBankMemory::memory_bytes() const {

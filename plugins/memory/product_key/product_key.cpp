@@ -119,7 +119,14 @@ class ProductKeyMemory final : public mhd::BucketedBankMemory {
     return cell.gather(-1, best).permute({1, 0, 2}).contiguous();                             // [N, H, cells]
   }
 
-  at::Tensor log_gate(const at::Tensor& q, const at::Tensor& filed) const override {
+  at::Tensor gate_term(const at::Tensor& q, const at::Tensor& filed) const override {
+    const at::Tensor g = log_gate(q, filed);
+    return g - g.detach();
+  }
+
+ private:
+  // g of the candidates: [N, C].
+  at::Tensor log_gate(const at::Tensor& q, const at::Tensor& filed) const {
     const auto [s1, s2] = half_scores(q);
     const at::Tensor l1 = at::log_softmax(s1, -1), l2 = at::log_softmax(s2, -1);  // [H, N, n]
     std::vector<at::Tensor> per_head;
@@ -130,7 +137,6 @@ class ProductKeyMemory final : public mhd::BucketedBankMemory {
     return at::stack(per_head).mean(0);
   }
 
- private:
   std::int64_t n_, top_k_, cells_;
   bool unit_queries_;
   at::Tensor subkeys_;  // [H, 2, n, D/2]: C1 = [:, 0], C2 = [:, 1]

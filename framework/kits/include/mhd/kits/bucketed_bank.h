@@ -97,9 +97,10 @@ class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
   virtual at::Tensor assign(const at::Tensor& x) const = 0;
   // The buckets a query searches per round: q: [N, D] -> [N, R, P] int64, distinct within a round.
   virtual at::Tensor search(const at::Tensor& q) const = 0;
-  // g of the candidates: the router's log-probability of each candidate's buckets (combined over
-  // rounds) for query q ([N, D], already detached). buckets: [N, C, R] int64 -> [N, C].
-  virtual at::Tensor log_gate(const at::Tensor& q, const at::Tensor& buckets) const = 0;
+  // g - sg(g) of the candidates: exactly 0, with the gradient (to the router) of g, the router's
+  // log-probability of each candidate's buckets (combined over rounds) for query q ([N, D], already
+  // detached). buckets: [N, C, R] int64 (>= 0) -> [N, C].
+  virtual at::Tensor gate_term(const at::Tensor& q, const at::Tensor& buckets) const = 0;
 
   // Diagnostics shared by the sparse memories: bucket loads (max, mean, empty share, round 0),
   // candidates per query, attention entropy, stored, memory_bytes, bytes_per_pattern,
@@ -145,6 +146,7 @@ class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
   // Their bits summed as integers: changes with any value.
   std::int64_t content_checksum() const;
   std::int64_t content_versions() const;  // their version counters and data addresses, summed
+  at::Tensor max_norm_sq();  // max_mu ||x_mu||^2, the energy's constant: a scalar
   void rebuild_sorted();
   std::int64_t filled_slots() const;
 
@@ -165,6 +167,8 @@ class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
   std::int64_t seen_versions_ = -1;   // content_versions() when the checksum was last compared
   std::int64_t sorted_version_ = -1;  // bucket_of_'s version counter when order_ and offsets_ were built
   std::int64_t refiled_slots_ = 0;    // since the last bucket_stats
+  at::Tensor max_norm_sq_;            // cached off the graph, for content_versions() == max_norm_versions_
+  std::int64_t max_norm_versions_ = -1;
 };
 
 // Throws mhd::Error "WHO: KEY = VALUE needs BYTES bytes (WHAT), more than the AVAILABLE bytes of
