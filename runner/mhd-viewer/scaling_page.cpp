@@ -55,6 +55,9 @@ std::unique_ptr<QChart> build_scaling(const StudyQuery& q, const std::string& me
   std::vector<QLineSeries*> errors;
   int index = 0;
   const bool accuracy = is_accuracy_metric(metric);
+  // Error bars are dodged sideways by series (one cap width apart), so equal spreads of two series
+  // stand side by side instead of hiding each other; the points stay at their x.
+  const double count = static_cast<double>(series.size());
   for (const auto& s : series) {
     const QColor color = series_color(index);
     auto* line = new QLineSeries();
@@ -76,9 +79,10 @@ std::unique_ptr<QChart> build_scaling(const StudyQuery& q, const std::string& me
         double lo = s.mean[i] - s.std[i], hi = s.mean[i] + s.std[i];
         if (log_y && !(lo > 0)) lo = s.mean[i] * 0.5;
         // The bar, then its caps: one polyline (lower cap, bar, upper cap).
+        const double bx = x + (static_cast<double>(index - 1) - (count - 1) / 2.0) * cap;
         auto* err = new QLineSeries();
-        *err << QPointF(x - cap, lo) << QPointF(x + cap, lo) << QPointF(x, lo) << QPointF(x, hi)
-             << QPointF(x - cap, hi) << QPointF(x + cap, hi);
+        *err << QPointF(bx - cap, lo) << QPointF(bx + cap, lo) << QPointF(bx, lo) << QPointF(bx, hi)
+             << QPointF(bx - cap, hi) << QPointF(bx + cap, hi);
         QPen epen(color);
         epen.setWidthF(1.5);
         err->setPen(epen);
