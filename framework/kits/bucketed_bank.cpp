@@ -277,7 +277,7 @@ void BucketedBankMemory::file_slots(const at::Tensor& slots) {
 
 at::Tensor BucketedBankMemory::assign_chunked(const at::Tensor& x) const {
   // The router's scores [n, R, buckets] of a large write would not fit at once.
-  const std::int64_t step = chunk_rows(rounds_ * buckets_);
+  const std::int64_t step = chunk_rows(router_scores_per_row());
   if (x.size(0) <= step) return assign(x);
   std::vector<at::Tensor> parts;
   for (std::int64_t start = 0; start < x.size(0); start += step)

@@ -101,6 +101,9 @@ class ProductKeyMemory final : public mhd::BucketedBankMemory {
     return {at::matmul(x1.unsqueeze(0), c1.transpose(1, 2)), at::matmul(x2.unsqueeze(0), c2.transpose(1, 2))};
   }
 
+  // Two halves' sub-key scores per head, not one per cell: rows are filed K / (2 n) times as many at once.
+  std::int64_t router_scores_per_row() const override { return rounds() * 2 * n_; }
+
   at::Tensor assign(const at::Tensor& x) const override {
     at::NoGradGuard no_grad;
     const auto [s1, s2] = half_scores(x);

@@ -95,6 +95,9 @@ class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
 
   // The bucket of each pattern per round: x: [N, D] -> [N, R] int64 in [0, buckets). No autograd.
   virtual at::Tensor assign(const at::Tensor& x) const = 0;
+  // Scores the router computes per filed row (assign's temporary): rounds x buckets by default. Sets
+  // how many rows are filed at once.
+  virtual std::int64_t router_scores_per_row() const { return rounds_ * buckets_; }
   // The buckets a query searches per round: q: [N, D] -> [N, R, P] int64, distinct within a round.
   virtual at::Tensor search(const at::Tensor& q) const = 0;
   // g - sg(g) of the candidates: exactly 0, with the gradient (to the router) of g, the router's
