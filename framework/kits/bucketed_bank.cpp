@@ -23,8 +23,10 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-// Queries per chunk so that the gathered candidates [n, C, D] stay near 2^24 floats.
-std::int64_t chunk_rows(std::int64_t per_row) { return std::max<std::int64_t>(1, (std::int64_t{1} << 24) / std::max<std::int64_t>(1, per_row)); }
+// Rows per chunk so that a chunk's temporary (the gathered candidates [n, C, D], the router's scores)
+// stays near 2^22 floats (16 MB): below glibc's mmap threshold as mhd::keep_freed_memory sets it, so it
+// is reused from the heap instead of faulted in afresh for every chunk.
+std::int64_t chunk_rows(std::int64_t per_row) { return std::max<std::int64_t>(1, (std::int64_t{1} << 22) / std::max<std::int64_t>(1, per_row)); }
 
 // softmax over masked scores with rows of no candidate reading nothing: s [.., C] with -inf where
 // hidden -> weights (exact 0 for hidden entries, all 0 in an empty row).
