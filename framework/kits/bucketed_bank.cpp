@@ -254,7 +254,10 @@ void BucketedBankMemory::refile_all() {
   at::NoGradGuard no_grad;
   const std::int64_t filled = filled_slots();
   bucket_of_.fill_(-1);
-  if (filled > 0) file_slots(at::arange(filled, bucket_of_.options()));
+  if (filled == 0) return;
+  // All filled slots: the bank's leading rows as they are, without an index_select copy.
+  bucket_of_.narrow(1, 0, filled).copy_(assign_chunked(bank().narrow(0, 0, filled).detach()).t());
+  refiled_slots_ += filled;
 }
 
 void BucketedBankMemory::refile_changed() {
