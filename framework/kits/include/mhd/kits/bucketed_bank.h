@@ -139,6 +139,8 @@ class BOOST_SYMBOL_VISIBLE BucketedBankMemory : public PatternBankMemory {
   // search(q). [N, R, P]
   at::Tensor probes(const at::Tensor& q);
   at::Tensor assign_chunked(const at::Tensor& x) const;  // assign() over row chunks: [N, R]
+  // Rows per chunk of a temporary with `per_row` entries per row: near 2^22 floats.
+  static std::int64_t chunk_rows(std::int64_t per_row);
   void refile_all();
   // Brings the filing up to date after a change of the bank or router: every slot when refile_every
   // is 1 or some filled slot was never filed, else the next ceil(filled / refile_every) slots from
